@@ -1,0 +1,19 @@
+"""receiver: the customer side of Tencent Cloud MPS live-stream processing notifications."""
+
+from receiver.app import create_app
+from receiver.errors import ReceiverError
+from receiver.events import Channel, Event, Finding, SignPolicy, Verdict
+from receiver.settings import Settings, load_settings
+
+__all__ = [
+    "Channel",
+    "Event",
+    "Finding",
+    "ReceiverError",
+    "Settings",
+    "SignPolicy",
+    "Verdict",
+    "create_app",
+    "load_settings",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""The command line: ``python -m receiver serve | migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from aiohttp.log import access_logger
+
+from receiver.app import create_app
+from receiver.errors import ReceiverError
+from receiver.logs import configure_logging
+from receiver.settings import Settings, load_settings
+from receiver.stores import open_store
+
+DEFAULT_CONFIG = Path("config/receiver.toml")
+
+
+def _serve(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: the standard loop works, only slower
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(
+        create_app(settings),
+        host=settings.http.host,
+        port=settings.http.port,
+        access_log=access_logger if settings.http.access_log else None,
+        shutdown_timeout=settings.http.shutdown_timeout,
+        print=None,
+        handler_cancellation=False,
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    store = await open_store(settings.store)  # opening migrates
+    await store.aclose()
+    structlog.get_logger("receiver").info("migrated", url=settings.store.url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists); RECEIVER_* variables override it",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the webhook and the management API")
+    commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
+    args = parser.parse_args(argv)
+
+    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    try:
+        settings = load_settings(config)
+    except (ReceiverError, ValueError) as exc:
+        print(f"receiver: bad settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log.format, settings.log.level)
+    log = structlog.get_logger("receiver")
+    log.info("starting", command=args.command, config=str(config) if config else None)
+    try:
+        if args.command == "serve":
+            log.info("listening", host=settings.http.host, port=settings.http.port)
+            _serve(settings)
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings))
+    except ReceiverError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

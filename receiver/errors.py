@@ -1,0 +1,52 @@
+"""The exceptions receiver raises on purpose, all under one base, each knowing what a client did wrong."""
+
+from __future__ import annotations
+
+
+class ReceiverError(Exception):
+    """Base of every error receiver raises on purpose."""
+
+    code = "error"
+
+
+class InvalidNotificationError(ReceiverError):
+    """The bytes are not a notification we can read: names the field and what was expected there."""
+
+    code = "invalid_notification"
+
+    def __init__(self, field: str, expected: str, *, got: str | None = None) -> None:
+        self.field = field
+        self.expected = expected
+        self.got = got
+        detail = f"{field}: expected {expected}"
+        if got is not None:
+            detail += f", got {got}"
+        super().__init__(detail)
+
+
+class SignatureError(ReceiverError):
+    """The notification's ``Sign``/``Timestamp`` do not prove it came from MPS with one of our keys."""
+
+    code = "invalid_signature"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StoreUnavailableError(ReceiverError):
+    """The store could not commit; the sender should retry later (HTTP 503, AMQP no ack)."""
+
+    code = "store_unavailable"
+
+
+class ConflictError(ReceiverError):
+    """The request contradicts what is already stored (e.g. a task id registered twice)."""
+
+    code = "conflict"
+
+
+class ConfigError(ReceiverError):
+    """The settings cannot work together; raised at start-up, before anything listens."""
+
+    code = "config"

@@ -1,0 +1,106 @@
+"""Settings: a TOML file (``config/receiver.toml``) overlaid by ``RECEIVER_*`` environment variables.
+
+Built once in ``main`` and passed down; nothing else reads the environment. Secrets are ``SecretStr``
+so they never show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from receiver.errors import ConfigError
+from receiver.events import Channel, SignPolicy
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    access_log: bool = False  # one summary line per notification is logged anyway
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+
+class StoreSettings(Section):
+    url: str = "sqlite:///var/receiver.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+    max_batch: int = Field(default=256, gt=0)  # events per group commit
+
+
+class VerifySettings(Section):
+    notify_keys: list[SecretStr] = Field(default_factory=list)
+    # None: "required" once any key is configured, "off" (with a warning) when none is.
+    policy: SignPolicy | None = None
+    http_policy: SignPolicy | None = None  # per-channel overrides of ``policy``
+    amqp_policy: SignPolicy | None = None
+    skew_seconds: float = Field(default=60.0, ge=0)
+
+    def keys(self) -> list[str]:
+        return [k.get_secret_value() for k in self.notify_keys if k.get_secret_value()]
+
+    def policy_for(self, channel: Channel) -> SignPolicy:
+        override = self.http_policy if channel is Channel.HTTP else self.amqp_policy
+        policy = override or self.policy
+        if policy is None:
+            return SignPolicy.REQUIRED if self.keys() else SignPolicy.OFF
+        if policy is not SignPolicy.OFF and not self.keys():
+            raise ConfigError(
+                f"verify: policy {policy.value!r} for {channel.value} needs at least one notify key"
+                " (verify.notify_keys or RECEIVER_VERIFY__NOTIFY_KEYS)"
+            )
+        return policy
+
+
+class ApiSettings(Section):
+    token: SecretStr | None = None  # bearer token for /v1/tasks and /v1/events; None = open
+
+
+class LogSettings(Section):
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECEIVER_", env_nested_delimiter="__", extra="forbid")
+
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+
+    class FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    return Settings.model_validate(FromFile().model_dump())

@@ -1,0 +1,127 @@
+"""Task records, their state machine, and the rules that match an event to a task. Pure, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class TaskState(StrEnum):
+    SUBMITTING = "submitting"  # recorded, ProcessLiveStream call not yet answered
+    SUBMITTED = "submitted"  # MPS accepted it (or it was registered); no event yet
+    RUNNING = "running"  # at least one event arrived
+    FINISHED = "finished"  # ProcessEof with ErrCode 0
+    FAILED = "failed"  # ProcessEof with any other ErrCode
+
+    @property
+    def ended(self) -> bool:
+        return self in (TaskState.FINISHED, TaskState.FAILED)
+
+
+EOF = "ProcessEof"
+
+
+class MatchedBy(StrEnum):
+    SESSION_CONTEXT = "session_context"
+    TASK_ID = "task_id"
+
+
+class Occurrence(Protocol):
+    """What the task rules need of an event: a new ``Event`` or one read back from the store."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def notification_type(self) -> str: ...
+    @property
+    def received_at(self) -> float: ...
+    @property
+    def err_code(self) -> int | None: ...
+    @property
+    def err_message(self) -> str | None: ...
+
+
+@dataclass(slots=True)
+class Task:
+    id: str  # our own id: a task being submitted has no MPS TaskId yet
+    task_id: str | None
+    session_id: str
+    session_context: str
+    url: str
+    labels: dict[str, str]
+    state: TaskState
+    created_at: float
+    updated_at: float
+    err_code: int | None = None
+    err_message: str | None = None
+    event_count: int = 0
+    late_count: int = 0
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+    ended_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What one event does to its task: the task as it is after, and whether the event came late."""
+
+    task: Task
+    late: bool
+
+
+def match(
+    event: Occurrence,
+    by_context: Sequence[Task],
+    by_task_id: Task | None,
+) -> tuple[Task, MatchedBy] | None:
+    """Pick the task an event belongs to: ``SessionContext`` first, then ``TaskId``.
+
+    ``by_context`` are the tasks registered with the event's (non-empty) ``SessionContext``. When
+    several share it, the one with the event's ``TaskId`` wins; if none has it, the context is
+    ambiguous and the ``TaskId`` decides.
+    """
+    if len(by_context) == 1:
+        return by_context[0], MatchedBy.SESSION_CONTEXT
+    for task in by_context:
+        if task.task_id == event.task_id:
+            return task, MatchedBy.SESSION_CONTEXT
+    if by_task_id is not None:
+        return by_task_id, MatchedBy.TASK_ID
+    return None
+
+
+def apply(task: Task, event: Occurrence) -> Transition:
+    """Advance a task by one event, in the order events were received."""
+    at = event.received_at
+    if task.state.ended:
+        return Transition(replace(task, late_count=task.late_count + 1, updated_at=at), late=True)
+    changes: dict[str, Any] = {
+        "event_count": task.event_count + 1,
+        "first_event_at": task.first_event_at if task.first_event_at is not None else at,
+        "last_event_at": at,
+        "updated_at": at,
+        # A task recorded before its ProcessLiveStream call returned learns its TaskId here.
+        "task_id": task.task_id or event.task_id,
+    }
+    if event.notification_type == EOF:
+        ok = event.err_code == 0
+        changes.update(
+            state=TaskState.FINISHED if ok else TaskState.FAILED,
+            err_code=event.err_code,
+            err_message=event.err_message
+            if event.err_code is not None
+            else "ProcessEof carried no ProcessEofInfo.ErrCode",
+            ended_at=at,
+        )
+    else:
+        changes["state"] = TaskState.RUNNING
+    return Transition(replace(task, **changes), late=False)
+
+
+def new_id() -> str:
+    """A fresh id of ours for a task record."""
+    return uuid.uuid4().hex

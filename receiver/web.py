@@ -1,0 +1,308 @@
+"""aiohttp routes: the MPS webhook, the management API (tasks, events) and the health probes."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver.errors import (
+    ConflictError,
+    InvalidNotificationError,
+    SignatureError,
+    StoreUnavailableError,
+)
+from receiver.events import Channel
+from receiver.ingest import Ingestor
+from receiver.ports import EventQuery, EventRecord, Store
+from receiver.tasks import Task, TaskState, new_id
+
+log = structlog.get_logger("receiver.web")
+
+INGESTOR = web.AppKey("ingestor", Ingestor)
+STORE = web.AppKey("store", Store)
+API_TOKEN = web.AppKey("api_token", str)  # "" = the management API is open
+MAX_BODY = web.AppKey("max_body", int)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+
+_OK = b'{"code":0}'
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> web.Response:
+    body = {"code": code, "message": message, **{k: v for k, v in details.items() if v is not None}}
+    return json_response({"error": body}, status, headers)
+
+
+class BadParameterError(Exception):
+    def __init__(self, field: str, expected: str) -> None:
+        self.field = field
+        self.expected = expected
+        super().__init__(f"{field}: expected {expected}")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON naming what was wrong; nothing a client sends escapes as a 500 page."""
+    try:
+        return await handler(request)
+    except BadParameterError as exc:
+        return error_response(400, "invalid_parameter", str(exc), field=exc.field, expected=exc.expected)
+    except StoreUnavailableError as exc:
+        return error_response(503, exc.code, f"the store is unavailable: {exc}", {"Retry-After": "1"})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            limit = request.app[MAX_BODY]
+            return error_response(413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit)
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=dict(exc.headers))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", path=request.path, method=request.method)
+        return error_response(500, "internal_error", "internal error; see the receiver's log")
+
+
+# --- the webhook -------------------------------------------------------------------------------
+
+
+async def receive_notification(request: web.Request) -> web.Response:
+    """``POST /v1/notifications``: answered ``200 {"code":0}`` only once the event is committed."""
+    body = await request.read()
+    try:
+        await request.app[INGESTOR].ingest(body, Channel.HTTP)
+    except InvalidNotificationError as exc:
+        return error_response(400, exc.code, str(exc), field=exc.field, expected=exc.expected, got=exc.got)
+    except SignatureError as exc:
+        return error_response(401, exc.code, exc.reason)
+    return web.Response(body=_OK, content_type="application/json")
+
+
+# --- management API ----------------------------------------------------------------------------
+
+
+def protected(handler: Handler) -> Handler:
+    """The management API wants ``Authorization: Bearer <token>`` when a token is configured."""
+
+    async def check(request: web.Request) -> web.StreamResponse:
+        token = request.app[API_TOKEN]
+        if token:
+            given = request.headers.get("Authorization", "")
+            scheme, _, credentials = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+                return error_response(
+                    401,
+                    "unauthorized",
+                    "this API wants an Authorization: Bearer <token> header with the configured api token",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return check
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "task_id": task.task_id,
+        "session_id": task.session_id,
+        "session_context": task.session_context,
+        "url": task.url,
+        "labels": task.labels,
+        "state": task.state.value,
+        "err_code": task.err_code,
+        "err_message": task.err_message,
+        "event_count": task.event_count,
+        "late_count": task.late_count,
+        "created_at": _iso(task.created_at),
+        "updated_at": _iso(task.updated_at),
+        "first_event_at": _iso(task.first_event_at),
+        "last_event_at": _iso(task.last_event_at),
+        "ended_at": _iso(task.ended_at),
+    }
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "event_id": e.event_id,
+        "task_id": e.task_id,
+        "task_ref": e.task_ref,
+        "orphan": e.task_ref is None,
+        "matched_by": e.matched_by.value if e.matched_by else None,
+        "notification_type": e.notification_type,
+        "session_id": e.session_id,
+        "session_context": e.session_context,
+        "channel": e.channel,
+        "received_at": _iso(e.received_at),
+        "verdict": e.verdict,
+        "late": e.late,
+        "duplicates": e.duplicates,
+        "err_code": e.err_code,
+        "err_message": e.err_message,
+        "findings": e.findings,
+        "payload": e.raw,
+    }
+
+
+class TaskRegistration(BaseModel):
+    """``POST /v1/tasks``: a task submitted elsewhere, so that its notifications find it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str = Field(min_length=1, max_length=256)
+    session_id: str = Field(default="", max_length=50)
+    session_context: str = Field(default="", max_length=1000)
+    url: str = Field(default="", max_length=4096)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+async def register_task(request: web.Request) -> web.Response:
+    try:
+        body = orjson.loads(await request.read())
+        spec = TaskRegistration.model_validate(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadParameterError("body", f"a JSON object ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadParameterError(field, first["msg"].lower()) from None
+    now = request.app[CLOCK]()
+    task = Task(
+        id=new_id(),
+        task_id=spec.task_id.strip(),
+        session_id=spec.session_id,
+        session_context=spec.session_context,
+        url=spec.url,
+        labels=spec.labels,
+        state=TaskState.SUBMITTED,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        task, adopted = await request.app[STORE].register_task(task)
+    except ConflictError as exc:
+        return error_response(409, exc.code, str(exc), field="task_id")
+    log.info("task registered", task_id=task.task_id, adopted_events=adopted, state=task.state.value)
+    return json_response({**task_json(task), "adopted_events": adopted}, 201)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task = await request.app[STORE].get_task(request.match_info["task_id"])
+    if task is None:
+        return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
+    return json_response(task_json(task))
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise BadParameterError("limit", "an integer from 1 to 1000")
+    return int(raw)
+
+
+def _cursor(request: web.Request) -> int:
+    raw = request.query.get("cursor", "0")
+    if not raw.isdigit():
+        raise BadParameterError("cursor", "the 'next' value of a previous page")
+    return int(raw)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    state: TaskState | None = None
+    if "state" in request.query:
+        try:
+            state = TaskState(request.query["state"])
+        except ValueError:
+            raise BadParameterError("state", "one of " + ", ".join(s.value for s in TaskState)) from None
+    page = await request.app[STORE].list_tasks(state=state, after=str(_cursor(request)), limit=_limit(request))
+    return json_response({"items": [task_json(t) for t in page.items], "next": page.next})
+
+
+def _since(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParameterError("since", "unix seconds or an ISO 8601 date-time") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+async def _events_page(request: web.Request, query: EventQuery) -> web.Response:
+    page = await request.app[STORE].list_events(query)
+    return json_response({"items": [event_json(e) for e in page.items], "next": page.next})
+
+
+async def list_events(request: web.Request) -> web.Response:
+    q = request.query
+    orphan: bool | None = None
+    if "orphan" in q:
+        if q["orphan"] not in ("true", "false"):
+            raise BadParameterError("orphan", "true or false")
+        orphan = q["orphan"] == "true"
+    query = EventQuery(
+        task_id=q.get("task_id"),
+        notification_type=q.get("type"),
+        since=_since(q["since"]) if "since" in q else None,
+        orphan=orphan,
+        after=_cursor(request),
+        limit=_limit(request),
+    )
+    return await _events_page(request, query)
+
+
+async def list_task_events(request: web.Request) -> web.Response:
+    task = await request.app[STORE].get_task(request.match_info["task_id"])
+    if task is None:
+        return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
+    return await _events_page(request, EventQuery(task_ref=task.id, after=_cursor(request), limit=_limit(request)))
+
+
+# --- probes ------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(request.app[STORE].ping(), timeout=2.0)
+    except (StoreUnavailableError, TimeoutError) as exc:
+        return json_response({"status": "unavailable", "store": str(exc) or "timed out"}, 503)
+    return json_response({"status": "ready", "store": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/notifications", receive_notification)
+    app.router.add_post("/v1/tasks", protected(register_task))
+    app.router.add_get("/v1/tasks", protected(list_tasks))
+    app.router.add_get("/v1/tasks/{task_id}", protected(get_task))
+    app.router.add_get("/v1/tasks/{task_id}/events", protected(list_task_events))
+    app.router.add_get("/v1/events", protected(list_events))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
