@@ -367,9 +367,7 @@ def _analysis(info: wire.AnalysisResultInfo) -> Iterator[Finding]:
                     text=para.summary,
                     start=para.start_time_offset,
                     end=para.end_time_offset,
-                    attrs=_attrs(
-                        keywords=para.keywords, begin_time=para.begin_time, end_time=para.end_time
-                    ),
+                    attrs=_attrs(keywords=para.keywords, begin_time=para.begin_time, end_time=para.end_time),
                 )
 
 

@@ -39,7 +39,9 @@ class GroupCommit:
     what arrived during the previous commit (at most ``max_batch``).
     """
 
-    def __init__(self, commit: Callable[[Sequence[Event]], Awaitable[list[Recorded]]], max_batch: int) -> None:
+    def __init__(
+        self, commit: Callable[[Sequence[Event]], Awaitable[list[Recorded]]], max_batch: int
+    ) -> None:
         self._commit = commit
         self._max_batch = max_batch
         self._pending: list[tuple[Event, asyncio.Future[Recorded]]] = []

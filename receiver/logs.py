@@ -28,15 +28,24 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    processors: list[structlog.typing.Processor]
     if console:
         processors = [*shared, structlog.dev.ConsoleRenderer()]
         factory: structlog.typing.WrappedLogger = structlog.PrintLoggerFactory(out)
     elif hasattr(out, "buffer"):
         # orjson writes bytes straight to the binary stream: the cheapest line per notification.
-        processors = [*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer(orjson.dumps)]
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(orjson.dumps),
+        ]
         factory = structlog.BytesLoggerFactory(out.buffer)
     else:
-        processors = [*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer(_dumps)]
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(_dumps),
+        ]
         factory = structlog.PrintLoggerFactory(out)
     structlog.configure(
         processors=processors,

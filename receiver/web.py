@@ -40,7 +40,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
 
 
 def error_response(
@@ -71,8 +73,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         if exc.status == 413:
             limit = request.app[MAX_BODY]
-            return error_response(413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit)
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=dict(exc.headers))
+            return error_response(
+                413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit
+            )
+        kept = {
+            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")
+        }
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=kept)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -106,7 +113,9 @@ def protected(handler: Handler) -> Handler:
         if token:
             given = request.headers.get("Authorization", "")
             scheme, _, credentials = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credentials.strip().encode(), token.encode()
+            ):
                 return error_response(
                     401,
                     "unauthorized",
@@ -236,7 +245,9 @@ async def list_tasks(request: web.Request) -> web.Response:
             state = TaskState(request.query["state"])
         except ValueError:
             raise BadParameterError("state", "one of " + ", ".join(s.value for s in TaskState)) from None
-    page = await request.app[STORE].list_tasks(state=state, after=str(_cursor(request)), limit=_limit(request))
+    page = await request.app[STORE].list_tasks(
+        state=state, after=str(_cursor(request)), limit=_limit(request)
+    )
     return json_response({"items": [task_json(t) for t in page.items], "next": page.next})
 
 
@@ -279,7 +290,9 @@ async def list_task_events(request: web.Request) -> web.Response:
     task = await request.app[STORE].get_task(request.match_info["task_id"])
     if task is None:
         return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
-    return await _events_page(request, EventQuery(task_ref=task.id, after=_cursor(request), limit=_limit(request)))
+    return await _events_page(
+        request, EventQuery(task_ref=task.id, after=_cursor(request), limit=_limit(request))
+    )
 
 
 # --- probes ------------------------------------------------------------------------------------

@@ -323,20 +323,22 @@ class SqliteStore:
 # --- the transaction bodies (writer thread) -----------------------------------------------------
 
 
+def _count_duplicate(con: sqlite3.Connection, e: Event, existing: Sequence[Any]) -> Recorded:
+    seq, task_ref, matched_by, late = existing
+    con.execute(
+        "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = ? WHERE seq = ?",
+        (e.received_at, seq),
+    )
+    task = _load_task(con, "id", task_ref) if task_ref else None
+    return Recorded(e.event_id, seq, True, task, MatchedBy(matched_by) if matched_by else None, bool(late))
+
+
 def _record(con: sqlite3.Connection, e: Event) -> Recorded:
     existing = con.execute(
         "SELECT seq, task_ref, matched_by, late FROM events WHERE event_id = ?", (e.event_id,)
     ).fetchone()
     if existing is not None:
-        seq, task_ref, matched_by, late = existing
-        con.execute(
-            "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = ? WHERE seq = ?",
-            (e.received_at, seq),
-        )
-        task = _load_task(con, "id", task_ref) if task_ref else None
-        return Recorded(
-            e.event_id, seq, True, task, MatchedBy(matched_by) if matched_by else None, bool(late)
-        )
+        return _count_duplicate(con, e, existing)
 
     by_context: list[Task] = []
     if e.session_context:
@@ -416,9 +418,9 @@ def _register(con: sqlite3.Connection, task: Task) -> tuple[Task, int]:
     orphans = [
         _Orphan(*r)
         for r in con.execute(
-            "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message FROM events"
-            " WHERE task_ref IS NULL AND (task_id = ? OR (session_context <> '' AND session_context = ?))"
-            " ORDER BY seq",
+            "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message"
+            " FROM events WHERE task_ref IS NULL"
+            " AND (task_id = ? OR (session_context <> '' AND session_context = ?)) ORDER BY seq",
             (task.task_id or "", task.session_context),
         )
     ]

@@ -1,0 +1,76 @@
+"""In-memory fakes of the ports, for unit tests of the use cases (adapters are tested for real)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+from receiver import tasks
+from receiver.errors import ConflictError, StoreUnavailableError
+from receiver.events import Event
+from receiver.ports import EventQuery, EventRecord, Page, Recorded
+from receiver.tasks import Task, TaskState
+
+
+class MemoryStore:
+    """The ``Store`` port in a dict; records every batch it was asked to commit."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, tuple[int, Event]] = {}
+        self.duplicates: dict[str, int] = {}
+        self.tasks: dict[str, Task] = {}
+        self.batches: list[list[str]] = []
+        self.down = False
+        self.gate: asyncio.Event | None = None  # when set, commits wait for it
+
+    async def record_events(self, events: Sequence[Event]) -> list[Recorded]:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise StoreUnavailableError("the fake store is down")
+        self.batches.append([e.event_id for e in events])
+        out = []
+        for e in events:
+            if e.event_id in self.events:
+                self.duplicates[e.event_id] = self.duplicates.get(e.event_id, 0) + 1
+                out.append(Recorded(e.event_id, self.events[e.event_id][0], True, None, None, False))
+                continue
+            seq = len(self.events) + 1
+            self.events[e.event_id] = (seq, e)
+            by_context = [
+                t for t in self.tasks.values() if e.session_context and t.session_context == e.session_context
+            ]
+            by_id = next((t for t in self.tasks.values() if t.task_id == e.task_id), None)
+            found = tasks.match(e, by_context, by_id)
+            if found is None:
+                out.append(Recorded(e.event_id, seq, False, None, None, False))
+                continue
+            task, matched_by = found
+            transition = tasks.apply(task, e)
+            self.tasks[task.id] = transition.task
+            out.append(Recorded(e.event_id, seq, False, transition.task, matched_by, transition.late))
+        return out
+
+    async def register_task(self, task: Task) -> tuple[Task, int]:
+        if any(t.task_id == task.task_id for t in self.tasks.values()):
+            raise ConflictError(f"task_id {task.task_id!r} is already registered")
+        self.tasks[task.id] = replace(task)
+        return task, 0
+
+    async def get_task(self, task_id: str) -> Task | None:
+        return next((t for t in self.tasks.values() if task_id in (t.task_id, t.id)), None)
+
+    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]:
+        items = [t for t in self.tasks.values() if state is None or t.state is state]
+        return Page(items[:limit], None)
+
+    async def list_events(self, query: EventQuery) -> Page[EventRecord]:
+        return Page([], None)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailableError("the fake store is down")
+
+    async def aclose(self) -> None:
+        pass

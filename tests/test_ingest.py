@@ -1,0 +1,129 @@
+"""The ingest use case on an in-memory store: group commit, outcomes, the summary line."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from structlog.testing import capture_logs
+
+from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
+from receiver.events import Channel, SignPolicy, Verdict
+from receiver.ingest import Ingestor
+from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.fakes import MemoryStore
+
+EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+
+
+def ingestor(store: MemoryStore, policy: SignPolicy = SignPolicy.REQUIRED, max_batch: int = 256) -> Ingestor:
+    return Ingestor(
+        store,
+        keys=[NOTIFY_KEY],
+        policies={Channel.HTTP: policy, Channel.AMQP: policy},
+        max_batch=max_batch,
+        clock=lambda: FROZEN_NOW,
+    )
+
+
+def distinct(n: int) -> list[bytes]:
+    return [body(signed({**EOF_DOC, "TaskId": f"task-{i}"})) for i in range(n)]
+
+
+async def test_concurrent_notifications_share_one_commit_and_each_waits_for_it() -> None:
+    store = MemoryStore()
+    store.gate = asyncio.Event()
+    ing = ingestor(store)
+    pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in distinct(50)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in pending)  # nobody is answered before the commit
+    store.gate.set()
+    results = await asyncio.gather(*pending)
+    assert all(r.outcome == "stored" for r in results)
+    assert sum(len(b) for b in store.batches) == 50
+    assert len(store.batches) <= 2  # the first arrival may commit alone; the rest ride together
+
+
+async def test_batches_are_capped() -> None:
+    store = MemoryStore()
+    store.gate = asyncio.Event()
+    ing = ingestor(store, max_batch=8)
+    pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in distinct(30)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(*pending)
+    assert max(len(b) for b in store.batches) <= 8
+    assert sum(len(b) for b in store.batches) == 30
+
+
+async def test_a_failed_commit_fails_every_waiter_in_it_and_the_next_batch_still_runs() -> None:
+    store = MemoryStore()
+    store.down = True
+    ing = ingestor(store)
+    outcomes = await asyncio.gather(
+        *(ing.ingest(b, Channel.HTTP) for b in distinct(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, StoreUnavailableError) for o in outcomes)
+    store.down = False
+    result = await ing.ingest(distinct(1)[0], Channel.HTTP)
+    assert result.outcome == "stored"
+
+
+async def test_the_same_notification_twice_is_stored_once_and_counted_as_a_duplicate() -> None:
+    store = MemoryStore()
+    ing = ingestor(store)
+    doc = signed(EOF_DOC)
+    first, second = await asyncio.gather(
+        ing.ingest(body(doc), Channel.HTTP), ing.ingest(body(doc), Channel.AMQP)
+    )
+    assert (first.outcome, second.outcome) == ("stored", "duplicate")
+    assert len(store.events) == 1
+    assert store.duplicates == {first.event.event_id: 1}
+
+
+async def test_invalid_and_unsigned_notifications_never_reach_the_store() -> None:
+    store = MemoryStore()
+    ing = ingestor(store)
+    with pytest.raises(InvalidNotificationError):
+        await ing.ingest(b"{", Channel.HTTP)
+    with pytest.raises(SignatureError):
+        await ing.ingest(body(EOF_DOC), Channel.HTTP)
+    assert store.batches == []
+
+
+async def test_policy_is_per_channel() -> None:
+    store = MemoryStore()
+    ing = Ingestor(
+        store,
+        keys=[NOTIFY_KEY],
+        policies={Channel.HTTP: SignPolicy.REQUIRED, Channel.AMQP: SignPolicy.IF_PRESENT},
+        clock=lambda: FROZEN_NOW,
+    )
+    result = await ing.ingest(body(EOF_DOC), Channel.AMQP)
+    assert result.event.verdict is Verdict.UNSIGNED
+    with pytest.raises(SignatureError):
+        await ing.ingest(body(EOF_DOC), Channel.HTTP)
+
+
+async def test_one_summary_line_per_notification_whatever_the_outcome() -> None:
+    store = MemoryStore()
+    ing = ingestor(store)
+    good = body(signed(EOF_DOC))
+    with capture_logs() as logs:
+        await ing.ingest(good, Channel.HTTP)
+        await ing.ingest(good, Channel.HTTP)
+        with pytest.raises(InvalidNotificationError):
+            await ing.ingest(b"[]", Channel.AMQP)
+        with pytest.raises(SignatureError):
+            await ing.ingest(body(signed(EOF_DOC, key="nope")), Channel.HTTP)
+    lines = [entry for entry in logs if entry["event"] == "notification"]
+    assert [line["outcome"] for line in lines] == ["stored", "duplicate", "invalid", "unauthorized"]
+    stored = lines[0]
+    assert stored["task_id"] == EOF_DOC["TaskId"]
+    assert stored["notification_type"] == "ProcessEof"
+    assert stored["channel"] == "http"
+    assert stored["duration_ms"] >= 0
+    assert lines[2]["channel"] == "amqp"
+    assert lines[3]["task_id"] == EOF_DOC["TaskId"]
+    assert all(NOTIFY_KEY not in repr(line) for line in lines)

@@ -1,0 +1,245 @@
+"""The SQLite store on a real file: dedup, matching, orphans, states, pages, and failure."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver import events
+from receiver.errors import ConflictError, StoreUnavailableError
+from receiver.events import Channel, Event, Verdict
+from receiver.ports import EventQuery
+from receiver.stores.sqlite import SqliteStore
+from receiver.tasks import MatchedBy, Task, TaskState, new_id
+from tests.conftest import FROZEN_NOW, body, example
+
+REVIEW = example("03-AiReviewResult-Image.constructed.json")
+EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+
+
+def event(doc: dict[str, Any], at: float = FROZEN_NOW, **changes: Any) -> Event:
+    document, n = events.parse(body({**doc, **changes}))
+    return events.normalize(document, n, channel=Channel.HTTP, received_at=at, verdict=Verdict.SKIPPED)
+
+
+def new_task(task_id: str | None = "T1", session_context: str = "", **kw: Any) -> Task:
+    return Task(
+        id=new_id(),
+        task_id=task_id,
+        session_id="",
+        session_context=session_context,
+        url="rtmp://example/live/1",
+        labels={"team": "a"},
+        state=TaskState.SUBMITTED,
+        created_at=1.0,
+        updated_at=1.0,
+        **kw,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = await SqliteStore.open(tmp_path / "var" / "receiver.db", busy_timeout_ms=100)
+    yield s
+    await s.aclose()
+
+
+async def test_an_event_is_stored_with_its_findings_and_raw_payload(store: SqliteStore) -> None:
+    e = event(REVIEW)
+    [rec] = await store.record_events([e])
+    assert (rec.duplicate, rec.task, rec.late) == (False, None, False)
+    page = await store.list_events(EventQuery())
+    [stored] = page.items
+    assert stored.event_id == e.event_id
+    assert stored.raw == REVIEW
+    assert [f["kind"] for f in stored.findings] == ["ImagePorn", "ImagePolitical"]
+    assert stored.findings[1]["area"] == [612, 88, 744, 201]
+    assert (stored.task_ref, stored.matched_by, stored.channel, stored.verdict) == (
+        None,
+        None,
+        "http",
+        "skipped",
+    )
+
+
+async def test_a_repeat_is_counted_on_the_existing_row_never_stored_twice(store: SqliteStore) -> None:
+    e = event(REVIEW)
+    [first] = await store.record_events([e])
+    again = event(REVIEW, at=FROZEN_NOW + 5)
+    # Twice more: once alone, once twice inside one batch.
+    [second] = await store.record_events([again])
+    third, fourth = await store.record_events([again, again])
+    assert not first.duplicate
+    assert second.duplicate
+    assert third.duplicate
+    assert fourth.duplicate
+    assert second.seq == first.seq
+    page = await store.list_events(EventQuery())
+    assert len(page.items) == 1
+    assert page.items[0].duplicates == 3
+    assert await store.count_events() == 1
+
+
+async def test_events_match_by_session_context_first_then_task_id(store: SqliteStore) -> None:
+    by_ctx, _ = await store.register_task(new_task("T-ctx", session_context=REVIEW["SessionContext"]))
+    by_id, _ = await store.register_task(new_task(REVIEW["TaskId"]))
+    [rec] = await store.record_events([event(REVIEW)])
+    assert rec.task is not None
+    assert rec.task.id == by_ctx.id
+    assert rec.matched_by is MatchedBy.SESSION_CONTEXT
+    [rec2] = await store.record_events([event(REVIEW, SessionContext="")])
+    assert rec2.task is not None
+    assert rec2.task.id == by_id.id
+    assert rec2.matched_by is MatchedBy.TASK_ID
+
+
+async def test_task_goes_running_then_finished_and_later_events_are_flagged_late(store: SqliteStore) -> None:
+    await store.register_task(new_task(EOF_DOC["TaskId"]))
+    tid = EOF_DOC["TaskId"]
+    review = event(REVIEW, TaskId=tid, SessionContext="", at=10)
+    eof = event(EOF_DOC, at=20)
+    late = event(REVIEW, TaskId=tid, SessionContext="", Sign="x", at=30, SessionId="after")
+    r1, r2, r3 = await store.record_events([review, eof, late])
+    assert r1.task is not None
+    assert r1.task.state is TaskState.RUNNING
+    assert r2.task is not None
+    assert r2.task.state is TaskState.FINISHED
+    assert r3.late
+    assert r3.task is not None
+    assert r3.task.late_count == 1
+    task = await store.get_task(tid)
+    assert task is not None
+    assert (task.state, task.err_code, task.err_message, task.event_count, task.late_count) == (
+        TaskState.FINISHED,
+        0,
+        "Success",
+        2,
+        1,
+    )
+    assert (task.first_event_at, task.last_event_at, task.ended_at) == (10, 20, 20)
+    lates = [e.late for e in (await store.list_events(EventQuery(task_ref=task.id))).items]
+    assert lates == [False, False, True]
+
+
+async def test_a_failing_process_eof_fails_the_task_keeping_code_and_message(store: SqliteStore) -> None:
+    await store.register_task(new_task(EOF_DOC["TaskId"]))
+    await store.record_events([event(EOF_DOC, ProcessEofInfo={"ErrCode": 4002, "Message": "data timeout"})])
+    task = await store.get_task(EOF_DOC["TaskId"])
+    assert task is not None
+    assert (task.state, task.err_code, task.err_message) == (TaskState.FAILED, 4002, "data timeout")
+
+
+async def test_orphans_are_kept_and_adopted_in_order_when_their_task_is_registered(
+    store: SqliteStore,
+) -> None:
+    tid = EOF_DOC["TaskId"]
+    r1, r2, r3 = await store.record_events(
+        [
+            event(REVIEW, TaskId=tid, at=10),  # carries a SessionContext
+            event(EOF_DOC, at=20),
+            event(REVIEW, TaskId=tid, SessionId="x", at=30),
+        ]
+    )
+    assert r1.task is None
+    assert r2.task is None
+    assert r3.task is None
+    orphans = await store.list_events(EventQuery(orphan=True))
+    assert len(orphans.items) == 3
+    task, adopted = await store.register_task(new_task(tid, session_context=REVIEW["SessionContext"]))
+    assert adopted == 3
+    assert (task.state, task.event_count, task.late_count, task.ended_at) == (TaskState.FINISHED, 2, 1, 20)
+    attached = (await store.list_events(EventQuery(task_ref=task.id))).items
+    assert [(e.matched_by, e.late) for e in attached] == [
+        (MatchedBy.SESSION_CONTEXT, False),
+        (MatchedBy.TASK_ID, False),
+        (MatchedBy.SESSION_CONTEXT, True),
+    ]
+    assert (await store.list_events(EventQuery(orphan=True))).items == []
+
+
+async def test_a_task_id_cannot_be_registered_twice(store: SqliteStore) -> None:
+    await store.register_task(new_task("T1"))
+    with pytest.raises(ConflictError):
+        await store.register_task(new_task("T1"))
+
+
+async def test_a_task_recorded_without_task_id_learns_it_from_a_context_match(store: SqliteStore) -> None:
+    t, _ = await store.register_task(new_task(None, session_context="ours:abc"))
+    await store.record_events([event(REVIEW, SessionContext="ours:abc")])
+    found = await store.get_task(REVIEW["TaskId"])
+    assert found is not None
+    assert found.id == t.id
+    assert found.state is TaskState.RUNNING
+
+
+async def test_pages_follow_the_order_received_with_a_cursor(store: SqliteStore) -> None:
+    await store.record_events([event(REVIEW, SessionId=f"s{i}", at=100 + i) for i in range(7)])
+    seen: list[str] = []
+    after = 0
+    while True:
+        page = await store.list_events(EventQuery(after=after, limit=3))
+        seen += [e.session_id for e in page.items]
+        if page.next is None:
+            break
+        after = int(page.next)
+    assert seen == [f"s{i}" for i in range(7)]
+    since = await store.list_events(EventQuery(since=105))
+    assert [e.session_id for e in since.items] == ["s5", "s6"]
+    typed = await store.list_events(EventQuery(notification_type="ProcessEof"))
+    assert typed.items == []
+
+
+async def test_tasks_list_by_state(store: SqliteStore) -> None:
+    for i in range(5):
+        await store.register_task(new_task(f"T{i}"))
+    await store.record_events([event(EOF_DOC, TaskId="T2")])
+    finished = await store.list_tasks(state=TaskState.FINISHED, after=None, limit=10)
+    assert [t.task_id for t in finished.items] == ["T2"]
+    first = await store.list_tasks(state=None, after=None, limit=3)
+    rest = await store.list_tasks(state=None, after=first.next, limit=3)
+    assert [t.task_id for t in first.items + rest.items] == [f"T{i}" for i in range(5)]
+    assert rest.next is None
+
+
+async def test_a_locked_database_is_unavailable_not_a_crash_and_recovers(store: SqliteStore) -> None:
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await store.record_events([event(REVIEW)])
+        with pytest.raises(StoreUnavailableError):
+            await store.ping()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await store.ping()
+    [rec] = await store.record_events([event(REVIEW)])
+    assert not rec.duplicate
+
+
+async def test_reopening_keeps_everything_and_migrations_are_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = await SqliteStore.open(path)
+    await s.record_events([event(REVIEW)])
+    await s.aclose()
+    s = await SqliteStore.open(path)
+    try:
+        assert await s.count_events() == 1
+        [rec] = await s.record_events([event(REVIEW)])
+        assert rec.duplicate
+    finally:
+        await s.aclose()
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == 1
+
+
+async def test_concurrent_batches_from_many_callers_all_commit(store: SqliteStore) -> None:
+    batches = [[event(REVIEW, SessionId=f"{b}-{i}") for i in range(20)] for b in range(10)]
+    results = await asyncio.gather(*(store.record_events(b) for b in batches))
+    assert sum(len(r) for r in results) == 200
+    assert await store.count_events() == 200

@@ -1,0 +1,99 @@
+"""The task state machine and the matching rules, on plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from receiver import tasks
+from receiver.tasks import MatchedBy, Task, TaskState
+
+
+@dataclass
+class Happened:
+    task_id: str = "T1"
+    notification_type: str = "AiReviewResult"
+    received_at: float = 100.0
+    err_code: int | None = None
+    err_message: str | None = None
+
+
+def task(**kw: object) -> Task:
+    base: dict[str, object] = {
+        "id": "ours-1",
+        "task_id": "T1",
+        "session_id": "",
+        "session_context": "",
+        "url": "rtmp://x/live/1",
+        "labels": {},
+        "state": TaskState.SUBMITTED,
+        "created_at": 1.0,
+        "updated_at": 1.0,
+    }
+    base.update(kw)
+    return Task(**base)  # type: ignore[arg-type]
+
+
+def test_first_event_makes_a_submitted_task_running() -> None:
+    t = tasks.apply(task(), Happened(received_at=5.0))
+    assert (t.task.state, t.late, t.task.event_count, t.task.first_event_at, t.task.last_event_at) == (
+        TaskState.RUNNING,
+        False,
+        1,
+        5.0,
+        5.0,
+    )
+
+
+def test_process_eof_with_code_zero_finishes_and_nonzero_fails_keeping_code_and_message() -> None:
+    running = tasks.apply(task(), Happened()).task
+    done = tasks.apply(
+        running, Happened(notification_type="ProcessEof", err_code=0, err_message="Success", received_at=9)
+    )
+    assert (done.task.state, done.task.err_code, done.task.ended_at) == (TaskState.FINISHED, 0, 9)
+    failed = tasks.apply(
+        running, Happened(notification_type="ProcessEof", err_code=4002, err_message="data timeout")
+    )
+    assert (failed.task.state, failed.task.err_code, failed.task.err_message) == (
+        TaskState.FAILED,
+        4002,
+        "data timeout",
+    )
+
+
+def test_process_eof_without_an_error_code_is_a_failure_that_says_so() -> None:
+    t = tasks.apply(task(), Happened(notification_type="ProcessEof")).task
+    assert t.state is TaskState.FAILED
+    assert t.err_message is not None
+    assert "no ProcessEofInfo.ErrCode" in t.err_message
+
+
+def test_events_after_the_end_are_late_and_change_nothing_but_the_late_count() -> None:
+    ended = tasks.apply(task(), Happened(notification_type="ProcessEof", err_code=0)).task
+    after = tasks.apply(ended, Happened(received_at=50.0))
+    assert after.late
+    assert (after.task.state, after.task.event_count, after.task.late_count) == (TaskState.FINISHED, 1, 1)
+    second_eof = tasks.apply(after.task, Happened(notification_type="ProcessEof", err_code=1))
+    assert second_eof.late
+    assert second_eof.task.state is TaskState.FINISHED
+
+
+def test_a_task_recorded_before_its_task_id_was_known_learns_it_from_its_first_event() -> None:
+    t = tasks.apply(task(task_id=None, state=TaskState.SUBMITTING), Happened(task_id="T9")).task
+    assert (t.task_id, t.state) == ("T9", TaskState.RUNNING)
+
+
+def test_match_prefers_session_context_over_task_id() -> None:
+    by_ctx = task(id="a", task_id="T-other", session_context="ctx")
+    by_id = task(id="b", task_id="T1")
+    assert tasks.match(Happened(), [by_ctx], by_id) == (by_ctx, MatchedBy.SESSION_CONTEXT)
+    assert tasks.match(Happened(), [], by_id) == (by_id, MatchedBy.TASK_ID)
+    assert tasks.match(Happened(), [], None) is None
+
+
+def test_a_shared_session_context_is_settled_by_task_id() -> None:
+    a = task(id="a", task_id="T0", session_context="room-1")
+    b = task(id="b", task_id="T1", session_context="room-1")
+    assert tasks.match(Happened(task_id="T1"), [a, b], None) == (b, MatchedBy.SESSION_CONTEXT)
+    c = task(id="c", task_id="T7")
+    assert tasks.match(Happened(task_id="T7"), [a, b], c) == (c, MatchedBy.TASK_ID)
+    assert tasks.match(Happened(task_id="T8"), [a, b], None) is None
