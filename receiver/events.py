@@ -179,12 +179,20 @@ def verify_sign(
 _VOLATILE = frozenset({"Timestamp", "Sign", "RequestId"})
 
 
+_CONTAINERS = (dict, list)
+
+
 def _pruned(value: Any) -> Any:
     # Absent, null and [] mean the same on the wire, so they must give the same identity too.
-    if isinstance(value, dict):
-        return {k: _pruned(v) for k, v in value.items() if v is not None and v != []}
-    if isinstance(value, list):
-        return [_pruned(v) for v in value]
+    # (Scalars are returned in place, not recursed into: this runs on every notification.)
+    if type(value) is dict:
+        return {
+            k: _pruned(v) if type(v) in _CONTAINERS else v
+            for k, v in value.items()
+            if v is not None and v != []
+        }
+    if type(value) is list:
+        return [_pruned(v) if type(v) in _CONTAINERS else v for v in value]
     return value
 
 

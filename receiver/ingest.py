@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from receiver import events
-from receiver.errors import InvalidNotificationError, ReceiverError, SignatureError, StoreUnavailableError
+from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
 from receiver.events import Channel, Event, SignPolicy
 from receiver.ports import Recorded, Store
 
@@ -30,6 +30,12 @@ class IngestResult:
     @property
     def outcome(self) -> str:
         return "duplicate" if self.recorded.duplicate else "stored"
+
+
+def _fail(batch: list[tuple[Event, asyncio.Future[Recorded]]], error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
 
 
 class GroupCommit:
@@ -58,16 +64,25 @@ class GroupCommit:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            try:
-                results = await self._commit([event for event, _ in batch])
-            except BaseException as exc:  # every waiter must hear about it, whatever it is
-                error = exc if isinstance(exc, ReceiverError) else StoreUnavailableError(repr(exc))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[tuple[Event, asyncio.Future[Recorded]]]) -> None:
+        try:
+            results = await self._commit([event for event, _ in batch])
+        except StoreUnavailableError as exc:
+            _fail(batch, exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("commit failed", event_id=batch[0][0].event_id)
+                _fail(batch, StoreUnavailableError(f"commit failed: {exc!r}"))
+                return
+            # Something in this batch cannot be stored: commit one by one, so that only it fails.
+            for one in batch:
+                await self._commit_batch([one])
+        except BaseException as exc:  # cancelled: every waiter must still hear about it
+            _fail(batch, StoreUnavailableError(repr(exc)))
+            raise
+        else:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -127,3 +127,27 @@ async def test_one_summary_line_per_notification_whatever_the_outcome() -> None:
     assert lines[2]["channel"] == "amqp"
     assert lines[3]["task_id"] == EOF_DOC["TaskId"]
     assert all(NOTIFY_KEY not in repr(line) for line in lines)
+
+
+async def test_an_event_that_breaks_its_batch_fails_alone_and_its_neighbours_are_stored() -> None:
+    store = MemoryStore()
+    store.gate = asyncio.Event()
+    ing = ingestor(store)
+    bodies = distinct(6)
+    poison = body(signed({**EOF_DOC, "TaskId": "poison"}))
+    real_commit = store.record_events
+
+    async def picky(events):  # type: ignore[no-untyped-def]
+        if any(e.task_id == "poison" for e in events):
+            raise TypeError("cannot store this one")
+        return await real_commit(events)
+
+    store.record_events = picky  # type: ignore[method-assign]
+    ing = ingestor(store)
+    pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in [*bodies[:3], poison, *bodies[3:]]]
+    await asyncio.sleep(0)
+    store.gate.set()
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert isinstance(outcomes[3], StoreUnavailableError)
+    assert [getattr(o, "outcome", None) for i, o in enumerate(outcomes) if i != 3] == ["stored"] * 6
+    assert len(store.events) == 6

@@ -243,3 +243,37 @@ async def test_concurrent_batches_from_many_callers_all_commit(store: SqliteStor
     results = await asyncio.gather(*(store.record_events(b) for b in batches))
     assert sum(len(r) for r in results) == 200
     assert await store.count_events() == 200
+
+
+async def test_a_task_registered_through_another_connection_is_seen_by_the_cached_writer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.db"
+    a = await SqliteStore.open(path)
+    b = await SqliteStore.open(path)
+    try:
+        [orphan] = await a.record_events([event(REVIEW, SessionContext="")])  # a caches "no such task"
+        assert orphan.task is None
+        await b.register_task(new_task(REVIEW["TaskId"]))
+        [matched] = await a.record_events([event(REVIEW, SessionContext="", SessionId="2")])
+        assert matched.task is not None
+        assert matched.task.state is TaskState.RUNNING
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_rolled_back_batch_leaves_no_trace_in_tasks_or_events(store: SqliteStore) -> None:
+    await store.register_task(new_task(EOF_DOC["TaskId"]))
+    good = event(EOF_DOC)
+    broken = event(REVIEW, TaskId=EOF_DOC["TaskId"], SessionContext="")
+    broken.raw = {"not serializable": object()}  # fails inside the transaction, after `good`
+    with pytest.raises(TypeError):
+        await store.record_events([good, broken])
+    task = await store.get_task(EOF_DOC["TaskId"])
+    assert task is not None
+    assert (task.state, task.event_count) == (TaskState.SUBMITTED, 0)
+    assert await store.count_events() == 0
+    [rec] = await store.record_events([good])  # and the writer's cache did not keep the failed change
+    assert rec.task is not None
+    assert (rec.task.state, rec.task.event_count) == (TaskState.FINISHED, 1)

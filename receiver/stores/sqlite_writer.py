@@ -1,0 +1,297 @@
+"""``SqliteWriter``: the write side of the SQLite store, one connection, synchronous calls.
+
+Each call is one ``BEGIN IMMEDIATE`` transaction, run on the store's writer thread. Tasks are cached in
+memory (this connection is the only writer); ``PRAGMA data_version`` tells us if another
+connection committed in between, and then the cache is dropped. Changes to tasks are staged
+during a transaction, written once per task at its end, and reach the cache only after the commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from receiver import tasks
+from receiver.errors import ConflictError, StoreUnavailableError
+from receiver.events import Event
+from receiver.ports import Recorded
+from receiver.tasks import MatchedBy, Task, TaskState
+
+R = TypeVar("R")
+
+TASK_COLUMNS: Final = (
+    "id, task_id, session_id, session_context, url, labels, state, err_code, err_message, event_count,"
+    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
+    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+)
+_UPDATE_TASK = (
+    "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
+    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ? WHERE id = ?"
+)
+_CACHE_LIMIT = 100_000  # cached lookups; past it the cache starts over
+
+
+def task_from_row(row: Sequence[Any]) -> Task:
+    return Task(
+        id=row[0],
+        task_id=row[1],
+        session_id=row[2],
+        session_context=row[3],
+        url=row[4],
+        labels=orjson.loads(row[5]),
+        state=TaskState(row[6]),
+        err_code=row[7],
+        err_message=row[8],
+        event_count=row[9],
+        late_count=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+        first_event_at=row[13],
+        last_event_at=row[14],
+        ended_at=row[15],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Orphan:
+    """The columns of a stored orphan event that the task rules read."""
+
+    seq: int
+    task_id: str
+    session_context: str
+    notification_type: str
+    received_at: float
+    err_code: int | None
+    err_message: str | None
+
+
+class SqliteWriter:
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+        self._data_version = -1
+        # Committed state: task by our id; our id (or None: no such task) by TaskId and by context.
+        self._tasks: dict[str, Task] = {}
+        self._by_task_id: dict[str, str | None] = {}
+        self._by_context: dict[str, list[str]] = {}
+        # The transaction in progress: tasks changed (by our id) and tasks added.
+        self._staged: dict[str, Task] = {}
+        self._added: list[Task] = []
+
+    # --- transactions -----------------------------------------------------------------------------
+
+    def transaction(self, body: Callable[[], R]) -> R:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction; ``OperationalError`` = unavailable."""
+        con = self.con
+        try:
+            con.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for the write lock
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"sqlite: {exc}") from exc
+        try:
+            version = con.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            con.execute("ROLLBACK")
+            raise StoreUnavailableError(f"sqlite: {exc}") from exc
+        if version != self._data_version:  # someone else wrote: what we cached may be stale
+            self._forget()
+            self._data_version = version
+        try:
+            result = body()
+            for task in self._staged.values():
+                self._write_task(task)
+            con.execute("COMMIT")
+        except BaseException as exc:
+            self._staged.clear()
+            self._added.clear()
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailableError(f"sqlite: {exc}") from exc
+            raise
+        self._publish()
+        return result
+
+    def _forget(self) -> None:
+        self._tasks.clear()
+        self._by_task_id.clear()
+        self._by_context.clear()
+
+    def _publish(self) -> None:
+        if len(self._tasks) + len(self._by_task_id) > _CACHE_LIMIT:
+            self._forget()
+        for task in self._added:
+            self._by_context.pop(task.session_context, None)  # reloaded with the newcomer next time
+        for task in (*self._added, *self._staged.values()):
+            self._tasks[task.id] = task
+            if task.task_id is not None:
+                self._by_task_id[task.task_id] = task.id
+        self._staged.clear()
+        self._added.clear()
+
+    # --- task lookups (staged first, then the cache, then the database) ---------------------------
+
+    def _task(self, task_ref: str) -> Task:
+        staged = self._staged.get(task_ref)
+        if staged is not None:
+            return staged
+        cached = self._tasks.get(task_ref)
+        if cached is None:
+            row = self.con.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_ref,)).fetchone()
+            cached = self._tasks[task_ref] = task_from_row(row)
+        return cached
+
+    def _by_mps_task_id(self, task_id: str) -> Task | None:
+        if task_id in self._by_task_id:
+            ref = self._by_task_id[task_id]
+        else:
+            row = self.con.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            ref = None
+            if row is not None:
+                task = task_from_row(row)
+                ref = task.id
+                self._tasks.setdefault(ref, task)
+            self._by_task_id[task_id] = ref
+        return None if ref is None else self._task(ref)
+
+    def _with_context(self, context: str) -> list[Task]:
+        refs = self._by_context.get(context)
+        if refs is None:
+            rows = self.con.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE session_context = ? LIMIT 16", (context,)
+            ).fetchall()
+            refs = []
+            for row in rows:
+                task = task_from_row(row)
+                self._tasks.setdefault(task.id, task)
+                refs.append(task.id)
+            self._by_context[context] = refs
+        return [self._task(ref) for ref in refs]
+
+    def _write_task(self, t: Task) -> None:
+        self.con.execute(
+            _UPDATE_TASK,
+            (
+                t.task_id,
+                t.state.value,
+                t.err_code,
+                t.err_message,
+                t.event_count,
+                t.late_count,
+                t.updated_at,
+                t.first_event_at,
+                t.last_event_at,
+                t.ended_at,
+                t.id,
+            ),
+        )
+
+    # --- ingest -----------------------------------------------------------------------------------
+
+    def record(self, events: Sequence[Event]) -> list[Recorded]:
+        return self.transaction(lambda: [self._record(e) for e in events])
+
+    def _record(self, e: Event) -> Recorded:
+        by_context = self._with_context(e.session_context) if e.session_context else []
+        by_task_id = None if len(by_context) == 1 else self._by_mps_task_id(e.task_id)
+        found = tasks.match(e, by_context, by_task_id)
+        transition = None if found is None else tasks.apply(found[0], e)
+        cur = self.con.execute(
+            _INSERT_EVENT,
+            (
+                e.event_id,
+                e.task_id,
+                found[0].id if found else None,
+                found[1].value if found else None,
+                e.notification_type,
+                e.session_id,
+                e.session_context,
+                e.channel.value,
+                e.received_at,
+                e.verdict.value,
+                transition.late if transition else False,
+                e.err_code,
+                e.err_message,
+                orjson.dumps(e.findings),
+                orjson.dumps(e.raw),
+            ),
+        )
+        if cur.rowcount == 0:  # already stored: count it there, change nothing else
+            return self._count_duplicate(e)
+        assert cur.lastrowid is not None
+        if found is None or transition is None:
+            return Recorded(e.event_id, cur.lastrowid, False, None, None, False)
+        self._staged[transition.task.id] = transition.task
+        return Recorded(e.event_id, cur.lastrowid, False, transition.task, found[1], transition.late)
+
+    def _count_duplicate(self, e: Event) -> Recorded:
+        seq, task_ref, matched_by, late = self.con.execute(
+            "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = ? WHERE event_id = ?"
+            " RETURNING seq, task_ref, matched_by, late",
+            (e.received_at, e.event_id),
+        ).fetchone()
+        task = self._task(task_ref) if task_ref else None
+        return Recorded(
+            e.event_id, seq, True, task, MatchedBy(matched_by) if matched_by else None, bool(late)
+        )
+
+    # --- registration -----------------------------------------------------------------------------
+
+    def register(self, task: Task) -> tuple[Task, int]:
+        return self.transaction(lambda: self._register(task))
+
+    def _register(self, task: Task) -> tuple[Task, int]:
+        if task.task_id is not None and self._by_mps_task_id(task.task_id) is not None:
+            raise ConflictError(f"task_id {task.task_id!r} is already registered")
+        self.con.execute(
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+            (
+                task.id,
+                task.task_id,
+                task.session_id,
+                task.session_context,
+                task.url,
+                orjson.dumps(task.labels),
+                task.state.value,
+                task.err_code,
+                task.err_message,
+                task.event_count,
+                task.late_count,
+                task.created_at,
+                task.updated_at,
+                task.first_event_at,
+                task.last_event_at,
+                task.ended_at,
+            ),
+        )
+        self._added.append(task)
+        # Orphans that this task would have matched had it been registered first, in the order received.
+        orphans = [
+            _Orphan(*r)
+            for r in self.con.execute(
+                "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message"
+                " FROM events WHERE task_ref IS NULL"
+                " AND (task_id = ? OR (session_context <> '' AND session_context = ?)) ORDER BY seq",
+                (task.task_id or "", task.session_context),
+            )
+        ]
+        for orphan in orphans:
+            by_context = task.session_context and orphan.session_context == task.session_context
+            matched_by = MatchedBy.SESSION_CONTEXT if by_context else MatchedBy.TASK_ID
+            transition = tasks.apply(task, orphan)
+            task = transition.task
+            self.con.execute(
+                "UPDATE events SET task_ref = ?, matched_by = ?, late = ? WHERE seq = ?",
+                (task.id, matched_by.value, transition.late, orphan.seq),
+            )
+        if orphans:
+            self._staged[task.id] = task
+        return task, len(orphans)
