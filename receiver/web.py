@@ -73,6 +73,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         if exc.status == 413:
             limit = request.app[MAX_BODY]
+            if request.path == "/v1/notifications":  # still one summary line per notification
+                log.warning("notification", channel="http", outcome="too_large", limit=limit)
             return error_response(
                 413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit
             )

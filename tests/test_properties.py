@@ -1,0 +1,82 @@
+"""Property tests: whatever arrives, parsing and normalizing give an event or the typed error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receiver import events
+from receiver.errors import InvalidNotificationError
+from receiver.events import Channel, Verdict
+from tests.conftest import NOTIFICATION_FILES, example
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+WIRE_KEYS = ["NotificationType", "TaskId", "ResultSet", "Type", "Confidence", "StartPtsTime", "AreaCoordSet",
+             "ProcessEofInfo", "ErrCode", "AiReviewResultInfo", "ImagePornResultSet", "Timestamp", "Sign",
+             "SessionContext", "Response", "msgBody"]  # fmt: skip
+
+
+def attempt(raw: bytes) -> None:
+    try:
+        document, notification = events.parse(raw)
+    except InvalidNotificationError as exc:
+        error = exc
+    else:
+        error = None
+    if error is not None:
+        assert error.field
+        assert error.expected
+        return
+    event = events.normalize(
+        document, notification, channel=Channel.HTTP, received_at=0.0, verdict=Verdict.SKIPPED
+    )
+    assert len(event.event_id) == 64
+    orjson.dumps(event.findings)  # whatever came in, the findings can be stored
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_any_bytes_give_an_event_or_an_invalid_notification_error(raw: bytes) -> None:
+    attempt(raw)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_any_json_value_gives_an_event_or_an_invalid_notification_error(value: Any) -> None:
+    attempt(orjson.dumps(value))
+
+
+@st.composite
+def mutated_examples(draw: st.DrawFn) -> dict[str, Any]:
+    """A real notification with some member, at any depth, replaced by an arbitrary JSON value."""
+    doc = example(draw(st.sampled_from(NOTIFICATION_FILES)))
+    node: Any = doc
+    for _ in range(draw(st.integers(0, 6))):
+        if isinstance(node, dict) and node:
+            key = draw(st.sampled_from(sorted(node)))
+            if not isinstance(node[key], dict | list) or draw(st.booleans()):
+                node[key] = draw(json_values)
+                return doc
+            node = node[key]
+        elif isinstance(node, list) and node:
+            node = node[draw(st.integers(0, len(node) - 1))]
+        else:
+            break
+    if isinstance(node, dict):
+        node[draw(st.sampled_from(WIRE_KEYS))] = draw(json_values)
+    return doc
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_examples())
+def test_real_notifications_with_any_member_changed_never_raise_anything_else(doc: dict[str, Any]) -> None:
+    attempt(orjson.dumps(doc))
