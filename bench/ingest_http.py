@@ -159,6 +159,7 @@ def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
 
     from receiver import events
     from receiver.events import Channel, SignPolicy
+    from receiver.findings import findings
     from receiver.logs import configure_logging
     from receiver.stores.sqlite import SqliteStore
 
@@ -189,7 +190,7 @@ def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
         ("event id (canonical JSON, sha256)", per_item(lambda _: events.event_id(next(it)[0]), bodies))
     )
     it = iter(parsed * 2)
-    out.append(("findings (normalize)", per_item(lambda _: events.findings(next(it)[1]), bodies)))
+    out.append(("findings (normalize)", per_item(lambda _: findings(next(it)[1]), bodies)))
     with (work / "stage.log").open("w") as sink:
         configure_logging("json", "info", sink)
         import structlog

@@ -2,7 +2,8 @@
 
 from receiver.app import create_app
 from receiver.errors import ReceiverError
-from receiver.events import Channel, Event, Finding, SignPolicy, Verdict
+from receiver.events import Channel, Event, SignPolicy, Verdict
+from receiver.findings import Finding
 from receiver.settings import Settings, load_settings
 
 __all__ = [

@@ -9,7 +9,8 @@ import pytest
 
 from receiver import events
 from receiver.errors import SignatureError
-from receiver.events import Channel, Event, Finding, SignPolicy, Verdict
+from receiver.events import Channel, Event, SignPolicy, Verdict
+from receiver.findings import Finding
 from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
 
 

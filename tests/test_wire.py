@@ -9,6 +9,7 @@ import pytest
 
 from receiver import events, wire
 from receiver.errors import InvalidNotificationError
+from receiver.findings import findings
 from tests.conftest import EXAMPLE_FILES, example, example_bytes
 
 
@@ -131,7 +132,7 @@ def test_absent_null_and_empty_list_mean_the_same(empty: Any) -> None:
     assert parsed.image_terrorism_result_set == []
     assert parsed.voice_porn_result_set == []
     assert n.ai_recognition_result_info is None
-    assert len(events.findings(n)) == 2
+    assert len(findings(n)) == 2
 
 
 def test_unknown_members_are_kept_at_every_level_and_round_trip() -> None:
@@ -155,7 +156,7 @@ def test_unknown_notification_type_is_accepted_with_its_payload() -> None:
     assert n.notification_type == "AiHologramResult"
     assert not n.is_known_type
     assert n.model_extra == {"AiHologramResultInfo": {"Depth": 3}}
-    assert events.findings(n) == []
+    assert findings(n) == []
 
 
 def test_integer_confidence_is_a_number() -> None:
