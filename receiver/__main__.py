@@ -7,6 +7,7 @@ import asyncio
 import gc
 import sys
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -33,14 +34,14 @@ async def _settle_gc(app: web.Application) -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, role: Literal["serve", "consume"]) -> None:
     try:
         import uvloop
     except ImportError:  # optional: the standard loop works, only slower
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings)
+    app = create_app(settings, role=role)
     app.on_startup.append(_settle_gc)
     web.run_app(
         app,
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists); RECEIVER_* variables override it",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the webhook and the management API")
+    commands.add_parser(
+        "serve", help="run the webhook and the management API (and the consumer if amqp.url is set)"
+    )
+    commands.add_parser("consume", help="run the AMQP consumer alone, with the health probes")
     commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
     args = parser.parse_args(argv)
 
@@ -82,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("receiver")
     log.info("starting", command=args.command, config=str(config) if config else None)
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "consume"):
             log.info("listening", host=settings.http.host, port=settings.http.port)
-            _serve(settings)
+            _serve(settings, args.command)
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
     except ReceiverError as exc:

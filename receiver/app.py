@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Literal
 
 import structlog
 from aiohttp import web
 
 from receiver import web as routes
+from receiver.consumer import AmqpConsumer
+from receiver.errors import ConfigError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
 from receiver.ports import Store
@@ -36,8 +39,13 @@ def create_app(
     *,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
+    role: Literal["serve", "consume"] = "serve",
 ) -> web.Application:
-    """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed."""
+    """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed.
+
+    ``serve``: the webhook and the management API, plus the AMQP consumer when ``amqp.url`` is set.
+    ``consume``: the AMQP consumer alone (worker replicas), with the health probes.
+    """
     # Check the signature settings now, before anything listens.
     policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
     app = web.Application(
@@ -71,8 +79,27 @@ def create_app(
         yield
         await ingestor.drain()
 
+    async def consumer_ctx(app: web.Application) -> AsyncIterator[None]:
+        consumer = AmqpConsumer(
+            app[routes.INGESTOR],
+            app[routes.STORE],
+            settings.amqp,
+            max_body_bytes=settings.http.max_body_bytes,
+        )
+        await consumer.start()
+        app[routes.CONSUMER] = consumer
+        yield
+        await consumer.stop()
+
     # Registered in dependency order; teardown runs in reverse.
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(ingest_ctx)
-    routes.add_routes(app)
+    if role == "consume" and settings.amqp.url is None:
+        raise ConfigError("consume: amqp.url is not set (RECEIVER_AMQP__URL)")
+    if settings.amqp.url is not None:
+        app.cleanup_ctx.append(consumer_ctx)
+    if role == "serve":
+        routes.add_routes(app)
+    else:
+        routes.add_probes(app)
     return app

@@ -48,6 +48,20 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A message that can never be stored as an event, kept with the reason why."""
+
+    channel: str
+    received_at: float
+    reason: str
+    detail: str
+    field: str | None
+    body: bytes
+    meta: dict[str, Any]
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EventQuery:
     task_id: str | None = None  # MPS TaskId carried by the event
     task_ref: str | None = None  # our task id the event is attached to
@@ -89,6 +103,12 @@ class Store(Protocol):
     async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]: ...
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
+
+    async def quarantine(self, entry: Quarantined) -> None:
+        """Keep a message that can never become an event (committed before the message is dropped)."""
+        ...
+
+    async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]: ...
 
     async def ping(self) -> None:
         """Return if the store can take a write now; raise ``StoreUnavailableError`` if not."""

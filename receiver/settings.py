@@ -68,6 +68,36 @@ class ApiSettings(Section):
     token: SecretStr | None = None  # bearer token for /v1/tasks and /v1/events; None = open
 
 
+class AmqpSettings(Section):
+    """The CMQ stand-in: a RabbitMQ queue (``CmqModel=Queue``) or topic (``CmqModel=Topic``)."""
+
+    url: SecretStr | None = None  # amqp://user:password@host:5672/vhost; None: no consumer
+    model: Literal["queue", "topic"] = "queue"
+    queue: str = "mps.notifications"  # queue model: the queue MPS writes to (named after QueueName)
+    topic: str = "mps.notifications.topic"  # topic model: the exchange named after TopicName
+    topic_type: Literal["fanout", "topic"] = "fanout"
+    subscription: str = "receiver"  # topic model: our queue bound to the topic is "<topic>.<subscription>"
+    binding_key: str = "#"  # topic model with topic_type "topic"
+    prefetch: int = Field(default=100, gt=0, le=65535)  # also bounds the notifications in flight
+    delivery_limit: int = Field(default=20, gt=0)  # set explicitly: RabbitMQ < 4.0 has no default
+    heartbeat: int = Field(default=30, ge=0)
+    reconnect_interval: float = Field(default=2.0, gt=0)
+    store_retry_max: float = Field(default=30.0, gt=0)  # longest pause between store checks when it is down
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    @property
+    def consumed_queue(self) -> str:
+        return self.queue if self.model == "queue" else f"{self.topic}.{self.subscription}"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.consumed_queue}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.consumed_queue}.dead"
+
+
 class LogSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -80,6 +110,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     verify: VerifySettings = Field(default_factory=VerifySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
 

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.consumer import AmqpConsumer
 from receiver.errors import (
     ConflictError,
     InvalidNotificationError,
@@ -31,6 +32,7 @@ STORE = web.AppKey("store", Store)
 API_TOKEN = web.AppKey("api_token", str)  # "" = the management API is open
 MAX_BODY = web.AppKey("max_body", int)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+CONSUMER = web.AppKey("consumer", AmqpConsumer)
 
 _OK = b'{"code":0}'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -297,6 +299,25 @@ async def list_task_events(request: web.Request) -> web.Response:
     )
 
 
+async def list_quarantine(request: web.Request) -> web.Response:
+    """Messages that could never become events, with the reason (the body as text where it is)."""
+    page = await request.app[STORE].list_quarantine(after=_cursor(request), limit=_limit(request))
+    items = [
+        {
+            "id": q.id,
+            "channel": q.channel,
+            "received_at": _iso(q.received_at),
+            "reason": q.reason,
+            "detail": q.detail,
+            "field": q.field,
+            "body": q.body.decode("utf-8", "replace"),
+            "meta": q.meta,
+        }
+        for q in page.items
+    ]
+    return json_response({"items": items, "next": page.next})
+
+
 # --- probes ------------------------------------------------------------------------------------
 
 
@@ -305,19 +326,31 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready = the store takes writes and, when a consumer runs, the broker connection is up."""
+    body: dict[str, Any] = {"status": "ready", "store": "ok"}
     try:
         await asyncio.wait_for(request.app[STORE].ping(), timeout=2.0)
     except (StoreUnavailableError, TimeoutError) as exc:
-        return json_response({"status": "unavailable", "store": str(exc) or "timed out"}, 503)
-    return json_response({"status": "ready", "store": "ok"})
+        body.update(status="unavailable", store=str(exc) or "timed out")
+    consumer = request.app.get(CONSUMER)
+    if consumer is not None:
+        body["amqp"] = {"state": consumer.state, **consumer.counts}
+        if not consumer.connected:
+            body["status"] = "unavailable"
+    return json_response(body, 200 if body["status"] == "ready" else 503)
+
+
+def add_probes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
 
 
 def add_routes(app: web.Application) -> None:
+    add_probes(app)
     app.router.add_post("/v1/notifications", receive_notification)
     app.router.add_post("/v1/tasks", protected(register_task))
     app.router.add_get("/v1/tasks", protected(list_tasks))
     app.router.add_get("/v1/tasks/{task_id}", protected(get_task))
     app.router.add_get("/v1/tasks/{task_id}/events", protected(list_task_events))
     app.router.add_get("/v1/events", protected(list_events))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/quarantine", protected(list_quarantine))

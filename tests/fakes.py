@@ -9,7 +9,7 @@ from dataclasses import replace
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import EventQuery, EventRecord, Page, Recorded
+from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded
 from receiver.tasks import Task, TaskState
 
 
@@ -23,6 +23,7 @@ class MemoryStore:
         self.batches: list[list[str]] = []
         self.down = False
         self.gate: asyncio.Event | None = None  # when set, commits wait for it
+        self.quarantined: list[Quarantined] = []
 
     async def record_events(self, events: Sequence[Event]) -> list[Recorded]:
         if self.gate is not None:
@@ -67,6 +68,14 @@ class MemoryStore:
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
         return Page([], None)
+
+    async def quarantine(self, entry: Quarantined) -> None:
+        if self.down:
+            raise StoreUnavailableError("the fake store is down")
+        self.quarantined.append(entry)
+
+    async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]:
+        return Page(self.quarantined[after : after + limit], None)
 
     async def ping(self) -> None:
         if self.down:

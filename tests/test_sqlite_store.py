@@ -235,7 +235,7 @@ async def test_reopening_keeps_everything_and_migrations_are_idempotent(tmp_path
     finally:
         await s.aclose()
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    assert version == 1
+    assert version == 2
 
 
 async def test_concurrent_batches_from_many_callers_all_commit(store: SqliteStore) -> None:

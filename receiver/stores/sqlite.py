@@ -18,7 +18,7 @@ import orjson
 
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import EventQuery, EventRecord, Page, Recorded
+from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded
 from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_from_row
 from receiver.tasks import MatchedBy, Task, TaskState
 
@@ -221,6 +221,34 @@ class SqliteStore:
             more = len(rows) > query.limit
             items = [_event_record(r) for r in rows[: query.limit]]
             return Page(items, str(items[-1].seq) if more else None)
+
+        return await self._read_safely(run)
+
+    async def quarantine(self, entry: Quarantined) -> None:
+        await self._write_with(lambda w: w.quarantine(entry))
+
+    async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]:
+        def run() -> Page[Quarantined]:
+            assert self._rcon is not None
+            rows = self._rcon.execute(
+                "SELECT id, channel, received_at, reason, detail, field, body, meta FROM quarantine"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+            items = [
+                Quarantined(
+                    id=r[0],
+                    channel=r[1],
+                    received_at=r[2],
+                    reason=r[3],
+                    detail=r[4],
+                    field=r[5],
+                    body=bytes(r[6]),
+                    meta=orjson.loads(r[7]),
+                )
+                for r in rows[:limit]
+            ]
+            return Page(items, str(items[-1].id) if len(rows) > limit else None)
 
         return await self._read_safely(run)
 

@@ -18,7 +18,7 @@ import orjson
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import Recorded
+from receiver.ports import Quarantined, Recorded
 from receiver.tasks import MatchedBy, Task, TaskState
 
 R = TypeVar("R")
@@ -241,6 +241,17 @@ class SqliteWriter:
         task = self._task(task_ref) if task_ref else None
         return Recorded(
             e.event_id, seq, True, task, MatchedBy(matched_by) if matched_by else None, bool(late)
+        )
+
+    # --- quarantine -------------------------------------------------------------------------------
+
+    def quarantine(self, q: Quarantined) -> None:
+        self.transaction(
+            lambda: self.con.execute(
+                "INSERT INTO quarantine (channel, received_at, reason, detail, field, body, meta)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (q.channel, q.received_at, q.reason, q.detail, q.field, q.body, orjson.dumps(q.meta)),
+            )
         )
 
     # --- registration -----------------------------------------------------------------------------

@@ -1,0 +1,306 @@
+"""``AmqpConsumer``: takes MPS notifications from RabbitMQ (standing in for CMQ) into the same ingest.
+
+Acknowledged only after the store commit. A message that can never succeed (not JSON, invalid, bad
+signature, too large) is quarantined, republished to the dead-letter exchange with the reason in
+its headers, then acknowledged. When the store is down, consuming pauses: the messages in hand are
+held (not requeued, so they do not burn their delivery limit) and retried with backoff, and
+consuming resumes once the store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import time
+from collections import Counter
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
+from receiver.events import Channel
+from receiver.ingest import Ingestor
+from receiver.ports import Quarantined, Store
+from receiver.settings import AmqpSettings
+
+log = structlog.get_logger("receiver.consumer")
+
+REASON_HEADER = "x-receiver-reason"
+DETAIL_HEADER = "x-receiver-detail"
+FIELD_HEADER = "x-receiver-field"
+
+
+def decode_body(body: bytes) -> bytes:
+    """The notification JSON from an AMQP body: as is, or base64-decoded when it is base64 of JSON.
+
+    (A CMQ envelope, ``{"msgBody": "..."}``, is JSON and is unwrapped by the shared parser.)
+    """
+    head = body.lstrip()[:1]
+    if head in (b"{", b"["):
+        return body
+    try:
+        decoded = base64.b64decode(body.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return body
+    return decoded if decoded.lstrip()[:1] == b"{" else body
+
+
+async def declare_topology(
+    channel: AbstractChannel, settings: AmqpSettings
+) -> tuple[AbstractQueue, AbstractExchange]:
+    """Declare (idempotently) the queue we consume, its dead-letter exchange and queue, and for the
+    topic model the topic exchange with our queue bound to it. Returns the queue and the DLX."""
+    queue_name = settings.consumed_queue
+    dlx = await channel.declare_exchange(
+        settings.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dead = await channel.declare_queue(
+        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(dlx, routing_key=queue_name)
+    queue = await channel.declare_queue(
+        queue_name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": settings.dead_letter_exchange,
+            "x-dead-letter-routing-key": queue_name,
+            # at-least-once dead-lettering (RabbitMQ >= 3.10) needs reject-publish overflow.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": settings.delivery_limit,
+        },
+    )
+    if settings.model == "topic":
+        kind = (
+            aio_pika.ExchangeType.FANOUT if settings.topic_type == "fanout" else aio_pika.ExchangeType.TOPIC
+        )
+        topic = await channel.declare_exchange(settings.topic, kind, durable=True)
+        await queue.bind(topic, routing_key=settings.binding_key if settings.topic_type == "topic" else "")
+    return queue, dlx
+
+
+class AmqpConsumer:
+    """One connection, one channel, one consumer on the configured queue; competing with replicas."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        store: Store,
+        settings: AmqpSettings,
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self._ingestor = ingestor
+        self._store = store
+        self._settings = settings
+        self._max_body = max_body_bytes
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._dlx: AbstractExchange | None = None
+        self._consumer_tag: str | None = None
+        self._store_ok = asyncio.Event()
+        self._store_ok.set()
+        self._resumer: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.counts: Counter[str] = Counter()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        assert self._settings.url is not None
+        self._connection = await aio_pika.connect_robust(
+            self._settings.url.get_secret_value(),
+            heartbeat=self._settings.heartbeat,
+            reconnect_interval=self._settings.reconnect_interval,
+            client_properties={"connection_name": "receiver"},
+        )
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        await self._channel.set_qos(prefetch_count=self._settings.prefetch)
+        self._queue, self._dlx = await declare_topology(self._channel, self._settings)
+        await self._consume()
+        log.info(
+            "consuming",
+            queue=self._queue.name,
+            model=self._settings.model,
+            prefetch=self._settings.prefetch,
+            dead_letter_queue=self._settings.dead_letter_queue,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, let the ones in hand finish (bounded), then close."""
+        self._stopping = True
+        await self._cancel_consumer()
+        if self._resumer is not None:
+            self._resumer.cancel()
+        if self._inflight:
+            done, pending = await asyncio.wait(set(self._inflight), timeout=self._settings.shutdown_timeout)
+            for task in pending:
+                task.cancel()  # unacknowledged: the broker gives them to another consumer
+            log.info("consumer drained", finished=len(done), returned_to_queue=len(pending))
+        if self._connection is not None:
+            await self._connection.close()
+        log.info("consumer stopped", **self.counts)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected.is_set()
+
+    @property
+    def state(self) -> str:
+        if not self.connected:
+            return "disconnected"
+        return "paused: store unavailable" if not self._store_ok.is_set() else "consuming"
+
+    async def _on_reconnect(self, *_: Any) -> None:
+        log.warning("broker connection re-established; consuming resumes", **self.counts)
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def _cancel_consumer(self) -> None:
+        tag, self._consumer_tag = self._consumer_tag, None
+        if tag is not None and self._queue is not None and self.connected:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(tag)
+
+    # --- one delivery -------------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._handle(message)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        self.counts["consumed"] += 1
+        if len(message.body) > self._max_body:
+            await self._dead_letter(message, "too_large", f"body over {self._max_body} bytes", None)
+            return
+        body = decode_body(message.body)
+        delay = 0.1
+        while True:
+            await self._store_ok.wait()
+            try:
+                result = await self._ingestor.ingest(body, Channel.AMQP)
+            except InvalidNotificationError as exc:
+                await self._dead_letter(message, exc.code, str(exc), exc.field)
+                return
+            except SignatureError as exc:
+                await self._dead_letter(message, exc.code, exc.reason, None)
+                return
+            except StoreUnavailableError:
+                # Hold the message (no nack: a requeue would spend its delivery limit) and pause.
+                self._pause()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.store_retry_max)
+                continue
+            except Exception:
+                log.exception("unexpected error; message requeued", message_id=message.message_id)
+                self.counts["requeued"] += 1
+                await self._settle(message.nack(requeue=True))
+                return
+            if result.recorded.duplicate:
+                self.counts["duplicates"] += 1
+            if await self._settle(message.ack()):
+                self.counts["acked"] += 1
+            return
+
+    async def _settle(self, op: Any) -> bool:
+        try:
+            await op
+        except Exception as exc:  # the channel is gone: the broker will redeliver, dedup absorbs it
+            log.warning("could not settle a delivery; it will be redelivered", error=repr(exc))
+            return False
+        return True
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, reason: str, detail: str, field: str | None
+    ) -> None:
+        """Quarantine, republish to the dead-letter exchange with the reason, then ack."""
+        meta = {
+            "message_id": message.message_id,
+            "routing_key": message.routing_key,
+            "redelivered": message.redelivered,
+            "exchange": message.exchange,
+        }
+        # If the store is down, the dead-letter queue still has the message, with the reason.
+        with contextlib.suppress(StoreUnavailableError):
+            await self._store.quarantine(
+                Quarantined(
+                    channel=Channel.AMQP.value,
+                    received_at=time.time(),
+                    reason=reason,
+                    detail=detail,
+                    field=field,
+                    body=message.body,
+                    meta=meta,
+                )
+            )
+        headers = dict(message.headers or {})
+        headers.update({REASON_HEADER: reason, DETAIL_HEADER: detail[:1000]})
+        if field:
+            headers[FIELD_HEADER] = field
+        try:
+            assert self._dlx is not None
+            await self._dlx.publish(
+                aio_pika.Message(
+                    message.body,
+                    headers=headers,
+                    content_type=message.content_type,
+                    message_id=message.message_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=self._settings.consumed_queue,
+            )
+        except Exception as exc:
+            # Could not republish: reject, and the broker dead-letters it (without our headers).
+            log.warning("dead-letter publish failed; rejecting instead", error=repr(exc))
+            await self._settle(message.reject(requeue=False))
+        else:
+            await self._settle(message.ack())
+        self.counts["rejected"] += 1
+        log.warning("notification dead-lettered", channel="amqp", reason=reason, detail=detail, field=field)
+
+    # --- store down: pause and resume -------------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self._store_ok.is_set():
+            return
+        self._store_ok.clear()
+        log.error("store unavailable: consuming paused, deliveries in hand held")
+        self._resumer = asyncio.create_task(self._resume_when_store_answers())
+
+    async def _resume_when_store_answers(self) -> None:
+        await self._cancel_consumer()
+        delay = 0.1
+        while True:
+            try:
+                await self._store.ping()
+            except StoreUnavailableError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.store_retry_max)
+                continue
+            break
+        self._store_ok.set()
+        if not self._stopping:
+            await self._consume()
+        log.info("store answers again: consuming resumed")

@@ -1,0 +1,277 @@
+"""The AMQP consumer against the real RabbitMQ on 127.0.0.1:5672, feeding the real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from receiver.app import create_app
+from receiver.consumer import REASON_HEADER, decode_body
+from receiver.settings import Settings
+from tests.conftest import (
+    FROZEN_NOW,
+    NOTIFICATION_FILES,
+    NOTIFY_KEY,
+    body,
+    example,
+    example_bytes,
+    signed,
+)
+
+AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+pytestmark = pytest.mark.amqp
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+REVIEW = example("03-AiReviewResult-Image.constructed.json")
+EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+
+
+def settings(tmp_path: Path, queue: str, **amqp: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/receiver.db", "busy_timeout_ms": 100},
+            "verify": {"notify_keys": [NOTIFY_KEY]},
+            "amqp": {"url": AMQP_URL, "queue": queue, "topic": queue, "prefetch": 20, **amqp},
+        }
+    )
+
+
+class Broker:
+    """A publishing connection plus the names used by one test (all deleted afterwards)."""
+
+    def __init__(
+        self, connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.queue = f"test.mps.{uuid.uuid4().hex[:10]}"
+
+    async def publish(self, payload: bytes, *, exchange: str = "", routing_key: str | None = None) -> None:
+        target = self.channel.default_exchange if not exchange else await self.channel.get_exchange(exchange)
+        await target.publish(
+            aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=self.queue if routing_key is None else routing_key,
+        )
+
+    async def depth(self, name: str) -> int:
+        declared = await self.channel.declare_queue(name, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+    async def drain(self, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        queue = await self.channel.declare_queue(name, passive=True)
+        out = []
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            out.append(message)
+        return out
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    b = Broker(connection, channel)
+    yield b
+    await connection.close()
+    async with await aio_pika.connect(AMQP_URL) as cleaner:  # ours may have been closed by a test
+        cleanup = await cleaner.channel()
+        for name in (b.queue, f"{b.queue}.dead", f"{b.queue}.receiver", f"{b.queue}.receiver.dead"):
+            await cleanup.queue_delete(name)
+        for name in (b.queue, f"{b.queue}.dlx", f"{b.queue}.receiver.dlx"):
+            await cleanup.exchange_delete(name)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Poll ``check`` until it holds (the consumer works in the background); fail after ``within`` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def events_of(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
+    resp = await client.get("/v1/events", params={"limit": "1000"})
+    assert resp.status == 200
+    return list((await resp.json())["items"])
+
+
+async def count_is(client: TestClient[Any, Any], n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(await events_of(client)) == n
+
+    return check
+
+
+@pytest.fixture
+async def consumer_app(
+    aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker, clock: list[float]
+) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(settings(tmp_path, broker.queue), clock=lambda: clock[0]))
+
+
+def test_bodies_are_taken_as_json_or_as_base64_of_json() -> None:
+    raw = example_bytes("08-LiveRecordResult.constructed.json")
+    assert decode_body(raw) == raw
+    assert decode_body(base64.b64encode(raw)) == raw
+    assert decode_body(b"not base64 and not json") == b"not base64 and not json"
+    assert decode_body(base64.b64encode(b"plain words")) == base64.b64encode(b"plain words")
+
+
+async def test_every_example_through_the_queue_is_stored_and_acked(
+    consumer_app: TestClient[Any, Any], broker: Broker
+) -> None:
+    for name in NOTIFICATION_FILES:
+        doc = example(name)
+        await broker.publish(example_bytes(name) if "Sign" in doc else body(signed(doc)))
+    await eventually(await count_is(consumer_app, len(NOTIFICATION_FILES)))
+    stored = await events_of(consumer_app)
+    assert {e["channel"] for e in stored} == {"amqp"}
+    assert {e["verdict"] for e in stored} == {"valid"}
+    assert await broker.depth(broker.queue) == 0
+    assert await broker.depth(f"{broker.queue}.dead") == 0
+
+
+async def test_cmq_envelope_and_base64_bodies_are_accepted(
+    consumer_app: TestClient[Any, Any], broker: Broker
+) -> None:
+    await broker.publish(example_bytes("10-CMQ-ReceiveMessage-envelope.constructed.json"))
+    await broker.publish(base64.b64encode(body(signed(REVIEW))))
+    await broker.publish(
+        orjson.dumps({"MsgBody": base64.b64encode(b"x").decode()})
+    )  # poison: not JSON inside
+    await eventually(await count_is(consumer_app, 2))
+    types = sorted(e["notification_type"] for e in await events_of(consumer_app))
+    assert types == ["AiReviewResult", "LiveRecordResult"]
+    await eventually(lambda: _depth_is(broker, f"{broker.queue}.dead", 1))
+
+
+async def _depth_is(broker: Broker, name: str, n: int) -> bool:
+    return await broker.depth(name) == n
+
+
+async def test_poison_messages_reach_the_dead_letter_queue_with_the_reason_and_neighbours_do_not(
+    consumer_app: TestClient[Any, Any], broker: Broker
+) -> None:
+    poison = [
+        (b"{ not json", "invalid_notification"),
+        (body({"NotificationType": "ProcessEof"}), "invalid_notification"),
+        (body(signed(EOF_DOC, key="not-our-key")), "invalid_signature"),
+        (body(EOF_DOC), "invalid_signature"),  # unsigned under "required"
+    ]
+    goods = [body(signed({**REVIEW, "SessionId": f"good-{i}"})) for i in range(12)]
+    for i, good in enumerate(goods):  # each poison message among good neighbours, in one prefetch window
+        await broker.publish(good)
+        if i % 3 == 1:
+            await broker.publish(poison[i // 3][0])
+    expected_reasons = dict(poison)
+    await eventually(await count_is(consumer_app, len(goods)))
+    await eventually(lambda: _depth_is(broker, f"{broker.queue}.dead", len(expected_reasons)))
+    dead = await broker.drain(f"{broker.queue}.dead")
+    assert {m.body: (m.headers or {})[REASON_HEADER] for m in dead} == expected_reasons
+    assert all("x-receiver-detail" in (m.headers or {}) for m in dead)
+    missing = [m for m in dead if m.body == body({"NotificationType": "ProcessEof"})]
+    assert missing[0].headers is not None
+    assert missing[0].headers["x-receiver-field"] == "TaskId"
+    assert await broker.depth(broker.queue) == 0
+    resp = await consumer_app.get("/v1/quarantine")
+    quarantined = (await resp.json())["items"]
+    assert sorted(q["reason"] for q in quarantined) == sorted(expected_reasons.values())
+
+
+async def test_the_same_notification_over_http_and_amqp_is_stored_once(
+    consumer_app: TestClient[Any, Any], broker: Broker
+) -> None:
+    doc = signed(REVIEW)
+    resp = await consumer_app.post("/v1/notifications", data=body(doc))
+    assert resp.status == 200
+    await broker.publish(body(signed(REVIEW, timestamp=int(FROZEN_NOW) + 300)))  # re-signed copy
+
+    async def counted_twice() -> bool:
+        items = await events_of(consumer_app)
+        return len(items) == 1 and items[0]["duplicates"] == 1
+
+    await eventually(counted_twice)
+    assert await broker.depth(broker.queue) == 0
+
+
+async def test_topic_model_consumes_what_is_published_to_the_topic(
+    aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
+) -> None:
+    app = create_app(settings(tmp_path, broker.queue, model="topic"), clock=lambda: FROZEN_NOW)
+    client = await aiohttp_client(app)
+    for i in range(5):
+        await broker.publish(
+            body(signed({**REVIEW, "SessionId": f"t-{i}"})), exchange=broker.queue, routing_key=""
+        )
+    await eventually(await count_is(client, 5))
+    ready = await client.get("/readyz")
+    state = await ready.json()
+    assert ready.status == 200
+    assert state["amqp"]["state"] == "consuming"
+    assert state["amqp"]["acked"] == 5
+
+
+async def test_store_unavailable_nothing_acked_nothing_lost_and_consumption_resumes(
+    consumer_app: TestClient[Any, Any], broker: Broker, tmp_path: Path
+) -> None:
+    blocker = sqlite3.connect(tmp_path / "receiver.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(60):
+            await broker.publish(body(signed({**REVIEW, "SessionId": f"held-{i}"})))
+
+        async def paused() -> bool:
+            state = await (await consumer_app.get("/readyz")).json()
+            return "paused" in state.get("amqp", {}).get("state", "")
+
+        await eventually(paused)
+        await asyncio.sleep(0.5)  # let the held deliveries retry a few times against the locked store
+        state = await (await consumer_app.get("/readyz")).json()
+        assert state["amqp"].get("acked", 0) == 0
+        assert await broker.depth(f"{broker.queue}.dead") == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await eventually(await count_is(consumer_app, 60))
+    assert await broker.depth(broker.queue) == 0
+    assert await broker.depth(f"{broker.queue}.dead") == 0
+    state = await (await consumer_app.get("/readyz")).json()
+    assert state["amqp"]["state"] == "consuming"
+
+
+async def test_connections_forcibly_closed_by_the_broker_are_recovered(
+    consumer_app: TestClient[Any, Any], broker: Broker
+) -> None:
+    await broker.publish(body(signed({**REVIEW, "SessionId": "before"})))
+    await eventually(await count_is(consumer_app, 1))
+    closer = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "close_all_connections", "test: forced close", stdout=asyncio.subprocess.DEVNULL
+    )
+    assert await closer.wait() == 0
+
+    async def reconnected() -> bool:
+        return (await consumer_app.get("/readyz")).status == 200
+
+    await eventually(reconnected)
+    publisher = await aio_pika.connect(AMQP_URL)  # ours was closed too
+    try:
+        channel = await publisher.channel()
+        for i in range(10):
+            await channel.default_exchange.publish(
+                aio_pika.Message(body(signed({**REVIEW, "SessionId": f"after-{i}"}))),
+                routing_key=broker.queue,
+            )
+        await eventually(await count_is(consumer_app, 11))
+    finally:
+        await publisher.close()
