@@ -34,7 +34,7 @@ async def _settle_gc(app: web.Application) -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _serve(settings: Settings, role: Literal["serve", "consume"]) -> None:
+def _serve(settings: Settings, role: Literal["serve", "consume", "dispatch"]) -> None:
     try:
         import uvloop
     except ImportError:  # optional: the standard loop works, only slower
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve", help="run the webhook and the management API (and the consumer if amqp.url is set)"
     )
     commands.add_parser("consume", help="run the AMQP consumer alone, with the health probes")
+    commands.add_parser("dispatch", help="run the outbox dispatcher alone, with the health probes")
     commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
     args = parser.parse_args(argv)
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("receiver")
     log.info("starting", command=args.command, config=str(config) if config else None)
     try:
-        if args.command in ("serve", "consume"):
+        if args.command in ("serve", "consume", "dispatch"):
             log.info("listening", host=settings.http.host, port=settings.http.port)
             _serve(settings, args.command)
         elif args.command == "migrate":

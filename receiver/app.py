@@ -9,21 +9,31 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
+from receiver import outbox_api
 from receiver import web as routes
 from receiver.consumer import AmqpConsumer
+from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
 from receiver.ports import Store
+from receiver.routing import router
 from receiver.settings import Settings
+from receiver.sinks import build_sink
 from receiver.stores import open_store
 
 log = structlog.get_logger("receiver.app")
 
 
-def build_ingestor(settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> Ingestor:
+def build_ingestor(
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], float] = time.time,
+    on_recorded: Callable[[], None] | None = None,
+) -> Ingestor:
     verify = settings.verify
     policies = {channel: verify.policy_for(channel) for channel in Channel}
+    sinks = [(s.name, s.filter) for s in settings.sinks]
     return Ingestor(
         store,
         keys=verify.keys(),
@@ -31,7 +41,14 @@ def build_ingestor(settings: Settings, store: Store, clock: Callable[[], float] 
         skew_seconds=verify.skew_seconds,
         max_batch=settings.store.max_batch,
         clock=clock,
+        route=router(sinks) if sinks else None,
+        on_recorded=on_recorded,
     )
+
+
+def build_dispatcher(settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> Dispatcher:
+    sinks = [(build_sink(s.name, s.kind, s.options), s.policy()) for s in settings.sinks]
+    return Dispatcher(store, sinks, poll_interval=settings.dispatch_poll_interval, clock=clock)
 
 
 def create_app(
@@ -39,12 +56,13 @@ def create_app(
     *,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
-    role: Literal["serve", "consume"] = "serve",
+    role: Literal["serve", "consume", "dispatch"] = "serve",
 ) -> web.Application:
     """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed.
 
-    ``serve``: the webhook and the management API, plus the AMQP consumer when ``amqp.url`` is set.
-    ``consume``: the AMQP consumer alone (worker replicas), with the health probes.
+    ``serve``: the webhook, the management API and the dispatcher, plus the AMQP consumer when
+    ``amqp.url`` is set. ``consume``: the AMQP consumer alone (worker replicas). ``dispatch``: the
+    dispatcher alone. The last two serve the health probes only.
     """
     # Check the signature settings now, before anything listens.
     policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
@@ -65,8 +83,17 @@ def create_app(
             await app[routes.STORE].aclose()
             log.info("store closed")
 
+    async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
+        dispatcher = build_dispatcher(settings, app[routes.STORE], clock)
+        await dispatcher.start()
+        app[routes.DISPATCHER] = dispatcher
+        log.info("dispatching", sinks=[s.name for s in settings.sinks])
+        yield
+        await dispatcher.stop(settings.http.shutdown_timeout)
+
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
-        ingestor = build_ingestor(settings, app[routes.STORE], clock)
+        dispatcher = app.get(routes.DISPATCHER)
+        ingestor = build_ingestor(settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None)
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
             log.warning(
@@ -93,13 +120,16 @@ def create_app(
 
     # Registered in dependency order; teardown runs in reverse.
     app.cleanup_ctx.append(store_ctx)
+    if role in ("serve", "dispatch"):
+        app.cleanup_ctx.append(dispatch_ctx)
     app.cleanup_ctx.append(ingest_ctx)
     if role == "consume" and settings.amqp.url is None:
         raise ConfigError("consume: amqp.url is not set (RECEIVER_AMQP__URL)")
-    if settings.amqp.url is not None:
+    if settings.amqp.url is not None and role in ("serve", "consume"):
         app.cleanup_ctx.append(consumer_ctx)
     if role == "serve":
         routes.add_routes(app)
+        outbox_api.add_routes(app)
     else:
         routes.add_probes(app)
     return app

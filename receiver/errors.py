@@ -50,3 +50,19 @@ class ConfigError(ReceiverError):
     """The settings cannot work together; raised at start-up, before anything listens."""
 
     code = "config"
+
+
+class SinkError(ReceiverError):
+    """A delivery failed; it is retried on the sink's schedule (or after ``retry_after`` seconds)."""
+
+    code = "sink_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class SinkGoneError(SinkError):
+    """The target says it is gone for good (HTTP 410): the sink is switched off until re-enabled."""
+
+    code = "sink_gone"

@@ -2,13 +2,13 @@
 
 Concurrent notifications are grouped into one store transaction (group commit); each caller still
 returns only once its own event is committed, so an answer of 200 or an AMQP ack means "stored".
+The outbox rows for the sinks whose filters match are written in that same transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,8 @@ import structlog
 from receiver import events
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
 from receiver.events import Channel, Event, SignPolicy
-from receiver.ports import Recorded, Store
+from receiver.group_commit import GroupCommit
+from receiver.ports import Recorded, Router, Store
 
 log = structlog.get_logger("receiver.ingest")
 
@@ -32,67 +33,6 @@ class IngestResult:
         return "duplicate" if self.recorded.duplicate else "stored"
 
 
-def _fail(batch: list[tuple[Event, asyncio.Future[Recorded]]], error: Exception) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(error)
-
-
-class GroupCommit:
-    """Batches concurrent ``record_events`` calls: whoever arrives while a commit runs joins the next.
-
-    No timer and no added latency: a lone event is committed at once; under load, batches grow to
-    what arrived during the previous commit (at most ``max_batch``).
-    """
-
-    def __init__(
-        self, commit: Callable[[Sequence[Event]], Awaitable[list[Recorded]]], max_batch: int
-    ) -> None:
-        self._commit = commit
-        self._max_batch = max_batch
-        self._pending: list[tuple[Event, asyncio.Future[Recorded]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def submit(self, event: Event) -> Recorded:
-        future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            await self._commit_batch(batch)
-
-    async def _commit_batch(self, batch: list[tuple[Event, asyncio.Future[Recorded]]]) -> None:
-        try:
-            results = await self._commit([event for event, _ in batch])
-        except StoreUnavailableError as exc:
-            _fail(batch, exc)
-        except Exception as exc:
-            if len(batch) == 1:
-                log.exception("commit failed", event_id=batch[0][0].event_id)
-                _fail(batch, StoreUnavailableError(f"commit failed: {exc!r}"))
-                return
-            # Something in this batch cannot be stored: commit one by one, so that only it fails.
-            for one in batch:
-                await self._commit_batch([one])
-        except BaseException as exc:  # cancelled: every waiter must still hear about it
-            _fail(batch, StoreUnavailableError(repr(exc)))
-            raise
-        else:
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    async def drain(self) -> None:
-        """Wait for the commit in progress and everything queued behind it."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-
-
 class Ingestor:
     """Turns the bytes of one notification, from either channel, into a stored event."""
 
@@ -105,12 +45,23 @@ class Ingestor:
         skew_seconds: float = 60.0,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
+        route: Router | None = None,
+        on_recorded: Callable[[], None] | None = None,
     ) -> None:
         self._keys = tuple(keys)
         self._policies = dict(policies)
         self._skew = skew_seconds
         self._clock = clock
-        self._group = GroupCommit(store.record_events, max_batch)
+        self._route = route
+        self._on_recorded = on_recorded
+        self._group: GroupCommit[Event, Recorded] = GroupCommit(self._commit, max_batch)
+        self._store = store
+
+    async def _commit(self, events: Sequence[Event]) -> list[Recorded]:
+        recorded = await self._store.record_events(events, self._route)
+        if self._on_recorded is not None:
+            self._on_recorded()  # new outbox rows: the dispatcher need not wait for its next poll
+        return recorded
 
     async def ingest(self, raw: bytes | str, channel: Channel) -> IngestResult:
         """Store one notification; returns once committed. Logs one summary line whatever happens.

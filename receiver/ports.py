@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -72,17 +72,102 @@ class EventQuery:
     limit: int = 100
 
 
+# Which sinks an event goes to, decided at ingest (inside the transaction, once its task is known).
+Router = Callable[[Event, Task | None], Sequence[str]]
+
+
+class DeliveryState:
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    ALL = (PENDING, DELIVERED, DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event to hand to one sink, as the dispatcher claims it."""
+
+    id: int
+    sink: str
+    task_key: str  # deliveries with the same key go out one at a time, in order
+    attempts: int  # made so far
+    event: EventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What became of one delivery attempt."""
+
+    id: int
+    state: str  # DeliveryState
+    attempts: int
+    next_attempt_at: float
+    error: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery as the management API and ``receiver replay`` list it."""
+
+    id: int
+    sink: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+    event_id: str
+    task_id: str
+    notification_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryQuery:
+    sink: str | None = None
+    state: str | None = None
+    task_id: str | None = None  # MPS TaskId
+    notification_type: str | None = None
+    since: float | None = None  # event received at or after
+    until: float | None = None  # event received before
+    after: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    sink: str
+    pending: int
+    delivered: int
+    dead: int
+    oldest_pending_at: float | None
+    disabled: str | None  # why, when the sink's target switched it off
+
+
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]
     next: str | None  # opaque cursor for the following page, None at the end
 
 
+class Sink(Protocol):
+    """Somewhere events go. ``deliver`` returns once the target has it (durably, as far as the
+    target can say); it raises ``SinkError`` to retry later, ``SinkGoneError`` to be switched off."""
+
+    name: str
+
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Store(Protocol):
     """Durable state: events (deduplicated by ``event_id``) and tasks, changed together."""
 
-    async def record_events(self, events: Sequence[Event]) -> list[Recorded]:
-        """In ONE transaction: store each event (or count it as a duplicate), match it, update its task.
+    async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
+        """In ONE transaction: store each event (or count it as a duplicate), match it, update its task,
+        and add one pending delivery for each sink ``route`` names.
 
         Returns one ``Recorded`` per event, in order, only once the transaction is committed.
         Raises ``StoreUnavailableError`` if it could not commit.
@@ -109,6 +194,29 @@ class Store(Protocol):
         ...
 
     async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]: ...
+
+    # --- the outbox ---------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, sink: str, *, now: float, limit: int, busy_keys: Collection[str]
+    ) -> list[Delivery]:
+        """Pending deliveries due by ``now``, each the oldest pending one of its task key, skipping
+        the keys already in flight."""
+        ...
+
+    async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None: ...
+
+    async def list_deliveries(self, query: DeliveryQuery) -> Page[DeliveryRow]: ...
+
+    async def redrive(self, query: DeliveryQuery, *, now: float, dry_run: bool = False) -> int:
+        """Make the matching deliveries pending again, due now, attempts reset; returns how many."""
+        ...
+
+    async def sink_stats(self) -> list[SinkStats]: ...
+
+    async def set_sink_disabled(self, sink: str, reason: str | None) -> None:
+        """Switch a sink off (with the reason) or, with ``None``, back on."""
+        ...
 
     async def ping(self) -> None:
         """Return if the store can take a write now; raise ``StoreUnavailableError`` if not."""

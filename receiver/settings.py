@@ -7,7 +7,7 @@ so they never show in a repr or a log line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -17,8 +17,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from receiver.dispatch import DEFAULT_SCHEDULE, SinkPolicy
 from receiver.errors import ConfigError
 from receiver.events import Channel, SignPolicy
+from receiver.routing import SinkFilter
 
 
 class Section(BaseModel):
@@ -98,6 +100,29 @@ class AmqpSettings(Section):
         return f"{self.consumed_queue}.dead"
 
 
+class SinkSettings(Section):
+    """One sink: a name, a kind (log, jsonl, http, amqp, or a plugin's), its options and filter."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)  # checked by the kind itself
+    filter: SinkFilter = Field(default_factory=SinkFilter)
+    concurrency: int = Field(default=8, gt=0)
+    retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE  # seconds before attempt 2, 3, ...; then dead
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    breaker_threshold: int = Field(default=5, gt=0)
+    breaker_cooldown: float = Field(default=30.0, ge=0)
+
+    def policy(self) -> SinkPolicy:
+        return SinkPolicy(
+            concurrency=self.concurrency,
+            retry_schedule=self.retry_schedule,
+            jitter=self.jitter,
+            breaker_threshold=self.breaker_threshold,
+            breaker_cooldown=self.breaker_cooldown,
+        )
+
+
 class LogSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -111,6 +136,8 @@ class Settings(BaseSettings):
     verify: VerifySettings = Field(default_factory=VerifySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    sinks: list[SinkSettings] = Field(default_factory=list)
+    dispatch_poll_interval: float = Field(default=1.0, gt=0)
     log: LogSettings = Field(default_factory=LogSettings)
 
 
@@ -134,4 +161,8 @@ def load_settings(config_file: Path | None = None) -> Settings:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
             return tuple(sources)
 
-    return Settings.model_validate(FromFile().model_dump())
+    settings = Settings.model_validate(FromFile().model_dump())
+    names = [s.name for s in settings.sinks]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"sinks: names must be unique, got {names}")
+    return settings

@@ -14,6 +14,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from receiver.consumer import AmqpConsumer
+from receiver.dispatch import Dispatcher
+from receiver.documents import event_document, iso, task_document
 from receiver.errors import (
     ConflictError,
     InvalidNotificationError,
@@ -22,7 +24,7 @@ from receiver.errors import (
 )
 from receiver.events import Channel
 from receiver.ingest import Ingestor
-from receiver.ports import EventQuery, EventRecord, Store
+from receiver.ports import EventQuery, Store
 from receiver.tasks import Task, TaskState, new_id
 
 log = structlog.get_logger("receiver.web")
@@ -33,6 +35,7 @@ API_TOKEN = web.AppKey("api_token", str)  # "" = the management API is open
 MAX_BODY = web.AppKey("max_body", int)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
 _OK = b'{"code":0}'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -131,54 +134,6 @@ def protected(handler: Handler) -> Handler:
     return check
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "task_id": task.task_id,
-        "session_id": task.session_id,
-        "session_context": task.session_context,
-        "url": task.url,
-        "labels": task.labels,
-        "state": task.state.value,
-        "err_code": task.err_code,
-        "err_message": task.err_message,
-        "event_count": task.event_count,
-        "late_count": task.late_count,
-        "created_at": _iso(task.created_at),
-        "updated_at": _iso(task.updated_at),
-        "first_event_at": _iso(task.first_event_at),
-        "last_event_at": _iso(task.last_event_at),
-        "ended_at": _iso(task.ended_at),
-    }
-
-
-def event_json(e: EventRecord) -> dict[str, Any]:
-    return {
-        "seq": e.seq,
-        "event_id": e.event_id,
-        "task_id": e.task_id,
-        "task_ref": e.task_ref,
-        "orphan": e.task_ref is None,
-        "matched_by": e.matched_by.value if e.matched_by else None,
-        "notification_type": e.notification_type,
-        "session_id": e.session_id,
-        "session_context": e.session_context,
-        "channel": e.channel,
-        "received_at": _iso(e.received_at),
-        "verdict": e.verdict,
-        "late": e.late,
-        "duplicates": e.duplicates,
-        "err_code": e.err_code,
-        "err_message": e.err_message,
-        "findings": e.findings,
-        "payload": e.raw,
-    }
-
-
 class TaskRegistration(BaseModel):
     """``POST /v1/tasks``: a task submitted elsewhere, so that its notifications find it."""
 
@@ -218,24 +173,24 @@ async def register_task(request: web.Request) -> web.Response:
     except ConflictError as exc:
         return error_response(409, exc.code, str(exc), field="task_id")
     log.info("task registered", task_id=task.task_id, adopted_events=adopted, state=task.state.value)
-    return json_response({**task_json(task), "adopted_events": adopted}, 201)
+    return json_response({**task_document(task), "adopted_events": adopted}, 201)
 
 
 async def get_task(request: web.Request) -> web.Response:
     task = await request.app[STORE].get_task(request.match_info["task_id"])
     if task is None:
         return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
-    return json_response(task_json(task))
+    return json_response(task_document(task))
 
 
-def _limit(request: web.Request) -> int:
+def limit_param(request: web.Request) -> int:
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise BadParameterError("limit", "an integer from 1 to 1000")
     return int(raw)
 
 
-def _cursor(request: web.Request) -> int:
+def cursor_param(request: web.Request) -> int:
     raw = request.query.get("cursor", "0")
     if not raw.isdigit():
         raise BadParameterError("cursor", "the 'next' value of a previous page")
@@ -250,12 +205,12 @@ async def list_tasks(request: web.Request) -> web.Response:
         except ValueError:
             raise BadParameterError("state", "one of " + ", ".join(s.value for s in TaskState)) from None
     page = await request.app[STORE].list_tasks(
-        state=state, after=str(_cursor(request)), limit=_limit(request)
+        state=state, after=str(cursor_param(request)), limit=limit_param(request)
     )
-    return json_response({"items": [task_json(t) for t in page.items], "next": page.next})
+    return json_response({"items": [task_document(t) for t in page.items], "next": page.next})
 
 
-def _since(raw: str) -> float:
+def time_param(raw: str, name: str = "since") -> float:
     try:
         return float(raw)
     except ValueError:
@@ -263,13 +218,13 @@ def _since(raw: str) -> float:
     try:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise BadParameterError("since", "unix seconds or an ISO 8601 date-time") from None
+        raise BadParameterError(name, "unix seconds or an ISO 8601 date-time") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 async def _events_page(request: web.Request, query: EventQuery) -> web.Response:
     page = await request.app[STORE].list_events(query)
-    return json_response({"items": [event_json(e) for e in page.items], "next": page.next})
+    return json_response({"items": [event_document(e) for e in page.items], "next": page.next})
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -282,10 +237,10 @@ async def list_events(request: web.Request) -> web.Response:
     query = EventQuery(
         task_id=q.get("task_id"),
         notification_type=q.get("type"),
-        since=_since(q["since"]) if "since" in q else None,
+        since=time_param(q["since"]) if "since" in q else None,
         orphan=orphan,
-        after=_cursor(request),
-        limit=_limit(request),
+        after=cursor_param(request),
+        limit=limit_param(request),
     )
     return await _events_page(request, query)
 
@@ -295,18 +250,18 @@ async def list_task_events(request: web.Request) -> web.Response:
     if task is None:
         return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
     return await _events_page(
-        request, EventQuery(task_ref=task.id, after=_cursor(request), limit=_limit(request))
+        request, EventQuery(task_ref=task.id, after=cursor_param(request), limit=limit_param(request))
     )
 
 
 async def list_quarantine(request: web.Request) -> web.Response:
     """Messages that could never become events, with the reason (the body as text where it is)."""
-    page = await request.app[STORE].list_quarantine(after=_cursor(request), limit=_limit(request))
+    page = await request.app[STORE].list_quarantine(after=cursor_param(request), limit=limit_param(request))
     items = [
         {
             "id": q.id,
             "channel": q.channel,
-            "received_at": _iso(q.received_at),
+            "received_at": iso(q.received_at),
             "reason": q.reason,
             "detail": q.detail,
             "field": q.field,

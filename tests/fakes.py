@@ -9,7 +9,7 @@ from dataclasses import replace
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded
+from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded, Router
 from receiver.tasks import Task, TaskState
 
 
@@ -24,8 +24,9 @@ class MemoryStore:
         self.down = False
         self.gate: asyncio.Event | None = None  # when set, commits wait for it
         self.quarantined: list[Quarantined] = []
+        self.routed: dict[str, list[str]] = {}
 
-    async def record_events(self, events: Sequence[Event]) -> list[Recorded]:
+    async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
@@ -39,6 +40,9 @@ class MemoryStore:
                 continue
             seq = len(self.events) + 1
             self.events[e.event_id] = (seq, e)
+            if route is not None:
+                task_now = next((t for t in self.tasks.values() if t.task_id == e.task_id), None)
+                self.routed[e.event_id] = list(route(e, task_now))
             by_context = [
                 t for t in self.tasks.values() if e.session_context and t.session_context == e.session_context
             ]

@@ -137,10 +137,10 @@ async def test_an_event_that_breaks_its_batch_fails_alone_and_its_neighbours_are
     poison = body(signed({**EOF_DOC, "TaskId": "poison"}))
     real_commit = store.record_events
 
-    async def picky(events):  # type: ignore[no-untyped-def]
+    async def picky(events, route=None):  # type: ignore[no-untyped-def]
         if any(e.task_id == "poison" for e in events):
             raise TypeError("cannot store this one")
-        return await real_commit(events)
+        return await real_commit(events, route)
 
     store.record_events = picky  # type: ignore[method-assign]
     ing = ingestor(store)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -18,53 +18,30 @@ import orjson
 
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded
+from receiver.ports import (
+    Delivery,
+    DeliveryQuery,
+    DeliveryRow,
+    EventQuery,
+    EventRecord,
+    Page,
+    Quarantined,
+    Recorded,
+    Router,
+    Settlement,
+    SinkStats,
+)
+from receiver.stores.sqlite_rows import (
+    DELIVERIES_WITH_EVENTS,
+    EVENT_COLUMNS,
+    delivery_filter,
+    event_record,
+    migrate,
+)
 from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_from_row
-from receiver.tasks import MatchedBy, Task, TaskState
+from receiver.tasks import Task, TaskState
 
 R = TypeVar("R")
-
-_EVENT_COLUMNS = (
-    "seq, event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
-    " channel, received_at, verdict, late, duplicates, err_code, err_message, findings, raw"
-)
-
-
-def _event_record(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(
-        seq=row[0],
-        event_id=row[1],
-        task_id=row[2],
-        task_ref=row[3],
-        matched_by=MatchedBy(row[4]) if row[4] else None,
-        notification_type=row[5],
-        session_id=row[6],
-        session_context=row[7],
-        channel=row[8],
-        received_at=row[9],
-        verdict=row[10],
-        late=bool(row[11]),
-        duplicates=row[12],
-        err_code=row[13],
-        err_message=row[14],
-        findings=orjson.loads(row[15]),
-        raw=orjson.loads(row[16]),
-    )
-
-
-def migrate(con: sqlite3.Connection) -> int:
-    """Apply the numbered ``migrations/sqlite/*.sql`` files newer than ``PRAGMA user_version``."""
-    current = con.execute("PRAGMA user_version").fetchone()[0]
-    folder = resources.files("receiver.stores") / "migrations" / "sqlite"
-    scripts = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
-    for script in scripts:
-        version = int(script.name.split("_", 1)[0])
-        if version <= current:
-            continue
-        # executescript commits first; the version bump sits in the script's own transaction.
-        con.executescript(f"BEGIN;\n{script.read_text()}\nPRAGMA user_version = {version};\nCOMMIT;")
-        current = version
-    return int(current)
 
 
 class SqliteStore:
@@ -158,8 +135,112 @@ class SqliteStore:
 
     # --- ingest ---------------------------------------------------------------------------------
 
-    async def record_events(self, events: Sequence[Event]) -> list[Recorded]:
-        return await self._write_with(lambda w: w.record(events))
+    async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
+        return await self._write_with(lambda w: w.record(events, route))
+
+    # --- the outbox -----------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, sink: str, *, now: float, limit: int, busy_keys: Collection[str]
+    ) -> list[Delivery]:
+        def run() -> list[Delivery]:
+            assert self._rcon is not None
+            # The head of each task's line: due, and no older pending delivery for the same key.
+            rows = self._rcon.execute(
+                "SELECT d.id, d.task_key, d.attempts, "
+                + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+                + f" {DELIVERIES_WITH_EVENTS}"
+                " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.sink = d.sink"
+                " AND p.task_key = d.task_key AND p.state = 'pending' AND p.id < d.id)"
+                " ORDER BY d.id LIMIT ?",
+                (sink, now, limit + len(busy_keys)),
+            ).fetchall()
+            out = []
+            for row in rows:
+                if row[1] in busy_keys:
+                    continue
+                out.append(
+                    Delivery(
+                        id=row[0], sink=sink, task_key=row[1], attempts=row[2], event=event_record(row[3:])
+                    )
+                )
+                if len(out) == limit:
+                    break
+            return out
+
+        return await self._read_safely(run)
+
+    async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
+        await self._write_with(lambda w: w.settle(settlements))
+
+    async def list_deliveries(self, query: DeliveryQuery) -> Page[DeliveryRow]:
+        where, args = delivery_filter(query)
+
+        def run() -> Page[DeliveryRow]:
+            assert self._rcon is not None
+            rows = self._rcon.execute(
+                "SELECT d.id, d.sink, d.state, d.attempts, d.next_attempt_at, d.last_error, d.created_at,"
+                " d.delivered_at, e.event_id, e.task_id, e.notification_type"
+                f" {DELIVERIES_WITH_EVENTS} WHERE {where} AND d.id > ?"
+                " ORDER BY d.id LIMIT ?",
+                (*args, query.after, query.limit + 1),
+            ).fetchall()
+            items = [DeliveryRow(*r) for r in rows[: query.limit]]
+            return Page(items, str(items[-1].id) if len(rows) > query.limit else None)
+
+        return await self._read_safely(run)
+
+    async def redrive(self, query: DeliveryQuery, *, now: float, dry_run: bool = False) -> int:
+        where, args = delivery_filter(query)
+        if dry_run:
+
+            def count() -> int:
+                assert self._rcon is not None
+                return int(
+                    self._rcon.execute(
+                        f"SELECT count(*) {DELIVERIES_WITH_EVENTS} WHERE {where}",
+                        args,
+                    ).fetchone()[0]
+                )
+
+            return await self._read_safely(count)
+        return await self._write_with(lambda w: w.redrive(where, args, now))
+
+    async def sink_stats(self) -> list[SinkStats]:
+        def run() -> list[SinkStats]:
+            assert self._rcon is not None
+            counts: dict[str, dict[str, Any]] = {}
+            for sink, state, n, oldest in self._rcon.execute(
+                "SELECT sink, state, count(*), min(created_at) FROM deliveries GROUP BY sink, state"
+            ):
+                entry = counts.setdefault(sink, {"pending": 0, "delivered": 0, "dead": 0, "oldest": None})
+                entry[state] = n
+                if state == "pending":
+                    entry["oldest"] = oldest
+            disabled = dict(
+                self._rcon.execute(
+                    "SELECT sink, reason FROM sink_state WHERE disabled_at IS NOT NULL"
+                ).fetchall()
+            )
+            names = sorted(set(counts) | set(disabled))
+            empty = {"pending": 0, "delivered": 0, "dead": 0, "oldest": None}
+            return [
+                SinkStats(
+                    sink=n,
+                    pending=counts.get(n, empty)["pending"],
+                    delivered=counts.get(n, empty)["delivered"],
+                    dead=counts.get(n, empty)["dead"],
+                    oldest_pending_at=counts.get(n, empty)["oldest"],
+                    disabled=disabled.get(n),
+                )
+                for n in names
+            ]
+
+        return await self._read_safely(run)
+
+    async def set_sink_disabled(self, sink: str, reason: str | None) -> None:
+        await self._write_with(lambda w: w.set_sink_disabled(sink, reason, time.time()))
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -200,7 +281,7 @@ class SqliteStore:
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
         def run() -> Page[EventRecord]:
             assert self._rcon is not None
-            sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ?"
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?"
             args: list[Any] = [query.after]
             for column, value in (
                 ("task_id", query.task_id),
@@ -219,7 +300,7 @@ class SqliteStore:
             args.append(query.limit + 1)
             rows = self._rcon.execute(sql, args).fetchall()
             more = len(rows) > query.limit
-            items = [_event_record(r) for r in rows[: query.limit]]
+            items = [event_record(r) for r in rows[: query.limit]]
             return Page(items, str(items[-1].seq) if more else None)
 
         return await self._read_safely(run)

@@ -18,7 +18,8 @@ import orjson
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import Quarantined, Recorded
+from receiver.ports import Quarantined, Recorded, Router, Settlement
+from receiver.stores.sqlite_rows import DELIVERIES_WITH_EVENTS
 from receiver.tasks import MatchedBy, Task, TaskState
 
 R = TypeVar("R")
@@ -196,10 +197,10 @@ class SqliteWriter:
 
     # --- ingest -----------------------------------------------------------------------------------
 
-    def record(self, events: Sequence[Event]) -> list[Recorded]:
-        return self.transaction(lambda: [self._record(e) for e in events])
+    def record(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
+        return self.transaction(lambda: [self._record(e, route) for e in events])
 
-    def _record(self, e: Event) -> Recorded:
+    def _record(self, e: Event, route: Router | None) -> Recorded:
         by_context = self._with_context(e.session_context) if e.session_context else []
         by_task_id = None if len(by_context) == 1 else self._by_mps_task_id(e.task_id)
         found = tasks.match(e, by_context, by_task_id)
@@ -226,11 +227,21 @@ class SqliteWriter:
         )
         if cur.rowcount == 0:  # already stored: count it there, change nothing else
             return self._count_duplicate(e)
-        assert cur.lastrowid is not None
+        seq = cur.lastrowid
+        assert seq is not None
+        task = transition.task if transition else None
+        if route is not None:
+            sinks = route(e, task)
+            if sinks:
+                self.con.executemany(
+                    "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at,"
+                    " updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                    [(sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in sinks],
+                )
         if found is None or transition is None:
-            return Recorded(e.event_id, cur.lastrowid, False, None, None, False)
+            return Recorded(e.event_id, seq, False, None, None, False)
         self._staged[transition.task.id] = transition.task
-        return Recorded(e.event_id, cur.lastrowid, False, transition.task, found[1], transition.late)
+        return Recorded(e.event_id, seq, False, transition.task, found[1], transition.late)
 
     def _count_duplicate(self, e: Event) -> Recorded:
         seq, task_ref, matched_by, late = self.con.execute(
@@ -241,6 +252,42 @@ class SqliteWriter:
         task = self._task(task_ref) if task_ref else None
         return Recorded(
             e.event_id, seq, True, task, MatchedBy(matched_by) if matched_by else None, bool(late)
+        )
+
+    # --- the outbox -------------------------------------------------------------------------------
+
+    def settle(self, settlements: Sequence[Settlement]) -> None:
+        self.transaction(
+            lambda: self.con.executemany(
+                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
+                " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
+                " WHERE id = ?",
+                [
+                    (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.state, x.at, x.id)
+                    for x in settlements
+                ],
+            )
+        )
+
+    def redrive(self, where: str, args: Sequence[Any], now: float) -> int:
+        def run() -> int:
+            cur = self.con.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                f" last_error = NULL, updated_at = ? WHERE id IN (SELECT d.id {DELIVERIES_WITH_EVENTS}"
+                f" WHERE {where})",
+                (now, now, *args),
+            )
+            return int(cur.rowcount)
+
+        return self.transaction(run)
+
+    def set_sink_disabled(self, sink: str, reason: str | None, now: float) -> None:
+        self.transaction(
+            lambda: self.con.execute(
+                "INSERT INTO sink_state (sink, disabled_at, reason) VALUES (?, ?, ?) ON CONFLICT (sink)"
+                " DO UPDATE SET disabled_at = excluded.disabled_at, reason = excluded.reason",
+                (sink, now if reason else None, reason),
+            )
         )
 
     # --- quarantine -------------------------------------------------------------------------------

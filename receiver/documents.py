@@ -1,0 +1,57 @@
+"""The JSON shapes of tasks and events, as the API answers them and as sinks deliver them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from receiver.ports import EventRecord
+from receiver.tasks import Task
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def task_document(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "task_id": task.task_id,
+        "session_id": task.session_id,
+        "session_context": task.session_context,
+        "url": task.url,
+        "labels": task.labels,
+        "state": task.state.value,
+        "err_code": task.err_code,
+        "err_message": task.err_message,
+        "event_count": task.event_count,
+        "late_count": task.late_count,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+        "first_event_at": iso(task.first_event_at),
+        "last_event_at": iso(task.last_event_at),
+        "ended_at": iso(task.ended_at),
+    }
+
+
+def event_document(e: EventRecord) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "event_id": e.event_id,
+        "task_id": e.task_id,
+        "task_ref": e.task_ref,
+        "orphan": e.task_ref is None,
+        "matched_by": e.matched_by.value if e.matched_by else None,
+        "notification_type": e.notification_type,
+        "session_id": e.session_id,
+        "session_context": e.session_context,
+        "channel": e.channel,
+        "received_at": iso(e.received_at),
+        "verdict": e.verdict,
+        "late": e.late,
+        "duplicates": e.duplicates,
+        "err_code": e.err_code,
+        "err_message": e.err_message,
+        "findings": e.findings,
+        "payload": e.raw,
+    }

@@ -1,0 +1,133 @@
+"""Management API of the outbox: list deliveries, redrive them, see and re-enable sinks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from receiver.documents import iso
+from receiver.ports import DeliveryQuery, DeliveryRow, DeliveryState
+from receiver.web import (
+    CLOCK,
+    DISPATCHER,
+    STORE,
+    BadParameterError,
+    cursor_param,
+    json_response,
+    limit_param,
+    protected,
+    time_param,
+)
+
+log = structlog.get_logger("receiver.outbox_api")
+
+
+def _delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
+    state = params.get("state")
+    if state is not None and state not in DeliveryState.ALL:
+        raise BadParameterError("state", "one of " + ", ".join(DeliveryState.ALL))
+    for name in ("sink", "task_id", "type"):
+        if params.get(name) is not None and not isinstance(params[name], str):
+            raise BadParameterError(name, "a string")
+    return DeliveryQuery(
+        sink=params.get("sink"),
+        state=state,
+        task_id=params.get("task_id"),
+        notification_type=params.get("type"),
+        since=time_param(str(params["since"]), "since") if params.get("since") is not None else None,
+        until=time_param(str(params["until"]), "until") if params.get("until") is not None else None,
+        after=after,
+        limit=limit,
+    )
+
+
+def delivery_document(d: DeliveryRow) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "sink": d.sink,
+        "state": d.state,
+        "attempts": d.attempts,
+        "next_attempt_at": iso(d.next_attempt_at) if d.state == DeliveryState.PENDING else None,
+        "last_error": d.last_error,
+        "created_at": iso(d.created_at),
+        "delivered_at": iso(d.delivered_at),
+        "event_id": d.event_id,
+        "task_id": d.task_id,
+        "notification_type": d.notification_type,
+    }
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    query = _delivery_query(request.query, after=cursor_param(request), limit=limit_param(request))
+    page = await request.app[STORE].list_deliveries(query)
+    return json_response({"items": [delivery_document(d) for d in page.items], "next": page.next})
+
+
+async def redrive(request: web.Request) -> web.Response:
+    """``POST /v1/deliveries/redrive``: make matching deliveries (default: the dead) pending again."""
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise BadParameterError("body", f"a JSON object ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadParameterError("body", "a JSON object")
+    unknown = set(body) - {"sink", "state", "task_id", "type", "since", "until", "dry_run"}
+    if unknown:
+        raise BadParameterError(
+            sorted(unknown)[0], "one of sink, state, task_id, type, since, until, dry_run"
+        )
+    query = _delivery_query({"state": DeliveryState.DEAD, **body})
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadParameterError("dry_run", "true or false")
+    n = await request.app[STORE].redrive(query, now=request.app[CLOCK](), dry_run=dry_run)
+    if not dry_run and (dispatcher := request.app.get(DISPATCHER)) is not None:
+        dispatcher.wake()
+    log.info("redrive", matched=n, dry_run=dry_run, **{k: v for k, v in body.items() if k != "dry_run"})
+    return json_response({"matched" if dry_run else "redriven": n})
+
+
+async def list_sinks(request: web.Request) -> web.Response:
+    """Per sink: backlog, delivered, dead, the age of the oldest undelivered event, breaker state."""
+    now = request.app[CLOCK]()
+    dispatcher = request.app.get(DISPATCHER)
+    live = dispatcher.status() if dispatcher is not None else {}
+    stats = {s.sink: s for s in await request.app[STORE].sink_stats()}
+    items = []
+    for name in sorted(set(stats) | set(live)):
+        s = stats.get(name)
+        items.append(
+            {
+                "sink": name,
+                "backlog": s.pending if s else 0,
+                "delivered": s.delivered if s else 0,
+                "dead": s.dead if s else 0,
+                "oldest_undelivered_age_seconds": round(now - s.oldest_pending_at, 3)
+                if s and s.oldest_pending_at is not None
+                else None,
+                "disabled": s.disabled if s else None,
+                "since_start": live.get(name, {}),
+            }
+        )
+    return json_response({"items": items})
+
+
+async def enable_sink(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    dispatcher = request.app.get(DISPATCHER)
+    if dispatcher is not None:
+        await dispatcher.enable(name)
+    else:
+        await request.app[STORE].set_sink_disabled(name, None)
+    return json_response({"sink": name, "enabled": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/deliveries", protected(list_deliveries))
+    app.router.add_post("/v1/deliveries/redrive", protected(redrive))
+    app.router.add_get("/v1/sinks", protected(list_sinks))
+    app.router.add_post("/v1/sinks/{name}/enable", protected(enable_sink))

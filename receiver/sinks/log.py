@@ -1,0 +1,46 @@
+"""``LogSink``: one structlog line per delivered event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import structlog
+
+from receiver.ports import Delivery
+from receiver.sinks.options import SinkOptions
+
+log = structlog.get_logger("receiver.sinks.log")
+
+
+class LogOptions(SinkOptions):
+    level: Literal["debug", "info", "warning"] = "info"
+
+
+class LogSink:
+    def __init__(self, name: str, options: LogOptions) -> None:
+        self.name = name
+        self._level = logging.getLevelName(options.level.upper())
+
+    @classmethod
+    def from_options(cls, name: str, options: Mapping[str, Any]) -> LogSink:
+        return cls(name, LogOptions.model_validate(options))
+
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+        findings = document["findings"]
+        log.log(
+            self._level,
+            "event",
+            sink=self.name,
+            event_id=document["event_id"],
+            task_id=document["task_id"],
+            notification_type=document["notification_type"],
+            findings=len(findings),
+            suggestions=sorted({f["suggestion"] for f in findings if f.get("suggestion")}),
+            late=document["late"],
+            orphan=document["orphan"],
+        )
+
+    async def aclose(self) -> None:
+        pass
