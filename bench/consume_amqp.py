@@ -27,10 +27,10 @@ import aio_pika
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_http import KEY, MIX, ROOT, TASKS, free_port, payloads  # noqa: E402
+from ingest_http import KEY, MIX, ROOT, TASKS, free_port, payloads
 
-from receiver.consumer import declare_topology  # noqa: E402
-from receiver.settings import AmqpSettings  # noqa: E402
+from receiver.consumer import declare_topology
+from receiver.settings import AmqpSettings
 
 AMQP_URL = os.environ.get("RECEIVER_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PREFETCH = 100
@@ -66,11 +66,10 @@ async def drop(queue: str) -> None:
 
 
 def bare_rate(queue: str, n: int) -> float:
+    bare = [sys.executable, str(ROOT / "bench" / "bare_consumer.py"), AMQP_URL, queue, str(n), str(PREFETCH)]
     out = subprocess.run(
-        ["taskset", "-c", "0", sys.executable, str(ROOT / "bench" / "bare_consumer.py"), AMQP_URL, queue, str(n),
-         str(PREFETCH)],
-        capture_output=True, text=True, check=True, timeout=600,
-    ).stdout  # fmt: skip
+        ["taskset", "-c", "0", *bare], capture_output=True, text=True, check=True, timeout=600
+    ).stdout
     stamps = orjson.loads(out.strip().splitlines()[-1])
     return float((stamps["n"] - 1) / (stamps["last"] - stamps["first"]))
 
@@ -88,9 +87,8 @@ def receiver_rate(queue: str, n: int, work: Path) -> tuple[float, int]:
         "RECEIVER_LOG__FORMAT": "json",
     }
     with (work / "consume.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["taskset", "-c", "0", sys.executable, "-m", "receiver", "consume"], env=env, stdout=log, stderr=log
-        )
+        cmd = ["taskset", "-c", "0", sys.executable, "-m", "receiver", "consume"]
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 600
         count = 0
@@ -106,12 +104,15 @@ def receiver_rate(queue: str, n: int, work: Path) -> tuple[float, int]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    first, last = sqlite3.connect(db).execute("SELECT min(received_at), max(received_at) FROM events").fetchone()
+    span = "SELECT min(received_at), max(received_at) FROM events"
+    first, last = sqlite3.connect(db).execute(span).fetchone()
     return (count - 1) / (last - first), count
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "consume-amqp.md")
     args = parser.parse_args()
@@ -132,8 +133,9 @@ def main() -> int:
 
 Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}, RabbitMQ on the same machine. Consumer pinned to core 0; the queue
-(quorum, as receiver declares it) is filled with {args.messages:,} unique signed notifications of {len(MIX)} types
-(mean {mean_size:.0f} bytes) before each consumer starts; prefetch {PREFETCH}. Rerun: `make bench`.
+(quorum, as receiver declares it) is filled with {args.messages:,} unique signed notifications of
+{len(MIX)} types (mean {mean_size:.0f} bytes) before each consumer starts; prefetch {PREFETCH}.
+Rerun: `make bench`.
 
 | consumer | messages/s |
 | --- | ---: |

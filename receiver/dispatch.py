@@ -172,6 +172,9 @@ class Dispatcher:
             lane.wake.set()
         log.info("sink re-enabled", sink=sink)
 
+    def sink(self, name: str) -> Sink:
+        return self._lanes[name].sink
+
     def status(self) -> dict[str, dict[str, object]]:
         return {
             name: {

@@ -208,8 +208,16 @@ class Store(Protocol):
 
     async def list_deliveries(self, query: DeliveryQuery) -> Page[DeliveryRow]: ...
 
-    async def redrive(self, query: DeliveryQuery, *, now: float, dry_run: bool = False) -> int:
-        """Make the matching deliveries pending again, due now, attempts reset; returns how many."""
+    async def redrive(
+        self,
+        query: DeliveryQuery,
+        *,
+        now: float,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Make the matching deliveries pending again, due now, attempts reset; returns how many
+        (with ``dry_run``, only counts them). ``progress`` hears the running total."""
         ...
 
     async def sink_stats(self) -> list[SinkStats]: ...

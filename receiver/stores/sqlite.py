@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -191,7 +192,14 @@ class SqliteStore:
 
         return await self._read_safely(run)
 
-    async def redrive(self, query: DeliveryQuery, *, now: float, dry_run: bool = False) -> int:
+    async def redrive(
+        self,
+        query: DeliveryQuery,
+        *,
+        now: float,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         where, args = delivery_filter(query)
         if dry_run:
 
@@ -205,7 +213,16 @@ class SqliteStore:
                 )
 
             return await self._read_safely(count)
-        return await self._write_with(lambda w: w.redrive(where, args, now))
+        total, after = 0, 0
+        while True:  # in chunks: a long redrive must not hold the write lock against ingest
+            n, after = await self._write_with(
+                partial(SqliteWriter.redrive_chunk, where=where, args=args, now=now, after=after, limit=2000)
+            )
+            if n == 0:
+                return total
+            total += n
+            if progress is not None:
+                progress(total)
 
     async def sink_stats(self) -> list[SinkStats]:
         def run() -> list[SinkStats]:

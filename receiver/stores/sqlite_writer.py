@@ -269,15 +269,26 @@ class SqliteWriter:
             )
         )
 
-    def redrive(self, where: str, args: Sequence[Any], now: float) -> int:
-        def run() -> int:
-            cur = self.con.execute(
+    def redrive_chunk(
+        self, where: str, args: Sequence[Any], now: float, after: int, limit: int
+    ) -> tuple[int, int]:
+        """Make up to ``limit`` matching deliveries with id > ``after`` pending again; returns how many
+        and the last id (to continue from)."""
+
+        def run() -> tuple[int, int]:
+            ids = [
+                row[0]
+                for row in self.con.execute(
+                    f"SELECT d.id {DELIVERIES_WITH_EVENTS} WHERE {where} AND d.id > ? ORDER BY d.id LIMIT ?",
+                    (*args, after, limit),
+                )
+            ]
+            self.con.executemany(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                f" last_error = NULL, updated_at = ? WHERE id IN (SELECT d.id {DELIVERIES_WITH_EVENTS}"
-                f" WHERE {where})",
-                (now, now, *args),
+                " last_error = NULL, updated_at = ? WHERE id = ?",
+                [(now, now, i) for i in ids],
             )
-            return int(cur.rowcount)
+            return len(ids), (ids[-1] if ids else after)
 
         return self.transaction(run)
 

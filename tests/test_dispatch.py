@@ -1,0 +1,288 @@
+"""The outbox and the dispatcher end to end: real SQLite, in-memory sinks, the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from receiver.app import create_app
+from receiver.dispatch import CircuitBreaker, SinkPolicy, settle
+from receiver.errors import SinkError
+from receiver.ports import Delivery, DeliveryState
+from receiver.settings import Settings
+from receiver.sinks.memory import MemorySink
+from receiver.web import DISPATCHER
+from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+REVIEW = example("03-AiReviewResult-Image.constructed.json")
+RECOGNITION = example("05-AiRecognitionResult-Face-Ocr-Object-Tag.constructed.json")
+QUALITY = example("07-AiQualityControlResult.constructed.json")
+EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+FAST = {"retry_schedule": [0.01, 0.01, 0.01], "jitter": 0.0, "breaker_threshold": 1000}
+
+
+def settings(tmp_path: Path, sinks: list[dict[str, Any]]) -> Settings:
+    return Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/receiver.db"},
+            "verify": {"notify_keys": [NOTIFY_KEY]},
+            "sinks": sinks,
+            "dispatch_poll_interval": 0.02,
+        }
+    )
+
+
+async def start(
+    aiohttp_client: ClientFactory, tmp_path: Path, sinks: list[dict[str, Any]]
+) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(settings(tmp_path, sinks), clock=_clock))
+
+
+_STARTED = time.monotonic()
+
+
+def _clock() -> float:
+    # Moves forward like a real clock, from before the examples' signatures expire.
+    return FROZEN_NOW + (time.monotonic() - _STARTED)
+
+
+def sink(client: TestClient[Any, Any], name: str) -> MemorySink:
+    found = client.app[DISPATCHER].sink(name)
+    assert isinstance(found, MemorySink)
+    return found
+
+
+async def post(client: TestClient[Any, Any], doc: dict[str, Any]) -> None:
+    resp = await client.post("/v1/notifications", data=body(signed(doc)))
+    assert resp.status == 200, await resp.text()
+
+
+async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+
+
+def delivery(attempts: int) -> Delivery:
+    return Delivery(id=1, sink="s", task_key="t", attempts=attempts, event=None)  # type: ignore[arg-type]
+
+
+def test_settle_follows_the_schedule_with_jitter_then_gives_up() -> None:
+    policy = SinkPolicy(retry_schedule=(10.0, 100.0), jitter=0.2)
+    rng = random.Random(7)
+    first = settle(delivery(0), SinkError("x"), policy, 1000.0, rng)
+    assert first.state == DeliveryState.PENDING
+    assert 1008.0 <= first.next_attempt_at <= 1012.0
+    second = settle(delivery(1), SinkError("x"), policy, 1000.0, rng)
+    assert 1080.0 <= second.next_attempt_at <= 1120.0
+    last = settle(delivery(2), SinkError("boom"), policy, 1000.0, rng)
+    assert (last.state, last.attempts, last.error) == (DeliveryState.DEAD, 3, "boom")
+    ok = settle(delivery(2), None, policy, 1000.0, rng)
+    assert (ok.state, ok.attempts) == (DeliveryState.DELIVERED, 3)
+
+
+def test_retry_after_is_honoured_when_longer_than_the_schedule() -> None:
+    policy = SinkPolicy(retry_schedule=(1.0,), jitter=0.0)
+    waited = settle(delivery(0), SinkError("busy", retry_after=120), policy, 0.0, random.Random())
+    assert waited.next_attempt_at == 120.0
+
+
+def test_breaker_opens_after_the_threshold_and_lets_one_trial_through_after_cooldown() -> None:
+    b = CircuitBreaker(threshold=3, cooldown=10)
+    for _ in range(3):
+        assert b.allows(0)
+        b.failed(0)
+    assert b.state == "open"
+    assert not b.allows(5)
+    assert b.allows(11)  # half-open: one trial
+    assert not b.allows(11)
+    b.failed(11)
+    assert not b.allows(12)
+    assert b.allows(22)
+    b.succeeded()
+    assert b.state == "closed"
+    assert b.allows(22)
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+
+async def test_filters_include_and_exclude_what_they_say(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        [
+            {"name": "all", "kind": "memory"},
+            {"name": "blocks", "kind": "memory", "filter": {"suggestions": ["block"]}},
+            {
+                "name": "faces",
+                "kind": "memory",
+                "filter": {"kinds": ["FaceRecognition"], "min_confidence": 90},
+            },
+            {"name": "eof-only", "kind": "memory", "filter": {"types": ["ProcessEof"]}},
+            {"name": "vip", "kind": "memory", "filter": {"task_labels": {"tier": "vip"}}},
+        ],
+    )
+    reg = await client.post("/v1/tasks", json={"task_id": "vip-task", "labels": {"tier": "vip"}})
+    assert reg.status == 201
+    # REVIEW has one block and one review finding; RECOGNITION a 96.3 face; QUALITY none of those.
+    for doc in (REVIEW, RECOGNITION, {**QUALITY, "TaskId": "vip-task", "SessionContext": ""}, EOF_DOC):
+        await post(client, doc)
+    await eventually(lambda: len(sink(client, "all").received) == 4)
+    await asyncio.sleep(0.1)
+
+    def types(name: str) -> list[str]:
+        return [d["notification_type"] for d in sink(client, name).received]
+
+    assert types("blocks") == ["AiReviewResult", "ProcessEof"]  # an event with no findings is not judged
+    assert types("faces") == ["AiRecognitionResult", "ProcessEof"]
+    assert types("eof-only") == ["ProcessEof"]
+    assert types("vip") == ["AiQualityControlResult"]
+    delivered = sink(client, "blocks").received[0]
+    assert delivered["event_id"]
+    assert delivered["findings"]
+    assert delivered["payload"]["TaskId"] == REVIEW["TaskId"]
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+async def test_a_failing_sink_that_recovers_gets_every_event_in_order_per_task(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        [{"name": "flaky", "kind": "memory", "options": {"fail_first": 25}, "concurrency": 4, **FAST,
+          "retry_schedule": [0.01] * 30}],
+    )  # fmt: skip
+    tasks = [f"order-task-{t}" for t in range(5)]
+    sent: dict[str, list[str]] = {t: [] for t in tasks}
+    for i in range(8):
+        for t in tasks:
+            await post(client, {**REVIEW, "TaskId": t, "SessionContext": "", "SessionId": f"{t}-{i}"})
+            sent[t].append(f"{t}-{i}")
+    for t in tasks:
+        await post(client, {**EOF_DOC, "TaskId": t})
+    flaky = sink(client, "flaky")
+    await eventually(lambda: len(flaky.received) == 45, within=20)
+    assert flaky.attempts > 45  # it did fail on the way
+    for t in tasks:
+        got = [d for d in flaky.received if d["task_id"] == t]
+        assert [d["session_id"] for d in got[:-1]] == sent[t]
+        assert got[-1]["notification_type"] == "ProcessEof"
+
+
+async def test_after_the_last_attempt_a_delivery_is_dead_kept_and_redrivable(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(
+        aiohttp_client, tmp_path, [{"name": "down", "kind": "memory", "options": {"fail_first": 4}, **FAST}]
+    )
+    await post(client, REVIEW)
+
+    async def dead() -> list[dict[str, Any]]:
+        resp = await client.get("/v1/deliveries", params={"sink": "down", "state": "dead"})
+        return list((await resp.json())["items"])
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await dead():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    [row] = await dead()
+    assert (row["attempts"], row["last_error"]) == (4, "told to fail")
+    stats = (await (await client.get("/v1/sinks")).json())["items"]
+    assert [(s["sink"], s["dead"], s["backlog"]) for s in stats] == [("down", 1, 0)]
+
+    dry = await client.post("/v1/deliveries/redrive", json={"sink": "down", "dry_run": True})
+    assert await dry.json() == {"matched": 1}
+    redriven = await client.post("/v1/deliveries/redrive", json={"sink": "down"})
+    assert await redriven.json() == {"redriven": 1}
+    await eventually(lambda: len(sink(client, "down").received) == 1)
+    assert sink(client, "down").received[0]["event_id"] == row["event_id"]
+
+
+async def test_one_dead_sink_does_not_hold_up_the_others(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        [
+            {
+                "name": "stuck",
+                "kind": "memory",
+                "options": {"fail_first": 10**6, "delay": 0.2},
+                "concurrency": 2,
+            },
+            {"name": "healthy", "kind": "memory"},
+        ],
+    )
+    for i in range(100):
+        await post(client, {**REVIEW, "TaskId": f"t-{i % 10}", "SessionContext": "", "SessionId": str(i)})
+    await eventually(lambda: len(sink(client, "healthy").received) == 100, within=5)
+    assert len(sink(client, "stuck").received) == 0
+
+
+async def test_a_410_switches_the_sink_off_until_re_enabled(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(aiohttp_client, tmp_path, [{"name": "gone", "kind": "memory", **FAST}])
+    gone = sink(client, "gone")
+    gone.gone = True
+    await post(client, REVIEW)
+    await eventually(lambda: gone.attempts == 1)
+    await post(client, {**REVIEW, "SessionId": "second"})
+    await asyncio.sleep(0.2)
+    assert gone.attempts == 1  # switched off: nothing more is tried
+    [stats] = (await (await client.get("/v1/sinks")).json())["items"]
+    assert stats["disabled"] == "gone"
+    assert stats["backlog"] == 2
+    gone.gone = False
+    resp = await client.post("/v1/sinks/gone/enable")
+    assert resp.status == 200
+    await eventually(lambda: len(gone.received) == 2)
+
+
+async def test_pending_deliveries_survive_a_restart_and_resume(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    slow = [{"name": "slow", "kind": "memory", "options": {"delay": 0.05}, "concurrency": 1}]
+    first = await start(aiohttp_client, tmp_path, slow)
+    for i in range(30):
+        await post(first, {**REVIEW, "SessionId": f"r-{i}"})
+    await eventually(lambda: len(sink(first, "slow").received) >= 3)
+    first_sink = sink(first, "slow")
+    await first.close()  # stops the dispatcher mid-backlog (the delivery in hand finishes)
+    delivered_before = {d["event_id"] for d in first_sink.received}
+    assert len(delivered_before) < 30
+
+    second = await start(aiohttp_client, tmp_path, slow)
+    await eventually(lambda: len(sink(second, "slow").received) + len(delivered_before) >= 30, within=10)
+    everything = delivered_before | {d["event_id"] for d in sink(second, "slow").received}
+    assert len(everything) == 30
+
+
+@pytest.mark.parametrize("bad", [{"state": "lost"}, {"sink": 3}, {"colour": "red"}, {"dry_run": "yes"}])
+async def test_bad_redrive_requests_are_400_naming_the_field(
+    aiohttp_client: ClientFactory, tmp_path: Path, bad: dict[str, Any]
+) -> None:
+    client = await start(aiohttp_client, tmp_path, [{"name": "a", "kind": "memory"}])
+    resp = await client.post("/v1/deliveries/redrive", json=bad)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == next(iter(bad))

@@ -1,0 +1,249 @@
+"""Each sink against a real target: a local HTTP server, a temp file, the real RabbitMQ, the log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
+
+from receiver import events, sinks
+from receiver.documents import event_document
+from receiver.errors import ConfigError, SinkError, SinkGoneError
+from receiver.events import Channel, Verdict
+from receiver.ports import Delivery, EventRecord
+from receiver.sinks.amqp import routing_key
+from receiver.sinks.http import HttpSink, retry_after
+from receiver.sinks.jsonl import JsonlSink
+from receiver.tasks import MatchedBy
+from tests.conftest import FROZEN_NOW, body, example
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
+
+
+def record(name: str = "03-AiReviewResult-Image.constructed.json", **changes: Any) -> EventRecord:
+    document, n = events.parse(body({**example(name), **changes}))
+    e = events.normalize(document, n, channel=Channel.HTTP, received_at=FROZEN_NOW, verdict=Verdict.VALID)
+    return EventRecord(
+        seq=1,
+        event_id=e.event_id,
+        task_id=e.task_id,
+        task_ref="ours",
+        matched_by=MatchedBy.TASK_ID,
+        notification_type=e.notification_type,
+        session_id=e.session_id,
+        session_context=e.session_context,
+        channel="http",
+        received_at=e.received_at,
+        verdict="valid",
+        late=False,
+        duplicates=0,
+        err_code=None,
+        err_message=None,
+        findings=orjson.loads(orjson.dumps(e.findings)),
+        raw=document,
+    )
+
+
+def delivery(rec: EventRecord) -> tuple[Delivery, dict[str, Any]]:
+    return Delivery(id=1, sink="s", task_key=rec.task_id, attempts=0, event=rec), event_document(rec)
+
+
+# --- http ---------------------------------------------------------------------------------------
+
+
+async def test_http_sink_posts_the_event_signed_with_standard_webhooks(aiohttp_server: ServerFactory) -> None:
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.read(), dict(request.headers)))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    sink = HttpSink.from_options("alerts", {"url": str(server.make_url("/hook")), "secret": SECRET})
+    rec = record()
+    try:
+        await sink.deliver(*delivery(rec))
+    finally:
+        await sink.aclose()
+    [(payload, headers)] = received
+    assert headers["webhook-id"] == rec.event_id
+    Webhook(SECRET).verify(payload, headers)  # raises if the signature does not hold
+    assert orjson.loads(payload)["event_id"] == rec.event_id
+    assert orjson.loads(payload)["findings"][0]["kind"] == "ImagePorn"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "wait"),
+    [
+        (500, {}, SinkError, None),
+        (503, {"Retry-After": "120"}, SinkError, 120.0),
+        (429, {"Retry-After": "7"}, SinkError, 7.0),
+        (410, {}, SinkGoneError, None),
+        (400, {}, SinkError, None),
+    ],
+)
+async def test_http_sink_non_2xx_answers_fail_the_delivery_as_they_should(
+    aiohttp_server: ServerFactory,
+    status: int,
+    headers: dict[str, str],
+    error: type[Exception],
+    wait: float | None,
+) -> None:
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    sink = HttpSink.from_options("s", {"url": str(server.make_url("/hook"))})
+    try:
+        with pytest.raises(error) as caught:
+            await sink.deliver(*delivery(record()))
+    finally:
+        await sink.aclose()
+    assert isinstance(caught.value, SinkError)
+    assert caught.value.retry_after == wait
+
+
+async def test_http_sink_times_out_and_unreachable_targets_are_retryable(
+    aiohttp_server: ServerFactory,
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", slow)
+    server = await aiohttp_server(app)
+    sink = HttpSink.from_options("s", {"url": str(server.make_url("/hook")), "timeout": 0.2})
+    refused = HttpSink.from_options("r", {"url": "http://127.0.0.1:9/hook"})
+    try:
+        with pytest.raises(SinkError):
+            await sink.deliver(*delivery(record()))
+        with pytest.raises(SinkError):
+            await refused.deliver(*delivery(record()))
+    finally:
+        await sink.aclose()
+        await refused.aclose()
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+    assert retry_after("30", now) == 30.0
+    assert retry_after("Wed, 25 Nov 2026 12:01:00 GMT", now) == 60.0
+    assert retry_after("soon", now) is None
+    assert retry_after(None, now) is None
+
+
+def test_bad_sink_options_name_the_option() -> None:
+    with pytest.raises(ConfigError, match="url"):
+        sinks.build_sink("x", "http", {"url": "not a url"})
+    with pytest.raises(ConfigError, match="colour"):
+        sinks.build_sink("x", "log", {"colour": "red"})
+    with pytest.raises(ConfigError, match="unknown kind 'carrier-pigeon'"):
+        sinks.build_sink("x", "carrier-pigeon", {})
+
+
+def test_third_party_sink_kinds_load_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    class EntryPoint:  # the one piece of importlib.metadata this reads
+        name = "pager"
+
+        def load(self) -> Callable[[str, dict[str, Any]], object]:
+            return lambda name, options: made.append((name, dict(options))) or "a pager sink"
+
+    monkeypatch.setattr(
+        sinks, "entry_points", lambda group: [EntryPoint()] if group == "receiver.sinks" else []
+    )
+    assert sinks.build_sink("oncall", "pager", {"team": "video"}) == "a pager sink"
+    assert made == [("oncall", {"team": "video"})]
+
+
+# --- jsonl --------------------------------------------------------------------------------------
+
+
+async def test_jsonl_sink_appends_one_line_per_event_and_rotates_by_size(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "events.jsonl"
+    sink = JsonlSink.from_options("file", {"path": str(path), "max_bytes": 6000, "keep": 2})
+    recs = [record(SessionId=f"s-{i}") for i in range(12)]
+    try:
+        await asyncio.gather(*(sink.deliver(*delivery(r)) for r in recs[:4]))  # concurrent: one fsync
+        for r in recs[4:]:
+            await sink.deliver(*delivery(r))
+    finally:
+        await sink.aclose()
+    files = [path, path.with_name("events.jsonl.1"), path.with_name("events.jsonl.2")]
+    assert all(f.exists() for f in files)
+    assert not path.with_name("events.jsonl.3").exists()  # keep = 2
+    assert all(f.stat().st_size <= 6000 for f in files)
+    newest = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert newest[-1]["event_id"] == recs[-1].event_id
+    assert all(line["notification_type"] == "AiReviewResult" for line in newest)
+
+
+# --- amqp ---------------------------------------------------------------------------------------
+
+
+def test_routing_key_names_the_type_and_the_strongest_suggestion() -> None:
+    assert routing_key(event_document(record())) == "mps.AiReviewResult.block"
+    quality = record("07-AiQualityControlResult.constructed.json")
+    assert routing_key(event_document(quality)) == "mps.AiQualityControlResult.QualityControl"
+    eof = record("02-ProcessEof.cmq-msgBody.verbatim.json")
+    assert routing_key(event_document(eof)) == "mps.ProcessEof.none"
+
+
+@pytest.mark.amqp
+async def test_amqp_sink_publishes_confirmed_persistent_messages_to_the_topic_exchange() -> None:
+    exchange = f"test.events.{uuid.uuid4().hex[:8]}"
+    sink = sinks.build_sink("bus", "amqp", {"url": AMQP_URL, "exchange": exchange})
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await sink.deliver(*delivery(record()))  # declares the exchange
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key="mps.AiReviewResult.block")
+        rec = record(SessionId="second")
+        await sink.deliver(*delivery(rec))
+        message = await queue.get(timeout=5)
+        await message.ack()
+        assert message.routing_key == "mps.AiReviewResult.block"
+        assert message.message_id == rec.event_id
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert orjson.loads(message.body)["session_id"] == "second"
+        await channel.exchange_delete(exchange)
+    finally:
+        await sink.aclose()
+        await connection.close()
+
+
+# --- log ----------------------------------------------------------------------------------------
+
+
+async def test_log_sink_writes_one_line_per_event() -> None:
+    sink = sinks.build_sink("audit", "log", {})
+    rec = record()
+    with capture_logs() as logs:
+        await sink.deliver(*delivery(rec))
+    [line] = [entry for entry in logs if entry["event"] == "event"]
+    assert (line["sink"], line["event_id"], line["suggestions"]) == (
+        "audit",
+        rec.event_id,
+        ["block", "review"],
+    )
