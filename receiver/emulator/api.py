@@ -1,0 +1,248 @@
+"""The emulator's Tencent Cloud API 3.0 endpoint: ``POST /`` with ``X-TC-Action: ProcessLiveStream``.
+
+Checks the TC3-HMAC-SHA256 signature against its configured credentials (±5 minutes), validates
+the request as MPS does, answers ``{"Response": {"TaskId", "RequestId"}}`` or
+``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}`` with ``Content-Type:
+application/json`` exactly (the SDK ignores errors under any other value), then plays the task's
+scenario: notifications over the stream's life, then ``ProcessEof``, to the notify target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from receiver import tc3
+from receiver.emulator.notify import Notifier
+from receiver.emulator.scenario import Scenario, plan
+
+log = structlog.get_logger("receiver.emulator")
+
+VERSION = "2019-06-12"
+SESSION_ID_WINDOW = 7 * 24 * 3600
+RATE_LIMIT = 100  # requests per second, as the real API
+STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "srt", "trtc", "webrtc")
+TASK_INPUTS = (
+    "AiContentReviewTask",
+    "AiRecognitionTask",
+    "AiAnalysisTask",
+    "AiQualityControlTask",
+    "SmartSubtitlesTask",
+)
+
+
+class EmulatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    secret_id: str = "emulator-secret-id"
+    secret_key: SecretStr = SecretStr("emulator-secret-key")
+    amqp_url: SecretStr | None = None  # where TDMQ-CMQ notifications go (RabbitMQ)
+    scenario: Scenario = Field(default_factory=Scenario)
+    scenario_file: Path | None = None  # a JSON or TOML file with the Scenario fields; wins over scenario
+    speed: float = Field(default=1.0, gt=0)  # 2.0 plays scenarios twice as fast
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+def _answer(body: dict[str, Any]) -> web.Response:
+    # Exactly "application/json": the official SDK reads Response.Error only under that value.
+    return web.Response(body=orjson.dumps({"Response": body}), headers={"Content-Type": "application/json"})
+
+
+class Emulator:
+    def __init__(self, settings: EmulatorSettings, notifier: Notifier) -> None:
+        self.settings = settings
+        self.notifier = notifier
+        self.scenario = settings.scenario
+        if settings.scenario_file is not None:
+            self.scenario = _load_scenario(settings.scenario_file)
+        self.session_ids: dict[str, float] = {}
+        self.recent: deque[float] = deque()
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.players: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4())
+        try:
+            body = await request.read()
+            self._authenticate(request, body)
+            action = request.headers.get("X-TC-Action", "")
+            if action != "ProcessLiveStream":
+                raise ApiError("InvalidAction", f"the action {action!r} is not supported by the emulator")
+            if request.headers.get("X-TC-Version") != VERSION:
+                raise ApiError("NoSuchVersion", f"version must be {VERSION}")
+            self._rate_limit()
+            params = orjson.loads(body) if body else {}
+            if not isinstance(params, dict):
+                raise ApiError("InvalidParameter", "the request body must be a JSON object")
+            task_id = self._accept(params)
+        except ApiError as exc:
+            log.info("rejected", code=exc.code, message=exc.message)
+            return _answer({"Error": {"Code": exc.code, "Message": exc.message}, "RequestId": request_id})
+        except orjson.JSONDecodeError:
+            error = {"Code": "InvalidParameter", "Message": "the request body is not JSON"}
+            return _answer({"Error": error, "RequestId": request_id})
+        player = asyncio.create_task(self._play(task_id, params))
+        self.players.add(player)
+        player.add_done_callback(self.players.discard)
+        log.info("task accepted", task_id=task_id, url=params.get("Url"))
+        return _answer({"TaskId": task_id, "RequestId": request_id})
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request, body: bytes) -> None:
+        auth = tc3.parse_authorization(request.headers.get("Authorization", ""))
+        if auth is None:
+            raise ApiError("AuthFailure.SignatureFailure", "the Authorization header is not TC3-HMAC-SHA256")
+        try:
+            timestamp = int(request.headers.get("X-TC-Timestamp", ""))
+        except ValueError:
+            raise ApiError(
+                "AuthFailure.SignatureFailure", "X-TC-Timestamp is missing or not a number"
+            ) from None
+        if abs(time.time() - timestamp) > 300:
+            raise ApiError("AuthFailure.SignatureExpire", "the request timestamp is more than 5 minutes off")
+        expected = tc3.signature(
+            secret_key=self.settings.secret_key.get_secret_value(),
+            service=auth.service,
+            timestamp=timestamp,
+            method=request.method,
+            headers=dict(request.headers),
+            signed_headers=auth.signed_headers,
+            body=body,
+        )
+        good = auth.secret_id == self.settings.secret_id and auth.service == "mps"
+        if not good or not tc3.same(expected, auth.signature):
+            raise ApiError("AuthFailure.SignatureFailure", "the signature does not match")
+
+    def _rate_limit(self) -> None:
+        now = time.monotonic()
+        while self.recent and now - self.recent[0] > 1.0:
+            self.recent.popleft()
+        if len(self.recent) >= RATE_LIMIT:
+            raise ApiError("RequestLimitExceeded", f"more than {RATE_LIMIT} requests in a second")
+        self.recent.append(now)
+
+    def _accept(self, p: dict[str, Any]) -> str:
+        for name in ("Url", "TaskNotifyConfig"):
+            if not p.get(name):
+                raise ApiError("MissingParameter", f"the parameter {name} is required")
+        url = p["Url"]
+        if not isinstance(url, str) or urlparse(url).scheme not in STREAM_SCHEMES:
+            raise ApiError("InvalidParameter", f"Url must be a live stream URL ({', '.join(STREAM_SCHEMES)})")
+        notify = p["TaskNotifyConfig"]
+        if not isinstance(notify, dict):
+            raise ApiError("InvalidParameter", "TaskNotifyConfig must be an object")
+        kind = notify.get("NotifyType")
+        if kind == "URL":
+            if not notify.get("NotifyUrl"):
+                raise ApiError(
+                    "InvalidParameter", "TaskNotifyConfig.NotifyUrl is required when NotifyType is URL"
+                )
+        elif kind in ("TDMQ-CMQ", "CMQ"):
+            model = notify.get("CmqModel")
+            target = {"Queue": "QueueName", "Topic": "TopicName"}.get(str(model))
+            if target is None or not notify.get(target):
+                raise ApiError(
+                    "InvalidParameter", "TaskNotifyConfig needs CmqModel Queue+QueueName or Topic+TopicName"
+                )
+        elif kind:
+            raise ApiError("InvalidParameter", f"TaskNotifyConfig.NotifyType {kind!r} is not URL or TDMQ-CMQ")
+        for name in TASK_INPUTS:
+            task_input = p.get(name)
+            if task_input is None:
+                continue
+            definition = task_input.get("Definition") if isinstance(task_input, dict) else None
+            if definition is not None and (not isinstance(definition, int) or definition <= 0):
+                raise ApiError(
+                    "InvalidParameterValue.Definition", f"{name}.Definition must be a positive template id"
+                )
+        session_id = p.get("SessionId") or ""
+        if len(session_id) > 50:
+            raise ApiError("InvalidParameterValue.SessionIdTooLong", "SessionId is longer than 50 characters")
+        if len(p.get("SessionContext") or "") > 1000:
+            raise ApiError(
+                "InvalidParameterValue.SessionContextTooLong", "SessionContext is longer than 1000"
+            )
+        if session_id:
+            used = self.session_ids.get(session_id)
+            if used is not None and time.time() - used < SESSION_ID_WINDOW:
+                raise ApiError(
+                    "InvalidParameterValue.SessionId", f"SessionId {session_id!r} was used in the last 7 days"
+                )
+            self.session_ids[session_id] = time.time()
+        task_id = f"1300000000-procedure-live-{uuid.uuid4().hex}"
+        self.tasks[task_id] = p
+        return task_id
+
+    # --- the stream's life --------------------------------------------------------------------
+
+    async def _play(self, task_id: str, p: dict[str, Any]) -> None:
+        notify = p["TaskNotifyConfig"]
+        if not notify.get("NotifyType"):
+            return  # empty NotifyType: MPS sends nothing at all
+        started = time.monotonic()
+        for at, notification in plan(task_id, p, self.scenario):
+            delay = started + at / self.settings.speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            signed = dict(notification)
+            key = notify.get("NotifyKey")
+            if key:
+                ts = int(time.time()) + 600
+                signed["Timestamp"] = ts
+                signed["Sign"] = hashlib.md5(f"{ts}{key}".encode(), usedforsecurity=False).hexdigest()
+            await self.notifier.send(notify, orjson.dumps(signed))
+        log.info("stream ended", task_id=task_id)
+
+    async def aclose(self) -> None:
+        for player in list(self.players):
+            player.cancel()
+        await asyncio.gather(*self.players, return_exceptions=True)
+        await self.notifier.aclose()
+
+
+def _load_scenario(path: Path) -> Scenario:
+    import tomllib
+
+    text = path.read_bytes()
+    data = tomllib.loads(text.decode()) if path.suffix == ".toml" else orjson.loads(text)
+    return Scenario.model_validate(data)
+
+
+EMULATOR = web.AppKey("emulator", Emulator)
+
+
+def create_emulator(settings: EmulatorSettings) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+
+    async def emulator_ctx(app: web.Application) -> Any:
+        emulator = Emulator(settings, Notifier(settings.amqp_url))
+        app[EMULATOR] = emulator
+        yield
+        await emulator.aclose()
+
+    async def handle(request: web.Request) -> web.Response:
+        return await request.app[EMULATOR].handle(request)
+
+    app.cleanup_ctx.append(emulator_ctx)
+    app.router.add_post("/", handle)
+    return app
