@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.log import access_logger
@@ -99,6 +100,76 @@ def _when(raw: str) -> float:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
+def _emulate(settings: Settings) -> None:
+    from receiver.emulator import create_emulator
+
+    emulator = settings.emulator
+    web.run_app(
+        create_emulator(emulator), host=emulator.host, port=emulator.port, print=None, access_log=None
+    )
+
+
+def _submit(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a running receiver to submit a task (it records it, then calls ProcessLiveStream)."""
+    import urllib.error
+    import urllib.request
+
+    body: dict[str, object]
+    if args.json:
+        body = orjson.loads(Path(args.json).read_bytes())
+    else:
+        if args.notify_url:
+            notify: dict[str, object] = {"NotifyType": "URL", "NotifyUrl": args.notify_url}
+        elif args.queue:
+            notify = {
+                "NotifyType": "TDMQ-CMQ",
+                "CmqModel": "Queue",
+                "QueueName": args.queue,
+                "CmqRegion": args.region,
+            }
+        elif args.topic:
+            notify = {
+                "NotifyType": "TDMQ-CMQ",
+                "CmqModel": "Topic",
+                "TopicName": args.topic,
+                "CmqRegion": args.region,
+            }
+        else:
+            print("receiver submit: give --notify-url, --queue or --topic (or --json)", file=sys.stderr)
+            return 2
+        if args.notify_key:
+            notify["NotifyKey"] = args.notify_key
+        body = {"Url": args.url, "TaskNotifyConfig": notify}
+        for flag, name in (
+            ("review", "AiContentReviewTask"),
+            ("recognition", "AiRecognitionTask"),
+            ("analysis", "AiAnalysisTask"),
+            ("quality", "AiQualityControlTask"),
+            ("subtitles", "SmartSubtitlesTask"),
+        ):
+            if getattr(args, flag) is not None:
+                body[name] = {"Definition": getattr(args, flag)}
+        for flag, name in (("session_id", "SessionId"), ("session_context", "SessionContext")):
+            if getattr(args, flag):
+                body[name] = getattr(args, flag)
+        body["Labels"] = dict(label.split("=", 1) for label in args.label)
+    headers = {"Content-Type": "application/json"}
+    if settings.api.token is not None:
+        headers["Authorization"] = f"Bearer {settings.api.token.get_secret_value()}"
+    server = args.server or f"http://{settings.http.host}:{settings.http.port}"
+    req = urllib.request.Request(f"{server}/v1/tasks/submit", data=orjson.dumps(body), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            print(orjson.dumps(orjson.loads(resp.read()), option=orjson.OPT_INDENT_2).decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"receiver submit: HTTP {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"receiver submit: cannot reach {server}: {exc.reason}", file=sys.stderr)
+        return 1
+
+
 async def _migrate(settings: Settings) -> None:
     store = await open_store(settings.store)  # opening migrates
     await store.aclose()
@@ -120,6 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("consume", help="run the AMQP consumer alone, with the health probes")
     commands.add_parser("dispatch", help="run the outbox dispatcher alone, with the health probes")
     commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
+    commands.add_parser("emulate", help="run the local MPS emulator (settings: [emulator])")
+    submit = commands.add_parser("submit", help="start a task through a running receiver (ProcessLiveStream)")
+    submit.add_argument("--server", help="the receiver's base URL (default: from http.host and http.port)")
+    submit.add_argument("--json", help="a file with the full request (ProcessLiveStream names, plus Labels)")
+    submit.add_argument("--url", help="the live stream URL (rtmp://, srt://, https:// ...)")
+    target = submit.add_mutually_exclusive_group()
+    target.add_argument("--notify-url", help="NotifyType URL: where MPS POSTs notifications")
+    target.add_argument("--queue", help="NotifyType TDMQ-CMQ, CmqModel Queue: the QueueName")
+    target.add_argument("--topic", help="NotifyType TDMQ-CMQ, CmqModel Topic: the TopicName")
+    submit.add_argument("--region", default="gz", help="CmqRegion (default gz)")
+    submit.add_argument("--notify-key", help="NotifyKey: MPS signs notifications with it")
+    for flag in ("review", "recognition", "analysis", "quality", "subtitles"):
+        submit.add_argument(f"--{flag}", type=int, metavar="DEFINITION", help=f"the {flag} template id")
+    submit.add_argument("--session-id", help="SessionId (dedup, <= 50 chars, 7 days)")
+    submit.add_argument("--session-context", help="SessionContext (default: one receiver generates)")
+    submit.add_argument("--label", action="append", default=[], help="k=v, kept on the task record")
     replay = commands.add_parser(
         "replay", help="make deliveries pending again (redrive dead ones, replay delivered)"
     )
@@ -151,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_migrate(settings))
         elif args.command == "replay":
             return asyncio.run(_replay(settings, args))
+        elif args.command == "emulate":
+            log.info("emulating MPS", host=settings.emulator.host, port=settings.emulator.port)
+            _emulate(settings)
+        elif args.command == "submit":
+            if not args.json and not args.url:
+                print("receiver submit: --url (or --json) is required", file=sys.stderr)
+                return 2
+            return _submit(settings, args)
     except ReceiverError as exc:
         log.error("cannot start", error=str(exc))
         return 2

@@ -9,7 +9,7 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
-from receiver import outbox_api
+from receiver import outbox_api, submit_api
 from receiver import web as routes
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
@@ -120,7 +120,7 @@ def create_app(
 
     # Registered in dependency order; teardown runs in reverse.
     app.cleanup_ctx.append(store_ctx)
-    if role in ("serve", "dispatch"):
+    if role == "dispatch" or (role == "serve" and settings.dispatch_in_serve):
         app.cleanup_ctx.append(dispatch_ctx)
     app.cleanup_ctx.append(ingest_ctx)
     if role == "consume" and settings.amqp.url is None:
@@ -130,6 +130,7 @@ def create_app(
     if role == "serve":
         routes.add_routes(app)
         outbox_api.add_routes(app)
+        submit_api.add_routes(app, settings.mps)
     else:
         routes.add_probes(app)
     return app

@@ -27,7 +27,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
+from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
 from receiver.ports import Quarantined, Store
@@ -207,6 +207,9 @@ class AmqpConsumer:
             except SignatureError as exc:
                 await self._dead_letter(message, exc.code, exc.reason, None)
                 return
+            except UnstorableError as exc:
+                await self._dead_letter(message, exc.code, str(exc), None)
+                return
             except StoreUnavailableError:
                 # Hold the message (no nack: a requeue would spend its delivery limit) and pause.
                 self._pause()
@@ -283,8 +286,8 @@ class AmqpConsumer:
     # --- store down: pause and resume -------------------------------------------------------------
 
     def _pause(self) -> None:
-        if not self._store_ok.is_set():
-            return
+        if not self._store_ok.is_set() or (self._resumer is not None and not self._resumer.done()):
+            return  # one resumer at a time
         self._store_ok.clear()
         log.error("store unavailable: consuming paused, deliveries in hand held")
         self._resumer = asyncio.create_task(self._resume_when_store_answers())
@@ -300,7 +303,7 @@ class AmqpConsumer:
                 delay = min(delay * 2, self._settings.store_retry_max)
                 continue
             break
-        self._store_ok.set()
         if not self._stopping:
             await self._consume()
+        self._store_ok.set()  # after the consumer is back: a failure from here on pauses it again
         log.info("store answers again: consuming resumed")

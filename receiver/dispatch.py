@@ -50,7 +50,8 @@ def settle(
         return Settlement(delivery.id, DeliveryState.DEAD, attempts, now, str(error), now)
     wait = policy.retry_schedule[attempts - 1] * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
     if error.retry_after is not None:
-        wait = max(wait, error.retry_after)
+        # Honoured, but no longer than the schedule's longest wait: a target cannot park a task forever.
+        wait = max(wait, min(error.retry_after, max(policy.retry_schedule)))
     return Settlement(delivery.id, DeliveryState.PENDING, attempts, now + wait, str(error), now)
 
 
@@ -147,17 +148,16 @@ class Dispatcher:
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self._stopping = True
-        self.wake()
         runners = [lane.runner for lane in self._lanes.values() if lane.runner is not None]
+        for runner in runners:  # first: no new delivery starts
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
         in_flight = [t for lane in self._lanes.values() for t in lane.busy.values()]
         if in_flight:
             done, pending = await asyncio.wait(in_flight, timeout=drain_seconds)
             for task in pending:
                 task.cancel()  # still pending in the store: delivered again after the restart
             log.info("dispatcher drained", finished=len(done), left_pending=len(pending))
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
         await self._settler.drain()
         for lane in self._lanes.values():
             await lane.sink.aclose()
@@ -203,6 +203,8 @@ class Dispatcher:
                 except StoreUnavailableError as exc:
                     log.warning("store unavailable to the dispatcher", sink=lane.sink.name, error=str(exc))
                     deliveries = []
+                if not deliveries and lane.breaker.trial:
+                    lane.breaker.trial = False  # nothing to try yet: the next pass may take the trial
                 for delivery in deliveries:
                     lane.busy[delivery.task_key] = asyncio.create_task(self._deliver(lane, delivery))
                 claimed = len(deliveries)

@@ -31,6 +31,7 @@ def task_document(task: Task) -> dict[str, Any]:
         "first_event_at": iso(task.first_event_at),
         "last_event_at": iso(task.last_event_at),
         "ended_at": iso(task.ended_at),
+        "request_id": task.request_id,
     }
 
 

@@ -40,6 +40,12 @@ class StoreUnavailableError(ReceiverError):
     code = "store_unavailable"
 
 
+class UnstorableError(ReceiverError):
+    """The store refused this one item for good (not for the moment): retrying will not help."""
+
+    code = "unstorable"
+
+
 class ConflictError(ReceiverError):
     """The request contradicts what is already stored (e.g. a task id registered twice)."""
 

@@ -81,7 +81,10 @@ _EXPECTED = {
 
 
 def _describe(value: Any) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    try:
+        text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
+    except orjson.JSONEncodeError:
+        text = type(value).__name__
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -199,8 +202,12 @@ def normalize(
     verdict: Verdict,
 ) -> Event:
     eof = notification.process_eof_info
+    try:
+        identity = event_id(document)
+    except orjson.JSONEncodeError as exc:  # e.g. nested deeper than the encoder goes (~250 levels)
+        raise InvalidNotificationError("body", "JSON that can be stored", got=str(exc)) from None
     return Event(
-        event_id=event_id(document),
+        event_id=identity,
         task_id=notification.task_id,
         notification_type=notification.notification_type,
         session_id=notification.session_id or "",

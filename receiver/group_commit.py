@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from receiver.errors import StoreUnavailableError
+from receiver.errors import StoreUnavailableError, UnstorableError
 
 log = structlog.get_logger("receiver.group_commit")
 
@@ -48,8 +48,8 @@ class GroupCommit(Generic[T, R]):
             _fail(batch, exc)
         except Exception as exc:
             if len(batch) == 1:
-                log.exception("commit failed")
-                _fail(batch, StoreUnavailableError(f"commit failed: {exc!r}"))
+                log.exception("the store refused an item")
+                _fail(batch, UnstorableError(f"the store refused it: {exc!r}"))
                 return
             # Something in this batch cannot be stored: commit one by one, so that only it fails.
             for one in batch:

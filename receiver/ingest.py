@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from receiver import events
-from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
+from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel, Event, SignPolicy
 from receiver.group_commit import GroupCommit
 from receiver.ports import Recorded, Router, Store
@@ -105,6 +105,10 @@ class Ingestor:
             raise
         except StoreUnavailableError as exc:
             outcome = "unavailable"
+            summary["error"] = str(exc)
+            raise
+        except UnstorableError as exc:
+            outcome = "unstorable"
             summary["error"] = str(exc)
             raise
         finally:

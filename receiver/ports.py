@@ -181,6 +181,14 @@ class Store(Protocol):
         """
         ...
 
+    async def finish_submission(
+        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None
+    ) -> tuple[Task, int]:
+        """How the ProcessLiveStream call of a ``submitting`` task (our id ``ref``) ended: its TaskId
+        and RequestId (then ``submitted``, unless events already moved it on; orphans adopted), or
+        the error (then ``failed``)."""
+        ...
+
     async def get_task(self, task_id: str) -> Task | None:
         """The task with this MPS ``TaskId`` or, failing that, this id of ours."""
         ...

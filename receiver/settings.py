@@ -6,6 +6,7 @@ so they never show in a repr or a log line.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,13 +19,15 @@ from pydantic_settings import (
 )
 
 from receiver.dispatch import DEFAULT_SCHEDULE, SinkPolicy
+from receiver.emulator.api import EmulatorSettings
 from receiver.errors import ConfigError
 from receiver.events import Channel, SignPolicy
 from receiver.routing import SinkFilter
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a misspelt key must not print its (perhaps secret) value.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class HttpSettings(Section):
@@ -123,13 +126,44 @@ class SinkSettings(Section):
         )
 
 
+class MpsSettings(Section):
+    """Where ``receiver submit`` sends ProcessLiveStream: Tencent Cloud, or the local emulator."""
+
+    endpoint: str = "mps.tencentcloudapi.com"  # host[:port], no scheme; the emulator: 127.0.0.1:9000
+    protocol: Literal["https", "http"] = "https"
+    region: str = "ap-guangzhou"
+    secret_id: SecretStr | None = None  # RECEIVER_MPS__SECRET_ID
+    secret_key: SecretStr | None = None  # RECEIVER_MPS__SECRET_KEY
+    credentials_file: Path | None = None  # JSON {"secret_id": ..., "secret_key": ...}, e.g. a mounted secret
+    timeout: float = Field(default=30.0, gt=0)
+    rate_limit: int = Field(default=100, gt=0)  # requests per second (the API allows 100)
+    max_retries: int = Field(default=5, ge=0)  # on RequestLimitExceeded
+
+    def credentials(self) -> tuple[str, str]:
+        if self.credentials_file is not None:
+            try:
+                data = json.loads(self.credentials_file.read_text())
+                return str(data["secret_id"]), str(data["secret_key"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConfigError(
+                    f"mps.credentials_file: cannot read secret_id and secret_key: {exc!r}"
+                ) from None
+        if self.secret_id is None or self.secret_key is None:
+            raise ConfigError(
+                "mps: set RECEIVER_MPS__SECRET_ID and RECEIVER_MPS__SECRET_KEY, or mps.credentials_file"
+            )
+        return self.secret_id.get_secret_value(), self.secret_key.get_secret_value()
+
+
 class LogSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECEIVER_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RECEIVER_", env_nested_delimiter="__", extra="forbid", hide_input_in_errors=True
+    )
 
     http: HttpSettings = Field(default_factory=HttpSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -137,7 +171,11 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     sinks: list[SinkSettings] = Field(default_factory=list)
+    mps: MpsSettings = Field(default_factory=MpsSettings)
+    emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     dispatch_poll_interval: float = Field(default=1.0, gt=0)
+    # serve runs the dispatcher too; false when a separate `receiver dispatch` does (one per store).
+    dispatch_in_serve: bool = True
     log: LogSettings = Field(default_factory=LogSettings)
 
 

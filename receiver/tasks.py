@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -62,7 +62,7 @@ class Task:
     first_event_at: float | None = None
     last_event_at: float | None = None
     ended_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # of the ProcessLiveStream call, when receiver submitted it
 
 
 @dataclass(frozen=True, slots=True)

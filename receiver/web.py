@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
@@ -21,10 +23,11 @@ from receiver.errors import (
     InvalidNotificationError,
     SignatureError,
     StoreUnavailableError,
+    UnstorableError,
 )
 from receiver.events import Channel
 from receiver.ingest import Ingestor
-from receiver.ports import EventQuery, Store
+from receiver.ports import EventQuery, Quarantined, Store
 from receiver.tasks import Task, TaskState, new_id
 
 log = structlog.get_logger("receiver.web")
@@ -106,6 +109,12 @@ async def receive_notification(request: web.Request) -> web.Response:
         return error_response(400, exc.code, str(exc), field=exc.field, expected=exc.expected, got=exc.got)
     except SignatureError as exc:
         return error_response(401, exc.code, exc.reason)
+    except UnstorableError as exc:
+        # Retrying cannot help: keep it for inspection and tell the sender so.
+        quarantined = Quarantined(Channel.HTTP.value, time.time(), exc.code, str(exc), None, body, {})
+        with contextlib.suppress(StoreUnavailableError):
+            await request.app[STORE].quarantine(quarantined)
+        return error_response(422, exc.code, str(exc))
     return web.Response(body=_OK, content_type="application/json")
 
 
@@ -139,7 +148,7 @@ class TaskRegistration(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_id: str = Field(min_length=1, max_length=256)
+    task_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
     session_id: str = Field(default="", max_length=50)
     session_context: str = Field(default="", max_length=1000)
     url: str = Field(default="", max_length=4096)
@@ -185,14 +194,14 @@ async def get_task(request: web.Request) -> web.Response:
 
 def limit_param(request: web.Request) -> int:
     raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise BadParameterError("limit", "an integer from 1 to 1000")
     return int(raw)
 
 
 def cursor_param(request: web.Request) -> int:
     raw = request.query.get("cursor", "0")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise BadParameterError("cursor", "the 'next' value of a previous page")
     return int(raw)
 

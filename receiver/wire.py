@@ -309,8 +309,12 @@ class SmartSubtitleResultInfo(WireModel):
 # --- end of processing (1.3) and the notification itself (1.1) ------------------------------------
 
 
+# A whole number the store can keep in an integer column (SQLite and PostgreSQL bigint).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class ProcessEofInfo(WireModel):
-    err_code: int | None = None
+    err_code: Int64 | None = None
     message: str | None = None
 
 
@@ -328,7 +332,7 @@ class Notification(WireModel):
     ai_smart_subtitle_result_info: SmartSubtitleResultInfo | None = None
     session_id: str | None = None
     session_context: str | None = None
-    timestamp: int | None = None
+    timestamp: Int64 | None = None
     sign: str | None = None
 
     @field_validator("notification_type", "task_id", mode="before")

@@ -94,10 +94,12 @@ def test_settle_follows_the_schedule_with_jitter_then_gives_up() -> None:
     assert (ok.state, ok.attempts) == (DeliveryState.DELIVERED, 3)
 
 
-def test_retry_after_is_honoured_when_longer_than_the_schedule() -> None:
-    policy = SinkPolicy(retry_schedule=(1.0,), jitter=0.0)
+def test_retry_after_is_honoured_when_longer_than_the_schedule_but_never_past_its_longest_wait() -> None:
+    policy = SinkPolicy(retry_schedule=(1.0, 600.0), jitter=0.0)
     waited = settle(delivery(0), SinkError("busy", retry_after=120), policy, 0.0, random.Random())
     assert waited.next_attempt_at == 120.0
+    parked = settle(delivery(0), SinkError("busy", retry_after=10**11), policy, 0.0, random.Random())
+    assert parked.next_attempt_at == 600.0
 
 
 def test_breaker_opens_after_the_threshold_and_lets_one_trial_through_after_cooldown() -> None:
@@ -286,3 +288,21 @@ async def test_bad_redrive_requests_are_400_naming_the_field(
     resp = await client.post("/v1/deliveries/redrive", json=bad)
     assert resp.status == 400
     assert (await resp.json())["error"]["field"] == next(iter(bad))
+
+
+async def test_the_breaker_half_open_trial_is_not_lost_when_nothing_is_due(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        [{"name": "b", "kind": "memory", "options": {"fail_first": 1}, "breaker_threshold": 1,
+          "breaker_cooldown": 0.05, "retry_schedule": [30.0], "jitter": 0.0}],
+    )  # fmt: skip
+    await post(client, {**REVIEW, "TaskId": "first-task", "SessionContext": ""})
+    b = sink(client, "b")
+    await eventually(lambda: b.attempts == 1)  # failed: breaker open, the retry 30 s away
+    await asyncio.sleep(0.2)  # the cooldown passes while nothing is due
+    await post(client, {**REVIEW, "TaskId": "second-task", "SessionContext": ""})
+    await eventually(lambda: len(b.received) == 1, within=3)
+    assert b.received[0]["task_id"] == "second-task"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError
+from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel, SignPolicy, Verdict
 from receiver.ingest import Ingestor
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
@@ -148,6 +148,6 @@ async def test_an_event_that_breaks_its_batch_fails_alone_and_its_neighbours_are
     await asyncio.sleep(0)
     store.gate.set()
     outcomes = await asyncio.gather(*pending, return_exceptions=True)
-    assert isinstance(outcomes[3], StoreUnavailableError)
+    assert isinstance(outcomes[3], UnstorableError)
     assert [getattr(o, "outcome", None) for i, o in enumerate(outcomes) if i != 3] == ["stored"] * 6
     assert len(store.events) == 6

@@ -65,3 +65,15 @@ def test_unknown_keys_and_missing_files_are_errors(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_a_misspelt_key_does_not_show_its_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text('[verify]\nnotify_key = "SUPERSECRETKEY"\n')
+    with pytest.raises(ValueError, match="notify_key") as caught:
+        load_settings(config)
+    assert "SUPERSECRETKEY" not in str(caught.value)
+    monkeypatch.setenv("RECEIVER_API__TOKENN", "leaky-token")
+    with pytest.raises(ValueError, match="tokenn") as env_caught:
+        load_settings(None)
+    assert "leaky-token" not in str(env_caught.value)

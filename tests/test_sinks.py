@@ -143,6 +143,18 @@ async def test_http_sink_times_out_and_unreachable_targets_are_retryable(
         await refused.aclose()
 
 
+async def test_http_sink_errors_do_not_carry_credentials_or_query_of_the_url() -> None:
+    sink = HttpSink.from_options("s", {"url": "http://user:pa55@127.0.0.1:9/hook?token=t0ken"})
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.deliver(*delivery(record()))
+    finally:
+        await sink.aclose()
+    assert "pa55" not in str(caught.value)
+    assert "t0ken" not in str(caught.value)
+    assert "127.0.0.1:9/hook" in str(caught.value)
+
+
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
     assert retry_after("30", now) == 30.0

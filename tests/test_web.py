@@ -12,7 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
+from receiver.events import expected_sign
 from receiver.settings import Settings
+from receiver.stores.sqlite import SqliteStore
 from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -20,6 +22,8 @@ TOKEN = "s3cret-api-token"
 REVIEW = example("03-AiReviewResult-Image.constructed.json")
 EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+_DEEP_TS = int(FROZEN_NOW) + 600
+DEEP_SIGNATURE = f', "Timestamp": {_DEEP_TS}, "Sign": "{expected_sign(_DEEP_TS, NOTIFY_KEY)}"}}'.encode()
 
 
 def settings(tmp_path: Path, **verify: Any) -> Settings:
@@ -104,6 +108,17 @@ async def test_a_retry_is_answered_200_and_stored_once(client: TestClient[Any, A
             b'{"NotificationType": "ProcessEof", "TaskId": "t", "ProcessEofInfo": {"ErrCode": [0]}}',
             "ProcessEofInfo.ErrCode",
             "an integer",
+        ),
+        (
+            b'{"NotificationType": "ProcessEof", "TaskId": "t",'
+            b' "ProcessEofInfo": {"ErrCode": 9223372036854775808}}',
+            "ProcessEofInfo.ErrCode",
+            "input should be less than or equal to 9223372036854775807",
+        ),
+        (
+            b'{"NotificationType": "X", "TaskId": "t", "X": ' + b"[" * 300 + b"]" * 300 + DEEP_SIGNATURE,
+            "body",
+            "JSON that can be stored",
         ),
     ],
 )
@@ -267,6 +282,7 @@ async def test_registering_a_task_id_twice_is_409(client: TestClient[Any, Any]) 
     [
         ({}, "task_id"),
         ({"task_id": ""}, "task_id"),
+        ({"task_id": "   "}, "task_id"),
         ({"task_id": "T", "session_id": "x" * 51}, "session_id"),
         ({"task_id": "T", "session_context": "界" * 1001}, "session_context"),
         ({"task_id": "T", "labels": {"a": 1}}, "labels.a"),
@@ -311,6 +327,8 @@ async def test_events_filter_by_task_type_and_since_and_paginate(
     ("path", "params", "field"),
     [
         ("/v1/events", {"limit": "0"}, "limit"),
+        ("/v1/events", {"limit": "²"}, "limit"),
+        ("/v1/events", {"cursor": "99999999999999999999"}, "cursor"),
         ("/v1/events", {"limit": "many"}, "limit"),
         ("/v1/events", {"cursor": "-1"}, "cursor"),
         ("/v1/events", {"since": "yesterday"}, "since"),
@@ -352,3 +370,25 @@ async def test_webhook_and_probes_need_no_token(client: TestClient[Any, Any]) ->
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert (ready.status, await ready.json()) == (200, {"status": "ready", "store": "ok"})
+
+
+async def test_an_event_the_store_can_never_take_is_422_and_quarantined(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    class Picky(SqliteStore):
+        async def record_events(self, events, route=None):  # type: ignore[no-untyped-def]
+            if any(e.task_id == "poison" for e in events):
+                raise TypeError("cannot keep this")
+            return await super().record_events(events, route)
+
+    store = await Picky.open(tmp_path / "picky.db")
+    try:
+        client = await aiohttp_client(create_app(settings(tmp_path), store=store, clock=lambda: FROZEN_NOW))
+        status, answer = await post(client, signed({**EOF_DOC, "TaskId": "poison"}))
+        assert (status, answer["error"]["code"]) == (422, "unstorable")
+        assert await post(client, signed(EOF_DOC)) == (200, {"code": 0})  # the next one is fine
+        [kept] = (await get(client, "/v1/quarantine"))["items"]
+        assert kept["reason"] == "unstorable"
+        assert '"poison"' in kept["body"]
+    finally:
+        await store.aclose()

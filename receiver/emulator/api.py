@@ -53,6 +53,7 @@ class EmulatorSettings(BaseModel):
     scenario: Scenario = Field(default_factory=Scenario)
     scenario_file: Path | None = None  # a JSON or TOML file with the Scenario fields; wins over scenario
     speed: float = Field(default=1.0, gt=0)  # 2.0 plays scenarios twice as fast
+    response_delay: float = Field(default=0.0, ge=0)  # hold the answer: notifications beat it
 
 
 class ApiError(Exception):
@@ -104,6 +105,8 @@ class Emulator:
         self.players.add(player)
         player.add_done_callback(self.players.discard)
         log.info("task accepted", task_id=task_id, url=params.get("Url"))
+        if self.settings.response_delay:
+            await asyncio.sleep(self.settings.response_delay)
         return _answer({"TaskId": task_id, "RequestId": request_id})
 
     # --- checks -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ finding's kind, else ``none``: a consumer can bind ``mps.AiReviewResult.block`` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,19 +47,21 @@ class AmqpSink:
         self._exchange_name = options.exchange
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._setup = asyncio.Lock()  # concurrent first deliveries share one connection
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> AmqpSink:
         return cls(name, AmqpSinkOptions.model_validate(options))
 
     async def _ready(self) -> AbstractExchange:
-        if self._exchange is None:
-            self._connection = await aio_pika.connect_robust(self._url.get_secret_value())
-            channel = await self._connection.channel(publisher_confirms=True)
-            self._exchange = await channel.declare_exchange(
-                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-        return self._exchange
+        async with self._setup:
+            if self._exchange is None:
+                self._connection = await aio_pika.connect_robust(self._url.get_secret_value())
+                channel = await self._connection.channel(publisher_confirms=True)
+                self._exchange = await channel.declare_exchange(
+                    self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+            return self._exchange
 
     async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
         try:

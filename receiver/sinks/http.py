@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -44,10 +45,19 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def redacted(url: str) -> str:
+    """The URL without what may be secret in it (user info, query): for errors and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class HttpSink:
     def __init__(self, name: str, options: HttpOptions) -> None:
         self.name = name
         self.url = str(options.url)
+        self._shown = redacted(self.url)
         self._signer = Webhook(options.secret.get_secret_value()) if options.secret else None
         self._timeout = aiohttp.ClientTimeout(total=options.timeout)
         self._headers = {"Content-Type": "application/json", **options.headers}
@@ -72,13 +82,13 @@ class HttpSink:
                 if 200 <= resp.status < 300:
                     return
                 if resp.status == 410:
-                    raise SinkGoneError(f"{self.url} answered 410 Gone")
+                    raise SinkGoneError(f"{self._shown} answered 410 Gone")
                 raise SinkError(
-                    f"{self.url} answered {resp.status}",
+                    f"{self._shown} answered {resp.status}",
                     retry_after=retry_after(resp.headers.get("Retry-After"), now),
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SinkError(f"{self.url}: {exc!r}") from exc
+            raise SinkError(f"{self._shown}: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

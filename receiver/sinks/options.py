@@ -6,4 +6,4 @@ from pydantic import BaseModel, ConfigDict
 
 
 class SinkOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)

@@ -264,6 +264,14 @@ class SqliteStore:
     async def register_task(self, task: Task) -> tuple[Task, int]:
         return await self._write_with(lambda w: w.register(task))
 
+    async def finish_submission(
+        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None
+    ) -> tuple[Task, int]:
+        now = time.time()
+        return await self._write_with(
+            lambda w: w.finish_submission(ref, task_id=task_id, request_id=request_id, error=error, now=now)
+        )
+
     async def get_task(self, task_id: str) -> Task | None:
         def run() -> Task | None:
             assert self._rcon is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -26,7 +26,7 @@ R = TypeVar("R")
 
 TASK_COLUMNS: Final = (
     "id, task_id, session_id, session_context, url, labels, state, err_code, err_message, event_count,"
-    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at"
+    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id"
 )
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
@@ -35,7 +35,8 @@ _INSERT_EVENT = (
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
-    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ? WHERE id = ?"
+    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ?, request_id = ?"
+    " WHERE id = ?"
 )
 _CACHE_LIMIT = 100_000  # cached lookups; past it the cache starts over
 
@@ -58,6 +59,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         first_event_at=row[13],
         last_event_at=row[14],
         ended_at=row[15],
+        request_id=row[16],
     )
 
 
@@ -191,6 +193,7 @@ class SqliteWriter:
                 t.first_event_at,
                 t.last_event_at,
                 t.ended_at,
+                t.request_id,
                 t.id,
             ),
         )
@@ -312,6 +315,35 @@ class SqliteWriter:
             )
         )
 
+    # --- submissions ------------------------------------------------------------------------------
+
+    def finish_submission(
+        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None, now: float
+    ) -> tuple[Task, int]:
+        """Record how a ``submitting`` task's ProcessLiveStream call ended, and adopt its orphans."""
+
+        def run() -> tuple[Task, int]:
+            task = self._task(ref)
+            if error is not None:
+                if task.state is TaskState.SUBMITTING:
+                    task = replace(
+                        task, state=TaskState.FAILED, err_message=error, updated_at=now, ended_at=now
+                    )
+                    self._staged[task.id] = task
+                return task, 0
+            if task_id is not None and task.task_id is None:
+                other = self._by_mps_task_id(task_id)
+                if other is not None and other.id != task.id:
+                    raise ConflictError(f"task_id {task_id!r} is already registered")
+            state = TaskState.SUBMITTED if task.state is TaskState.SUBMITTING else task.state
+            task = replace(
+                task, task_id=task.task_id or task_id, request_id=request_id, state=state, updated_at=now
+            )
+            self._staged[task.id] = task
+            return self._adopt(task)
+
+        return self.transaction(run)
+
     # --- registration -----------------------------------------------------------------------------
 
     def register(self, task: Task) -> tuple[Task, int]:
@@ -321,7 +353,7 @@ class SqliteWriter:
         if task.task_id is not None and self._by_mps_task_id(task.task_id) is not None:
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
         self.con.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
             (
                 task.id,
                 task.task_id,
@@ -339,9 +371,13 @@ class SqliteWriter:
                 task.first_event_at,
                 task.last_event_at,
                 task.ended_at,
+                task.request_id,
             ),
         )
         self._added.append(task)
+        return self._adopt(task)
+
+    def _adopt(self, task: Task) -> tuple[Task, int]:
         # Orphans that this task would have matched had it been registered first, in the order received.
         orphans = [
             _Orphan(*r)
@@ -361,6 +397,5 @@ class SqliteWriter:
                 "UPDATE events SET task_ref = ?, matched_by = ?, late = ? WHERE seq = ?",
                 (task.id, matched_by.value, transition.late, orphan.seq),
             )
-        if orphans:
-            self._staged[task.id] = task
+        self._staged[task.id] = task
         return task, len(orphans)

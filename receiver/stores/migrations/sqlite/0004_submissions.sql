@@ -1,0 +1,3 @@
+-- Tasks submitted through receiver: the RequestId of the ProcessLiveStream call.
+
+ALTER TABLE tasks ADD COLUMN request_id TEXT;

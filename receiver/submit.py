@@ -1,0 +1,132 @@
+"""The submit use case: check ``ProcessLiveStream`` parameters, record the task, call MPS, record the answer.
+
+The record is written *before* the call (state ``submitting``) with a ``SessionContext`` that
+names it, so a notification that arrives before the call returns is matched, and a crash mid-call
+leaves a visible record rather than a ghost task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
+
+import structlog
+from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from receiver.ports import Store
+from receiver.tasks import Task, TaskState, new_id
+from receiver.wire import WireModel
+
+log = structlog.get_logger("receiver.submit")
+
+STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "srt", "trtc", "webrtc")
+CONTEXT_PREFIX = "receiver:"
+
+
+class Strict(WireModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NotifyConfig(Strict):
+    notify_type: Literal["URL", "TDMQ-CMQ", "CMQ"]
+    notify_url: str | None = Field(default=None, alias="NotifyUrl")
+    cmq_model: Literal["Queue", "Topic"] | None = Field(default=None, alias="CmqModel")
+    cmq_region: str | None = Field(default=None, alias="CmqRegion")
+    queue_name: str | None = None
+    topic_name: str | None = None
+    notify_key: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotifyConfig:
+        if self.notify_type == "URL":
+            if not self.notify_url or urlparse(self.notify_url).scheme not in ("http", "https"):
+                raise ValueError("NotifyUrl: an http(s) URL is required when NotifyType is URL")
+        elif self.cmq_model is None:
+            raise ValueError("CmqModel: Queue or Topic is required when NotifyType is TDMQ-CMQ")
+        elif self.cmq_model == "Queue" and not self.queue_name:
+            raise ValueError("QueueName: required when CmqModel is Queue")
+        elif self.cmq_model == "Topic" and not self.topic_name:
+            raise ValueError("TopicName: required when CmqModel is Topic")
+        return self
+
+
+class TemplateTask(Strict):
+    definition: PositiveInt
+    user_ext_para: str | None = None
+    extended_parameter: str | None = None
+    channel_ext_para: str | None = None
+
+
+class SubmitRequest(Strict):
+    """The ``ProcessLiveStream`` parameters, by their wire names, plus ``Labels`` of ours."""
+
+    url: str
+    task_notify_config: NotifyConfig
+    output_storage: dict[str, Any] | None = None
+    output_dir: str = "/"
+    ai_content_review_task: TemplateTask | None = None
+    ai_recognition_task: TemplateTask | None = None
+    ai_analysis_task: TemplateTask | None = None
+    ai_quality_control_task: TemplateTask | None = None
+    smart_subtitles_task: TemplateTask | None = None
+    session_id: str | None = Field(default=None, max_length=50)
+    session_context: str | None = Field(default=None, max_length=1000)
+    schedule_id: PositiveInt | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _stream_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in STREAM_SCHEMES or not urlparse(value).netloc:
+            raise ValueError(f"a live stream URL ({', '.join(STREAM_SCHEMES)})")
+        return value
+
+    def mps_params(self, session_context: str) -> dict[str, Any]:
+        params = self.model_dump(by_alias=True, exclude_none=True, exclude={"labels"})
+        params["SessionContext"] = session_context
+        if self.task_notify_config.notify_type == "CMQ":  # the legacy name of TDMQ-CMQ
+            params["TaskNotifyConfig"]["NotifyType"] = "TDMQ-CMQ"
+        return params
+
+
+class Submitter(Protocol):
+    async def process_live_stream(self, params: dict[str, Any]) -> tuple[str, str]: ...
+
+
+async def submit(
+    request: SubmitRequest,
+    store: Store,
+    client: Submitter,
+    clock: Callable[[], float],
+    *,
+    on_recorded: Callable[[Task], Awaitable[None]] | None = None,
+) -> Task:
+    """Record, call, record. Raises what the client raises (after recording the failure)."""
+    now = clock()
+    ref = new_id()
+    context = request.session_context or f"{CONTEXT_PREFIX}{ref}"
+    task = Task(
+        id=ref,
+        task_id=None,
+        session_id=request.session_id or "",
+        session_context=context,
+        url=request.url,
+        labels=request.labels,
+        state=TaskState.SUBMITTING,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.register_task(task)
+    if on_recorded is not None:
+        await on_recorded(task)
+    try:
+        task_id, request_id = await client.process_live_stream(request.mps_params(context))
+    except Exception as exc:
+        await store.finish_submission(ref, task_id=None, request_id=None, error=f"submit failed: {exc}")
+        raise
+    task, adopted = await store.finish_submission(ref, task_id=task_id, request_id=request_id, error=None)
+    log.info(
+        "task submitted", task_id=task_id, request_id=request_id, state=task.state.value, adopted=adopted
+    )
+    return task

@@ -1,0 +1,82 @@
+"""``POST /v1/tasks/submit``: start a task through ProcessLiveStream and record it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from receiver.documents import task_document
+from receiver.errors import ConfigError
+from receiver.mps import MpsClient, MpsError
+from receiver.settings import MpsSettings
+from receiver.submit import SubmitRequest, submit
+from receiver.web import CLOCK, STORE, BadParameterError, error_response, json_response, protected
+
+log = structlog.get_logger("receiver.submit_api")
+MPS_CLIENT: web.AppKey[MpsClient | None] = web.AppKey("mps_client")
+MPS_PROBLEM = web.AppKey("mps_problem", str)
+
+
+def _status(code: str) -> int:
+    if code == "InvalidParameterValue.SessionId":
+        return 409  # that SessionId was used in the last 7 days
+    if code.startswith(("InvalidParameter", "MissingParameter", "UnknownParameter")):
+        return 400
+    if code == "RequestLimitExceeded":
+        return 503
+    return 502  # AuthFailure.*, InternalError, ...: MPS or the way to it, not the request
+
+
+def _field_of(error: dict[str, object]) -> str:
+    loc = ".".join(str(p) for p in error["loc"])  # type: ignore[attr-defined]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    head, sep, _ = message.partition(": ")
+    if sep and head.isidentifier():  # a cross-field check names the member it is about
+        loc = f"{loc}.{head}" if loc else head
+    return loc or "body"
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    try:
+        spec = SubmitRequest.model_validate(orjson.loads(await request.read()))
+    except orjson.JSONDecodeError as exc:
+        raise BadParameterError("body", f"a JSON object ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise BadParameterError(_field_of(dict(first)), message.lower()) from None
+    client = request.app[MPS_CLIENT]
+    if client is None:
+        return error_response(
+            503, "not_configured", f"submitting is not configured: {request.app[MPS_PROBLEM]}"
+        )
+    try:
+        task = await submit(spec, request.app[STORE], client, request.app[CLOCK])
+    except MpsError as exc:
+        return error_response(
+            _status(exc.mps_code),
+            "mps_error",
+            exc.message,
+            mps_code=exc.mps_code,
+            request_id=exc.request_id,
+        )
+    return json_response(task_document(task), 201)
+
+
+def add_routes(app: web.Application, settings: MpsSettings) -> None:
+    async def mps_ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            app[MPS_CLIENT] = MpsClient(settings)
+            app[MPS_PROBLEM] = ""
+            log.info("submitting to MPS", endpoint=settings.endpoint, region=settings.region)
+        except ConfigError as exc:  # the service runs; only submitting is off, and says why
+            app[MPS_CLIENT] = None
+            app[MPS_PROBLEM] = str(exc)
+        yield
+
+    app.cleanup_ctx.append(mps_ctx)
+    app.router.add_post("/v1/tasks/submit", protected(submit_task))

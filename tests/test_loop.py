@@ -1,0 +1,206 @@
+"""The whole loop on one machine: submit through the SDK to the emulator, which notifies the receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from receiver import events
+from receiver.app import create_app
+from receiver.emulator import EmulatorSettings, create_emulator
+from receiver.emulator.scenario import Scenario, plan
+from receiver.settings import Settings
+from tests.test_consumer import AMQP_URL
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ServerFactory = Callable[..., Awaitable[TestServer]]
+KEY = "loop-notify-key"
+SCENARIO = {"duration": 2.0, "rate": 8.0, "seed": 5, "duplicates": 0.2, "reorder": 0.2, "late": 1}
+
+
+async def emulator(aiohttp_server: ServerFactory, **settings: Any) -> TestServer:
+    merged = {
+        "secret_id": "AKIDloop",
+        "secret_key": "loop-secret",
+        "speed": 4.0,
+        "scenario": SCENARIO,
+        **settings,
+    }
+    return await aiohttp_server(create_emulator(EmulatorSettings.model_validate(merged)))
+
+
+async def receiver(
+    aiohttp_client: ClientFactory, tmp_path: Any, emulated: TestServer, **extra: Any
+) -> TestClient[Any, Any]:
+    settings = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/loop.db"},
+            "verify": {"notify_keys": [KEY]},
+            "mps": {"endpoint": f"127.0.0.1:{emulated.port}", "protocol": "http", "secret_id": "AKIDloop",
+                    "secret_key": "loop-secret"},
+            **extra,
+        }
+    )  # fmt: skip
+    return await aiohttp_client(create_app(settings))
+
+
+def request(notify: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {
+        "Url": "rtmp://live.example.com/app/loop",
+        "TaskNotifyConfig": {**notify, "NotifyKey": KEY},
+        "AiContentReviewTask": {"Definition": 10},
+        "AiQualityControlTask": {"Definition": 10},
+        "Labels": {"room": "loop"},
+        **more,
+    }
+
+
+URL_REQUEST = request({"NotifyType": "URL", "NotifyUrl": "http://h/x"})
+
+
+async def until_ended(client: TestClient[Any, Any], task_id: str, within: float = 30) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        task = await (await client.get(f"/v1/tasks/{task_id}")).json()
+        if task["state"] in ("finished", "failed") and task["late_count"] >= SCENARIO["late"]:
+            return dict(task)
+        assert asyncio.get_running_loop().time() < deadline, task
+        await asyncio.sleep(0.05)
+
+
+async def check_every_notification_arrived(client: TestClient[Any, Any], task: dict[str, Any]) -> None:
+    mps_request = {
+        "AiContentReviewTask": 1,
+        "AiQualityControlTask": 1,
+        "SessionContext": task["session_context"],
+    }
+    expected = {events.event_id(n) for _, n in plan(task["task_id"], mps_request, Scenario(**SCENARIO))}
+    stored = (
+        await (await client.get(f"/v1/tasks/{task['task_id']}/events", params={"limit": "1000"})).json()
+    )["items"]
+    assert {e["event_id"] for e in stored} == expected
+    assert {e["matched_by"] for e in stored} == {"session_context"}
+    assert task["session_context"].startswith("receiver:")
+
+
+async def submit(client: TestClient[Any, Any], body: dict[str, Any]) -> dict[str, Any]:
+    resp = await client.post("/v1/tasks/submit", json=body)
+    assert resp.status == 201, await resp.text()
+    return dict(await resp.json())
+
+
+async def test_url_notifications_loop_from_submit_to_finished(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    mps = await emulator(aiohttp_server)
+    client = await receiver(aiohttp_client, tmp_path, mps)
+    hook = str(client.make_url("/v1/notifications"))
+    task = await submit(client, request({"NotifyType": "URL", "NotifyUrl": hook}))
+    assert task["task_id"]
+    assert task["request_id"]
+    assert task["labels"] == {"room": "loop"}
+    ended = await until_ended(client, task["task_id"])
+    assert (ended["state"], ended["err_code"]) == ("finished", 0)
+    await check_every_notification_arrived(client, ended)
+
+
+async def test_a_failing_process_eof_fails_the_task_with_its_code(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    failing = {**SCENARIO, "eof_err_code": 4002, "eof_message": "data timeout"}
+    mps = await emulator(aiohttp_server, scenario=failing)
+    client = await receiver(aiohttp_client, tmp_path, mps)
+    hook = str(client.make_url("/v1/notifications"))
+    task = await submit(client, request({"NotifyType": "URL", "NotifyUrl": hook}))
+    ended = await until_ended(client, task["task_id"])
+    assert (ended["state"], ended["err_code"], ended["err_message"]) == ("failed", 4002, "data timeout")
+
+
+async def test_a_notification_that_beats_the_submit_response_is_still_matched(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    mps = await emulator(aiohttp_server, response_delay=1.0)
+    client = await receiver(aiohttp_client, tmp_path, mps)
+    hook = str(client.make_url("/v1/notifications"))
+    task = await submit(client, request({"NotifyType": "URL", "NotifyUrl": hook}))
+    # By the time the call returned, the stream had been notifying for a second: the record was
+    # already running, matched by the SessionContext receiver generated.
+    assert task["state"] in ("running", "finished")
+    assert task["first_event_at"] is not None
+    ended = await until_ended(client, task["task_id"])
+    await check_every_notification_arrived(client, ended)
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[str]:
+    name = f"test.loop.{uuid.uuid4().hex[:8]}"
+    yield name
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        channel = await connection.channel()
+        for q in (name, f"{name}.dead"):
+            await channel.queue_delete(q)
+        await channel.exchange_delete(f"{name}.dlx")
+
+
+@pytest.mark.amqp
+async def test_queue_notifications_loop_from_submit_to_finished(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any, queue: str
+) -> None:
+    mps = await emulator(aiohttp_server, amqp_url=AMQP_URL)
+    client = await receiver(aiohttp_client, tmp_path, mps, amqp={"url": AMQP_URL, "queue": queue})
+    notify = {"NotifyType": "TDMQ-CMQ", "CmqModel": "Queue", "CmqRegion": "gz", "QueueName": queue}
+    task = await submit(client, request(notify))
+    ended = await until_ended(client, task["task_id"])
+    assert ended["state"] == "finished"
+    await check_every_notification_arrived(client, ended)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field_or_code"),
+    [
+        (request({"NotifyType": "URL"}), 400, "TaskNotifyConfig.NotifyUrl"),
+        ({**URL_REQUEST, "Url": "ftp://x/y"}, 400, "Url"),
+        ({**URL_REQUEST, "SessionId": "s" * 51}, 400, "SessionId"),
+        ({**URL_REQUEST, "AiRecognitionTask": {"Definition": 0}}, 400, "AiRecognitionTask.Definition"),
+        (request({"NotifyType": "TDMQ-CMQ", "CmqModel": "Topic"}), 400, "TaskNotifyConfig.TopicName"),
+    ],
+)  # fmt: skip
+async def test_bad_submissions_are_refused_before_anything_is_sent(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any,
+    body: dict[str, Any], status: int, field_or_code: str,
+) -> None:  # fmt: skip
+    mps = await emulator(aiohttp_server)
+    client = await receiver(aiohttp_client, tmp_path, mps)
+    resp = await client.post("/v1/tasks/submit", json=body)
+    assert resp.status == status
+    assert (await resp.json())["error"]["field"] == field_or_code
+    assert (await (await client.get("/v1/tasks")).json())["items"] == []  # nothing recorded, nothing sent
+
+
+async def test_mps_errors_become_clear_api_errors_and_leave_a_visible_record(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    mps = await emulator(aiohttp_server)
+    client = await receiver(aiohttp_client, tmp_path, mps)
+    silent = request({"NotifyType": "URL", "NotifyUrl": "http://127.0.0.1:9/x"}, SessionId="dup")
+    assert (await client.post("/v1/tasks/submit", json=silent)).status == 201
+    again = await client.post("/v1/tasks/submit", json=silent)
+    assert again.status == 409
+    assert (await again.json())["error"]["mps_code"] == "InvalidParameterValue.SessionId"
+
+    wrong = await receiver(aiohttp_client, tmp_path / "w", mps, mps={"endpoint": f"127.0.0.1:{mps.port}",
+                           "protocol": "http", "secret_id": "AKIDloop", "secret_key": "not-it"})  # fmt: skip
+    denied = await wrong.post(
+        "/v1/tasks/submit", json=request({"NotifyType": "URL", "NotifyUrl": "http://h/x"})
+    )
+    assert denied.status == 502
+    assert (await denied.json())["error"]["mps_code"] == "AuthFailure.SignatureFailure"
+    [record] = (await (await wrong.get("/v1/tasks")).json())["items"]
+    assert record["state"] == "failed"
+    assert "AuthFailure.SignatureFailure" in record["err_message"]
