@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ReceiverError, ValueError) as exc:
         print(f"receiver: bad settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log.format, settings.log.level)
+    # A one-shot command's output is its answer (stdout); its log goes to stderr.
+    one_shot = args.command in ("submit", "replay", "migrate")
+    configure_logging(settings.log.format, settings.log.level, sys.stderr if one_shot else None)
     log = structlog.get_logger("receiver")
     log.info("starting", command=args.command, config=str(config) if config else None)
     try:
