@@ -140,3 +140,30 @@ def test_scenarios_are_deterministic_for_a_seed_and_carry_what_was_asked() -> No
     assert kinds_requested({"SmartSubtitlesTask": {"Definition": 1}}) == ["AiSmartSubtitleResult"]
     for _, n in first:
         wire.Notification.model_validate(n)
+
+
+async def test_url_notifications_are_retried_with_backoff_until_taken(
+    aiohttp_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp import web
+
+    from receiver.emulator import notify
+
+    answers = [503, 500, 200]
+    seen: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        return web.Response(status=answers[len(seen) - 1])
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    target = await aiohttp_server(app)
+    monkeypatch.setattr(notify, "HTTP_BACKOFF", 0.01)
+    notifier = notify.Notifier(None)
+    try:
+        await notifier.send({"NotifyType": "URL", "NotifyUrl": str(target.make_url("/hook"))}, b'{"n": 1}')
+    finally:
+        await notifier.aclose()
+    assert seen == [b'{"n": 1}'] * 3
+    assert (notifier.sent, notifier.failed) == (1, 0)
