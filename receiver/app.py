@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
@@ -13,12 +15,13 @@ from receiver import outbox_api, submit_api
 from receiver import web as routes
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, ReceiverError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
+from receiver.metrics import Metrics
 from receiver.ports import Store
 from receiver.routing import router
-from receiver.settings import Settings
+from receiver.settings import MaintenanceSettings, Settings
 from receiver.sinks import build_sink
 from receiver.stores import open_store
 
@@ -30,6 +33,7 @@ def build_ingestor(
     store: Store,
     clock: Callable[[], float] = time.time,
     on_recorded: Callable[[], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> Ingestor:
     verify = settings.verify
     policies = {channel: verify.policy_for(channel) for channel in Channel}
@@ -43,12 +47,39 @@ def build_ingestor(
         clock=clock,
         route=router(sinks) if sinks else None,
         on_recorded=on_recorded,
+        observe=metrics.observe_ingest if metrics else None,
     )
 
 
-def build_dispatcher(settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> Dispatcher:
+def build_dispatcher(
+    settings: Settings, store: Store, clock: Callable[[], float] = time.time, metrics: Metrics | None = None
+) -> Dispatcher:
     sinks = [(build_sink(s.name, s.kind, s.options), s.policy()) for s in settings.sinks]
-    return Dispatcher(store, sinks, poll_interval=settings.dispatch_poll_interval, clock=clock)
+    return Dispatcher(
+        store,
+        sinks,
+        poll_interval=settings.dispatch_poll_interval,
+        clock=clock,
+        observe=metrics.observe_delivery if metrics else None,
+    )
+
+
+async def maintain(store: Store, settings: MaintenanceSettings, clock: Callable[[], float]) -> None:
+    """Now and then: mark quiet tasks stalled, purge what retention allows. Never raises."""
+    while True:
+        now = clock()
+        try:
+            if settings.stall_after:
+                stalled = await store.mark_stalled(now - settings.stall_after)
+                if stalled:
+                    log.warning("tasks stalled: no notification for too long", count=stalled)
+            if settings.retention_days:
+                payloads, deliveries = await store.purge(now - settings.retention_days * 86400)
+                if payloads or deliveries:
+                    log.info("retention", payloads_dropped=payloads, deliveries_deleted=deliveries)
+        except ReceiverError as exc:
+            log.warning("maintenance pass failed; next pass retries", error=str(exc))
+        await asyncio.sleep(settings.interval)
 
 
 def create_app(
@@ -83,8 +114,11 @@ def create_app(
             await app[routes.STORE].aclose()
             log.info("store closed")
 
+    metrics = Metrics()
+    app[routes.METRICS] = metrics
+
     async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
-        dispatcher = build_dispatcher(settings, app[routes.STORE], clock)
+        dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
         await dispatcher.start()
         app[routes.DISPATCHER] = dispatcher
         log.info("dispatching", sinks=[s.name for s in settings.sinks])
@@ -93,7 +127,9 @@ def create_app(
 
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher = app.get(routes.DISPATCHER)
-        ingestor = build_ingestor(settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None)
+        ingestor = build_ingestor(
+            settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None, metrics
+        )
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
             log.warning(
@@ -127,6 +163,16 @@ def create_app(
         raise ConfigError("consume: amqp.url is not set (RECEIVER_AMQP__URL)")
     if settings.amqp.url is not None and role in ("serve", "consume"):
         app.cleanup_ctx.append(consumer_ctx)
+
+    async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    if role != "consume":  # one place does it; consumer replicas only consume
+        app.cleanup_ctx.append(maintenance_ctx)
     if role == "serve":
         routes.add_routes(app)
         outbox_api.add_routes(app)

@@ -115,8 +115,10 @@ class Dispatcher:
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
+        self._observe = observe
         self._lanes = {
             sink.name: _Lane(sink, policy, CircuitBreaker(policy.breaker_threshold, policy.breaker_cooldown))
             for sink, policy in sinks
@@ -230,8 +232,12 @@ class Dispatcher:
             lane.breaker.failed(now)
             lane.counts["failed"] += 1
         outcome = settle(delivery, error, lane.policy, now, self._rng)
+        if self._observe is not None:
+            self._observe(lane.sink.name, "delivered" if error is None else "failed")
         if outcome.state == DeliveryState.DEAD:
             lane.counts["dead"] += 1
+            if self._observe is not None:
+                self._observe(lane.sink.name, "dead")
             log.error(
                 "delivery dead", sink=lane.sink.name, event_id=delivery.event.event_id, error=str(error)
             )

@@ -47,12 +47,14 @@ class Ingestor:
         clock: Callable[[], float] = time.time,
         route: Router | None = None,
         on_recorded: Callable[[], None] | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._keys = tuple(keys)
         self._policies = dict(policies)
         self._skew = skew_seconds
         self._clock = clock
         self._route = route
+        self._observe = observe
         self._on_recorded = on_recorded
         self._group: GroupCommit[Event, Recorded] = GroupCommit(self._commit, max_batch)
         self._store = store
@@ -113,7 +115,10 @@ class Ingestor:
             raise
         finally:
             summary["outcome"] = outcome
-            summary["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            elapsed = time.perf_counter() - started
+            summary["duration_ms"] = round(elapsed * 1000, 3)
+            if self._observe is not None:
+                self._observe(channel.value, outcome, elapsed)
             if outcome in ("stored", "duplicate"):
                 log.info("notification", **summary)
             elif outcome in ("invalid", "unauthorized"):

@@ -189,6 +189,16 @@ class Store(Protocol):
         the error (then ``failed``)."""
         ...
 
+    async def mark_stalled(self, before: float) -> int:
+        """``submitted``/``running`` tasks with no notification since ``before`` become ``stalled``."""
+        ...
+
+    async def purge(self, before: float) -> tuple[int, int]:
+        """Drop raw payloads and delivered outbox rows older than ``before``; returns both counts."""
+        ...
+
+    async def task_counts(self) -> dict[str, int]: ...
+
     async def get_task(self, task_id: str) -> Task | None:
         """The task with this MPS ``TaskId`` or, failing that, this id of ours."""
         ...

@@ -155,6 +155,12 @@ class MpsSettings(Section):
         return self.secret_id.get_secret_value(), self.secret_key.get_secret_value()
 
 
+class MaintenanceSettings(Section):
+    interval: float = Field(default=60.0, gt=0)  # seconds between passes
+    stall_after: float = Field(default=900.0, ge=0)  # no notification for this long: stalled (0 = never)
+    retention_days: float = Field(default=30.0, ge=0)  # raw payloads, delivered outbox rows (0 = keep)
+
+
 class LogSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -172,6 +178,7 @@ class Settings(BaseSettings):
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     sinks: list[SinkSettings] = Field(default_factory=list)
     mps: MpsSettings = Field(default_factory=MpsSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     dispatch_poll_interval: float = Field(default=1.0, gt=0)
     # serve runs the dispatcher too; false when a separate `receiver dispatch` does (one per store).

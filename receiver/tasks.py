@@ -13,6 +13,7 @@ class TaskState(StrEnum):
     SUBMITTING = "submitting"  # recorded, ProcessLiveStream call not yet answered
     SUBMITTED = "submitted"  # MPS accepted it (or it was registered); no event yet
     RUNNING = "running"  # at least one event arrived
+    STALLED = "stalled"  # no notification for longer than configured; the next one makes it running
     FINISHED = "finished"  # ProcessEof with ErrCode 0
     FAILED = "failed"  # ProcessEof with any other ErrCode
 

@@ -27,6 +27,7 @@ from receiver.errors import (
 )
 from receiver.events import Channel
 from receiver.ingest import Ingestor
+from receiver.metrics import CONTENT_TYPE, Metrics, Snapshot
 from receiver.ports import EventQuery, Quarantined, Store
 from receiver.tasks import Task, TaskState, new_id
 
@@ -39,6 +40,7 @@ MAX_BODY = web.AppKey("max_body", int)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
 
 _OK = b'{"code":0}'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -304,9 +306,30 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body, 200 if body["status"] == "ready" else 503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. The gauges are read from the store now."""
+    store = request.app[STORE]
+    snap = Snapshot()
+    try:
+        for s in await store.sink_stats():
+            snap.backlog[s.sink] = s.pending
+            snap.dead[s.sink] = s.dead
+            snap.oldest_pending_at[s.sink] = s.oldest_pending_at
+        snap.tasks = await store.task_counts()
+    except StoreUnavailableError:
+        pass  # the counters still answer; the gauges are missing rather than wrong
+    consumer = request.app.get(CONSUMER)
+    if consumer is not None:
+        snap.amqp = dict(consumer.counts)
+    registry = request.app[METRICS]
+    registry.snapshot = snap
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
 def add_probes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
 
 
 def add_routes(app: web.Application) -> None:

@@ -272,6 +272,25 @@ class SqliteStore:
             lambda w: w.finish_submission(ref, task_id=task_id, request_id=request_id, error=error, now=now)
         )
 
+    async def mark_stalled(self, before: float) -> int:
+        now = time.time()
+        return await self._write_with(lambda w: w.mark_stalled(before, now))
+
+    async def purge(self, before: float) -> tuple[int, int]:
+        payloads = deliveries = 0
+        while True:  # in batches: a long purge must not hold the write lock against ingest
+            p, d = await self._write_with(lambda w: w.purge(before, 1000))
+            payloads, deliveries = payloads + p, deliveries + d
+            if p < 1000 and d < 1000:
+                return payloads, deliveries
+
+    async def task_counts(self) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            assert self._rcon is not None
+            return dict(self._rcon.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+
+        return await self._read_safely(run)
+
     async def get_task(self, task_id: str) -> Task | None:
         def run() -> Task | None:
             assert self._rcon is not None

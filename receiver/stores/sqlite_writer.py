@@ -304,6 +304,41 @@ class SqliteWriter:
             )
         )
 
+    # --- maintenance ------------------------------------------------------------------------------
+
+    def mark_stalled(self, before: float, now: float) -> int:
+        def run() -> int:
+            cur = self.con.execute(
+                "UPDATE tasks SET state = 'stalled', updated_at = ? WHERE state IN ('submitted', 'running')"
+                " AND coalesce(last_event_at, created_at) < ?",
+                (now, before),
+            )
+            return int(cur.rowcount)
+
+        n = self.transaction(run)
+        if n:
+            self._forget()  # the cached copies are stale now
+        return n
+
+    def purge(self, before: float, limit: int) -> tuple[int, int]:
+        """Drop the raw payload of events received before ``before`` (their normalized form stays),
+        and delivered outbox rows; dead letters stay until redriven or purged explicitly."""
+
+        def run() -> tuple[int, int]:
+            payloads = self.con.execute(
+                "UPDATE events SET raw = '{}' WHERE seq IN (SELECT seq FROM events WHERE received_at < ?"
+                " AND raw <> '{}' LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            deliveries = self.con.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = 'delivered'"
+                " AND delivered_at < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            return int(payloads), int(deliveries)
+
+        return self.transaction(run)
+
     # --- quarantine -------------------------------------------------------------------------------
 
     def quarantine(self, q: Quarantined) -> None:

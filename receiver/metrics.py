@@ -1,0 +1,93 @@
+"""Prometheus metrics: counted as things happen (ingest, deliveries) and read from the store on scrape
+(backlog, oldest undelivered, tasks by state). One registry per app, so tests do not share counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.notifications = Counter(
+            "receiver_notifications",
+            "Notifications taken in, by channel and outcome (stored, duplicate, invalid, unauthorized, ...)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.ingest_seconds = Histogram(
+            "receiver_ingest_seconds",
+            "From bytes received to committed (or refused), by channel",
+            ["channel"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "receiver_sink_deliveries",
+            "Delivery attempts by sink and outcome (delivered, failed, dead)",
+            ["sink", "outcome"],
+            registry=self.registry,
+        )
+
+    def observe_ingest(self, channel: str, outcome: str, seconds: float) -> None:
+        self.notifications.labels(channel, outcome).inc()
+        self.ingest_seconds.labels(channel).observe(seconds)
+
+    def observe_delivery(self, sink: str, outcome: str) -> None:
+        self.deliveries.labels(sink, outcome).inc()
+
+        self.snapshot = Snapshot()
+        self.registry.register(_SnapshotCollector(lambda: self.snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Snapshot:
+    """What the store says at scrape time."""
+
+    def __init__(self) -> None:
+        self.backlog: dict[str, int] = {}
+        self.dead: dict[str, int] = {}
+        self.oldest_pending_at: dict[str, float | None] = {}
+        self.tasks: dict[str, int] = {}
+        self.amqp: dict[str, int] = {}
+        self.taken_at = time.time()
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self._read()
+        backlog = GaugeMetricFamily("receiver_sink_backlog", "Deliveries pending, by sink", labels=["sink"])
+        dead = GaugeMetricFamily(
+            "receiver_sink_dead", "Deliveries dead (kept, redrivable), by sink", labels=["sink"]
+        )
+        age = GaugeMetricFamily(
+            "receiver_sink_oldest_undelivered_seconds",
+            "Age of the oldest pending delivery, by sink",
+            labels=["sink"],
+        )
+        for sink, n in snap.backlog.items():
+            backlog.add_metric([sink], n)
+            dead.add_metric([sink], snap.dead.get(sink, 0))
+            oldest = snap.oldest_pending_at.get(sink)
+            age.add_metric([sink], 0.0 if oldest is None else max(0.0, snap.taken_at - oldest))
+        tasks = GaugeMetricFamily("receiver_tasks", "Tasks by state", labels=["state"])
+        for state, n in snap.tasks.items():
+            tasks.add_metric([state], n)
+        amqp = GaugeMetricFamily(
+            "receiver_amqp_messages", "AMQP deliveries since start, by outcome", labels=["outcome"]
+        )
+        for outcome, n in snap.amqp.items():
+            amqp.add_metric([outcome], n)
+        yield from (backlog, dead, age, tasks, amqp)
