@@ -116,6 +116,8 @@ def parse(raw: bytes | str) -> tuple[dict[str, Any], wire.Notification]:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         expected = _EXPECTED.get(first["type"], first["msg"].lower())
+        if first["type"] == "string_too_long":
+            expected = f"a string of at most {first.get('ctx', {}).get('max_length')} characters"
         got = None if first["type"] == "missing" else _describe(first.get("input"))
         raise InvalidNotificationError(_path(first["loc"]), expected, got=got) from None
     return document, notification

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from receiver import openapi
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.documents import event_document, iso, task_document
@@ -332,8 +333,13 @@ def add_probes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
 def add_routes(app: web.Application) -> None:
     add_probes(app)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_post("/v1/notifications", receive_notification)
     app.router.add_post("/v1/tasks", protected(register_task))
     app.router.add_get("/v1/tasks", protected(list_tasks))

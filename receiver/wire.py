@@ -330,8 +330,9 @@ class Notification(WireModel):
     ai_quality_control_result_info: QualityControlResultInfo | None = None
     live_record_result_info: RecordResultInfo | None = None
     ai_smart_subtitle_result_info: SmartSubtitleResultInfo | None = None
-    session_id: str | None = None
-    session_context: str | None = None
+    # MPS takes at most 50 and 1000 characters for these; a notification cannot carry more.
+    session_id: str | None = Field(default=None, max_length=50)
+    session_context: str | None = Field(default=None, max_length=1000)
     timestamp: Int64 | None = None
     sign: str | None = None
 

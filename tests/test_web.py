@@ -134,6 +134,18 @@ async def test_bad_input_is_400_naming_the_field_and_nothing_is_stored(
     assert (await get(client, "/v1/events"))["items"] == []
 
 
+@pytest.mark.parametrize(("member", "limit"), [("SessionId", 50), ("SessionContext", 1000)])
+async def test_session_strings_are_limited_in_characters_not_bytes(
+    client: TestClient[Any, Any], member: str, limit: int
+) -> None:
+    at_limit = signed({**EOF_DOC, member: "界" * limit})  # 3 bytes each in UTF-8: the limit counts characters
+    assert await post(client, at_limit) == (200, {"code": 0})
+    status, answer = await post(client, signed({**EOF_DOC, member: "界" * (limit + 1)}))
+    assert status == 400
+    assert answer["error"]["field"] == member
+    assert str(limit) in answer["error"]["message"]
+
+
 async def test_a_body_over_the_limit_is_413(client: TestClient[Any, Any]) -> None:
     huge = signed({**EOF_DOC, "Padding": "x" * (64 * 1024)})
     status, answer = await post(client, huge)

@@ -1,0 +1,265 @@
+"""The OpenAPI 3.0 document of the HTTP API, served at ``GET /openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+                "expected": {"type": "string"},
+            },
+        }
+    },
+}
+OBJECT = {"type": "object", "additionalProperties": True}
+PAGE = {
+    "type": "object",
+    "required": ["items", "next"],
+    "properties": {"items": {"type": "array", "items": OBJECT}, "next": {"type": "string", "nullable": True}},
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+MANAGEMENT_ERRORS = {
+    "400": _error("a parameter is not what was expected; the body names it"),
+    "401": _error("missing or wrong bearer token"),
+    "503": _error("the store is unavailable"),
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (default 100)")
+CURSOR = _query("cursor", {"type": "string"}, "the `next` of the previous page")
+TASK_PATH = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def document() -> dict[str, Any]:
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "receiver",
+            "version": "0.1.0",
+            "description": "MPS live-stream notifications, received.",
+        },
+        "components": {
+            "schemas": {"Error": ERROR},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/v1/notifications": {
+                "post": {
+                    "summary": "The MPS webhook (NotifyUrl): one notification, protected by its Sign",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": OBJECT}}},
+                    "responses": {
+                        "200": _json(
+                            "stored (or already stored)",
+                            {"type": "object", "properties": {"code": {"type": "integer"}}},
+                        ),
+                        "400": _error("not a notification; the body names the field"),
+                        "401": _error("bad, missing or expired signature"),
+                        "413": _error("the body is over the limit"),
+                        "422": _error("the store can never take it (kept in quarantine)"),
+                        "503": _error("the store is unavailable: retry later"),
+                    },
+                }
+            },
+            "/v1/tasks": {
+                "get": {
+                    "security": secured,
+                    "parameters": [
+                        _query(
+                            "state",
+                            {
+                                "type": "string",
+                                "enum": [
+                                    "submitting",
+                                    "submitted",
+                                    "running",
+                                    "stalled",
+                                    "finished",
+                                    "failed",
+                                ],
+                            },
+                            "only tasks in this state",
+                        ),
+                        LIMIT,
+                        CURSOR,
+                    ],
+                    "responses": {"200": _json("a page of tasks", PAGE), **MANAGEMENT_ERRORS},
+                },
+                "post": {
+                    "security": secured,
+                    "summary": "Register a task submitted elsewhere",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["task_id"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "task_id": {"type": "string", "minLength": 1, "maxLength": 256},
+                                        "session_id": {"type": "string", "maxLength": 50},
+                                        "session_context": {"type": "string", "maxLength": 1000},
+                                        "url": {"type": "string", "maxLength": 4096},
+                                        "labels": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json("the task", OBJECT),
+                        "409": _error("task_id already registered"),
+                        **MANAGEMENT_ERRORS,
+                    },
+                },
+            },
+            "/v1/tasks/submit": {
+                "post": {
+                    "security": secured,
+                    "summary": "Start a task through ProcessLiveStream",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": OBJECT}}},
+                    "responses": {
+                        "201": _json("the task, submitted", OBJECT),
+                        "409": _error(
+                            "InvalidParameterValue.SessionId: the SessionId was used in the last 7 days"
+                        ),
+                        "502": _error("MPS refused (AuthFailure.*, ...); the code is named"),
+                        **MANAGEMENT_ERRORS,
+                    },
+                }
+            },
+            "/v1/tasks/{task_id}": {
+                "get": {
+                    "security": secured,
+                    "parameters": [TASK_PATH],
+                    "responses": {
+                        "200": _json("the task", OBJECT),
+                        "404": _error("no such task"),
+                        **MANAGEMENT_ERRORS,
+                    },
+                }
+            },
+            "/v1/tasks/{task_id}/events": {
+                "get": {
+                    "security": secured,
+                    "parameters": [TASK_PATH, LIMIT, CURSOR],
+                    "responses": {
+                        "200": _json("its events, in the order received", PAGE),
+                        "404": _error("no such task"),
+                        **MANAGEMENT_ERRORS,
+                    },
+                }
+            },
+            "/v1/events": {
+                "get": {
+                    "security": secured,
+                    "parameters": [
+                        _query("task_id", {"type": "string"}, "MPS TaskId"),
+                        _query("type", {"type": "string"}, "NotificationType"),
+                        _query("since", {"type": "string"}, "unix seconds or ISO 8601"),
+                        _query("orphan", {"type": "string", "enum": ["true", "false"]}, "only (not) orphans"),
+                        LIMIT,
+                        CURSOR,
+                    ],
+                    "responses": {"200": _json("a page of events", PAGE), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/quarantine": {
+                "get": {
+                    "security": secured,
+                    "parameters": [LIMIT, CURSOR],
+                    "responses": {"200": _json("a page", PAGE), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/deliveries": {
+                "get": {
+                    "security": secured,
+                    "parameters": [
+                        _query("sink", {"type": "string"}, "sink name"),
+                        _query(
+                            "state", {"type": "string", "enum": ["pending", "delivered", "dead"]}, "state"
+                        ),
+                        _query("task_id", {"type": "string"}, "MPS TaskId"),
+                        _query("type", {"type": "string"}, "NotificationType"),
+                        LIMIT,
+                        CURSOR,
+                    ],
+                    "responses": {"200": _json("a page of deliveries", PAGE), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/deliveries/redrive": {
+                "post": {
+                    "security": secured,
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "sink": {"type": "string"},
+                                        "state": {"type": "string", "enum": ["pending", "delivered", "dead"]},
+                                        "task_id": {"type": "string"},
+                                        "type": {"type": "string"},
+                                        "since": {"type": "string"},
+                                        "until": {"type": "string"},
+                                        "dry_run": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": _json("how many", OBJECT), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/sinks": {
+                "get": {
+                    "security": secured,
+                    "responses": {"200": _json("per sink", OBJECT), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/sinks/{name}/enable": {
+                "post": {
+                    "security": secured,
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": _json("switched back on", OBJECT), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/healthz": {"get": {"responses": {"200": _json("alive", OBJECT)}}},
+            "/readyz": {
+                "get": {"responses": {"200": _json("ready", OBJECT), "503": _json("not ready", OBJECT)}}
+            },
+        },
+    }
