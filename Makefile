@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run migrate test lint typecheck unit services demo bench clean
+.PHONY: install run migrate test lint typecheck unit services demo soak bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ unit: install
 	$(BIN)/pytest -q
 
 test: install services lint typecheck unit
+
+soak: install services
+	$(BIN)/python -m tests.soak
 
 demo: install
 	scripts/demo

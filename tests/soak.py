@@ -1,0 +1,401 @@
+"""Send-and-verify under faults: N unique notifications over HTTP and AMQP while the receiver is
+killed and restarted, the broker drops its connections, the store is locked, and the sink fails.
+
+Then, from its own record of what was answered 200 or confirmed by the broker, it checks: every
+such notification stored exactly once; every stored event delivered to the sink at least once; per
+task, the sink saw events in the order they were stored; duplicates counted. Everything on
+127.0.0.1, bounded in count and time.
+
+    python -m tests.soak --notifications 100000 --rate 400     # make soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+from aiohttp import web
+
+from receiver import events
+from receiver.consumer import declare_topology
+from receiver.settings import AmqpSettings
+
+AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+KEY = "soak-notify-key"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "tests" / "data" / "examples"
+FAULTS = ("kill", "broker", "store", "sink")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@dataclass
+class Report:
+    notifications: int
+    seconds: float
+    faults: Counter[str]
+    lost: int
+    stored_twice: int
+    duplicates_absorbed: int
+    not_delivered: int
+    sink_duplicates: int
+    order_violations: int
+    ingest_ms: tuple[float, float, float]
+    lag_ms: tuple[float, float, float]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.lost or self.stored_twice or self.not_delivered or self.order_violations or self.problems
+        )
+
+    def table(self) -> str:
+        faults = ", ".join(f"{k} {self.faults[k]}" for k in FAULTS)
+        rows = [
+            ("notifications (answered 200 or confirmed)", f"{self.notifications:,}"),
+            ("run time", f"{self.seconds:.0f} s"),
+            ("faults injected", faults),
+            ("lost (must be 0)", str(self.lost)),
+            ("stored twice (must be 0)", str(self.stored_twice)),
+            ("repeats absorbed as duplicates", f"{self.duplicates_absorbed:,}"),
+            ("stored but never delivered to the sink (must be 0)", str(self.not_delivered)),
+            ("sink duplicates (at least once)", f"{self.sink_duplicates:,}"),
+            ("per-task order violations at the sink (must be 0)", str(self.order_violations)),
+            ("HTTP ingest latency p50 / p99 / max", " / ".join(f"{v:.1f} ms" for v in self.ingest_ms)),
+            ("ingest-to-sink lag p50 / p99 / max", " / ".join(f"{v:.0f} ms" for v in self.lag_ms)),
+        ]
+        return "| measure | value |\n| --- | ---: |\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+class Receiver:
+    """receiver as a process, restartable on the same port and the same SQLite file."""
+
+    def __init__(self, work: Path, queue: str, sink_url: str) -> None:
+        self.port = free_port()
+        self.work = work
+        self.db = work / "soak.db"
+        self.env = {
+            **os.environ,
+            "RECEIVER_HTTP__PORT": str(self.port),
+            "RECEIVER_STORE__URL": f"sqlite:///{self.db}",
+            "RECEIVER_STORE__BUSY_TIMEOUT_MS": "200",
+            "RECEIVER_VERIFY__NOTIFY_KEYS": orjson.dumps([KEY]).decode(),
+            "RECEIVER_AMQP__URL": AMQP_URL,
+            "RECEIVER_AMQP__QUEUE": queue,
+            "RECEIVER_AMQP__STORE_RETRY_MAX": "0.5",
+            "RECEIVER_AMQP__RECONNECT_INTERVAL": "0.5",
+            "RECEIVER_LOG__FORMAT": "json",
+            "RECEIVER_LOG__LEVEL": "warning",
+            "RECEIVER_DISPATCH_POLL_INTERVAL": "0.1",
+            "RECEIVER_SINKS": orjson.dumps(
+                [
+                    {
+                        "name": "target",
+                        "kind": "http",
+                        "options": {"url": sink_url, "timeout": 5},
+                        "concurrency": 16,
+                        "retry_schedule": [0.2, 0.5, 1, 2, 2, 2, 2, 2, 2, 2],
+                        "jitter": 0.1,
+                        "breaker_threshold": 20,
+                        "breaker_cooldown": 1,
+                    }
+                ]
+            ).decode(),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        with (self.work / f"receiver-{self.starts}.log").open("wb") as log:
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 (a child we keep, not one we wait on)
+                [sys.executable, "-m", "receiver", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                cwd=self.work,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"receiver exited: {self.proc.returncode}"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("receiver did not start")
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(self.proc.wait)
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, 60)
+
+
+class SinkTarget:
+    """The http sink's target: records every arrival; can be told to fail for a while."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[str, str, float, float]] = []  # event_id, task_id, received_at, arrival
+        self.failing_until = 0.0
+
+    async def hook(self, request: web.Request) -> web.Response:
+        doc = orjson.loads(await request.read())
+        if time.monotonic() < self.failing_until:
+            return web.Response(status=503)
+        received = datetime.fromisoformat(doc["received_at"].replace("Z", "+00:00")).timestamp()
+        self.arrivals.append((doc["event_id"], doc["task_id"], received, time.time()))
+        return web.Response(status=204)
+
+
+def templates() -> list[dict[str, Any]]:
+    names = [
+        "03-AiReviewResult-Image.constructed.json",
+        "05-AiRecognitionResult-Face-Ocr-Object-Tag.constructed.json",
+        "07-AiQualityControlResult.constructed.json",
+        "09-AiSmartSubtitleResult.constructed.json",
+    ]
+    return [orjson.loads((EXAMPLES / n).read_bytes()) for n in names]
+
+
+def make(i: int, tasks: int, bases: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = dict(bases[i % len(bases)])
+    ts = int(time.time()) + 3600
+    doc.update(TaskId=f"soak-task-{i % tasks}", SessionId=f"n-{i}", SessionContext="", Timestamp=ts)
+    doc["Sign"] = events.expected_sign(ts, KEY)
+    return doc
+
+
+async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, tasks: int = 20) -> Report:
+    rng = random.Random(seed)
+    work = Path(tempfile.mkdtemp(prefix="receiver-soak-"))
+    queue = f"soak.{uuid.uuid4().hex[:8]}"
+    target = SinkTarget()
+    app = web.Application()
+    app.router.add_post("/hook", target.hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sink_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", sink_port).start()
+    receiver = Receiver(work, queue, f"http://127.0.0.1:{sink_port}/hook")
+    amqp = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=0.5)
+    channel = await amqp.channel()
+    await declare_topology(channel, AmqpSettings(queue=queue))
+    await receiver.start()
+
+    bases = templates()
+    accepted: dict[str, int] = {}  # event id -> sequence number, for what was answered 200 / confirmed
+    ingest_ms: list[float] = []
+    faults: Counter[str] = Counter()
+    started = time.monotonic()
+    sending = True
+
+    async def send_http(http: aiohttp.ClientSession, i: int, doc: dict[str, Any]) -> None:
+        body = orjson.dumps(doc)
+        while True:  # as MPS does: until it is taken
+            t0 = time.perf_counter()
+            try:
+                async with http.post(f"http://127.0.0.1:{receiver.port}/v1/notifications", data=body) as r:
+                    await r.read()
+                    if r.status == 200:
+                        ingest_ms.append((time.perf_counter() - t0) * 1000)
+                        accepted[events.event_id(doc)] = i
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+
+    async def send_amqp(i: int, doc: dict[str, Any]) -> None:
+        body = orjson.dumps(doc)
+        while True:
+            try:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue
+                )
+                accepted[events.event_id(doc)] = i
+                return
+            except Exception:  # the broker connection was dropped: the robust connection comes back
+                await asyncio.sleep(0.2)
+
+    async def inject() -> None:
+        kinds = list(FAULTS)
+        while sending:
+            await asyncio.sleep(fault_every * rng.uniform(0.5, 1.5))
+            if not sending:
+                return
+            kind = kinds[faults.total() % len(kinds)] if faults.total() < len(kinds) else rng.choice(kinds)
+            faults[kind] += 1
+            if kind == "kill":
+                await receiver.kill()
+                await asyncio.sleep(rng.uniform(0.2, 1.0))
+                await receiver.start()
+            elif kind == "broker":
+                proc = await asyncio.create_subprocess_exec(
+                    "rabbitmqctl", "close_all_connections", "soak fault", stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                await proc.wait()
+            elif kind == "store":
+                lock = sqlite3.connect(receiver.db, isolation_level=None, timeout=10)
+                lock.execute("BEGIN EXCLUSIVE")
+                await asyncio.sleep(rng.uniform(1.0, 3.0))
+                lock.execute("ROLLBACK")
+                lock.close()
+            else:
+                target.failing_until = time.monotonic() + rng.uniform(1.0, 3.0)
+
+    injector = asyncio.create_task(inject())
+    pending: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for i in range(n):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            doc = make(i, tasks, bases)
+            over_http = i % 2 == 0
+            task = asyncio.create_task(send_http(http, i, doc) if over_http else send_amqp(i, doc))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            if rng.random() < 0.05:  # the same notification again, over the other channel
+                again = asyncio.create_task(send_amqp(i, doc) if over_http else send_http(http, i, doc))
+                pending.add(again)
+                again.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+    sending = False
+    injector.cancel()
+    await asyncio.gather(injector, return_exceptions=True)
+    if receiver.proc is not None and receiver.proc.poll() is not None:
+        await receiver.start()
+
+    # Wait for the store to have everything, and the sink to have every stored event.
+    problems: list[str] = []
+    deadline = time.monotonic() + 120 + n / 200
+    stored: dict[str, tuple[int, str, int]] = {}
+    while time.monotonic() < deadline:
+        con = sqlite3.connect(f"file:{receiver.db}?mode=ro", uri=True, timeout=5)
+        try:
+            stored = {
+                r[0]: (r[1], r[2], r[3])
+                for r in con.execute("SELECT event_id, seq, task_id, duplicates FROM events")
+            }
+        finally:
+            con.close()
+        delivered = {a[0] for a in target.arrivals}
+        if set(accepted) <= set(stored) and set(stored) <= delivered:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        problems.append("timed out waiting for the store and the sink to catch up")
+    exit_code = await receiver.stop()
+    if exit_code != 0:
+        problems.append(f"receiver exited {exit_code} on SIGTERM")
+    await amqp.close()
+    await runner.cleanup()
+
+    lost = len(set(accepted) - set(stored))
+    first_arrival: dict[str, int] = {}
+    for position, (event_id, _, _, _) in enumerate(target.arrivals):
+        first_arrival.setdefault(event_id, position)
+    per_task: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for event_id, (seq, task_id, _) in stored.items():
+        if event_id in first_arrival:
+            per_task[task_id].append((seq, first_arrival[event_id]))
+    violations = 0
+    for pairs in per_task.values():
+        by_seq = [arrival for _, arrival in sorted(pairs)]
+        violations += sum(1 for a, b in itertools.pairwise(by_seq) if b < a)
+    lag = [(arrival - received) * 1000 for _, _, received, arrival in target.arrivals]
+    report = Report(
+        notifications=len(accepted),
+        seconds=time.monotonic() - started,
+        faults=faults,
+        lost=lost,
+        stored_twice=0,  # event_id is unique in the store: a second row cannot exist (counted below instead)
+        duplicates_absorbed=sum(d for _, _, d in stored.values()),
+        not_delivered=len(set(stored) - {a[0] for a in target.arrivals}),
+        sink_duplicates=len(target.arrivals) - len(first_arrival),
+        order_violations=violations,
+        ingest_ms=(
+            percentile(ingest_ms, 50),
+            percentile(ingest_ms, 99),
+            max(ingest_ms, default=float("nan")),
+        ),
+        lag_ms=(percentile(lag, 50), percentile(lag, 99), max(lag, default=float("nan"))),
+        problems=problems,
+    )
+    # Stored twice, checked from the data rather than assumed: rows per event id.
+    con = sqlite3.connect(receiver.db)
+    report.stored_twice = con.execute(
+        "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1)"
+    ).fetchone()[0]
+    con.close()
+    async with await aio_pika.connect(AMQP_URL) as cleanup:
+        ch = await cleanup.channel()
+        for q in (queue, f"{queue}.dead"):
+            await ch.queue_delete(q)
+        await ch.exchange_delete(f"{queue}.dlx")
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--notifications", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=400.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fault-every", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.md")
+    args = parser.parse_args()
+    report = asyncio.run(run(args.notifications, args.rate, seed=args.seed, fault_every=args.fault_every))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"# Soak: send and verify under faults\n\nMeasured {when}, seed {args.seed},"
+        f" {args.rate:.0f} notifications/s offered.\n\n{report.table()}\n"
+    )
+    if report.problems:
+        text += "\nProblems: " + "; ".join(report.problems) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
