@@ -64,9 +64,12 @@ def build_dispatcher(
     )
 
 
-async def maintain(store: Store, settings: MaintenanceSettings, clock: Callable[[], float]) -> None:
-    """Now and then: mark quiet tasks stalled, purge what retention allows. Never raises."""
-    while True:
+async def maintain(
+    store: Store, settings: MaintenanceSettings, clock: Callable[[], float], stop: asyncio.Event
+) -> None:
+    """Now and then: mark quiet tasks stalled, purge what retention allows. Never raises; returns
+    between passes once ``stop`` is set (never cancelled in the middle of one)."""
+    while not stop.is_set():
         now = clock()
         try:
             if settings.stall_after:
@@ -79,7 +82,8 @@ async def maintain(store: Store, settings: MaintenanceSettings, clock: Callable[
                     log.info("retention", payloads_dropped=payloads, deliveries_deleted=deliveries)
         except ReceiverError as exc:
             log.warning("maintenance pass failed; next pass retries", error=str(exc))
-        await asyncio.sleep(settings.interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.interval)
 
 
 def create_app(
@@ -165,11 +169,11 @@ def create_app(
         app.cleanup_ctx.append(consumer_ctx)
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock))
+        stop = asyncio.Event()
+        task = asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock, stop))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await task
 
     if role != "consume":  # one place does it; consumer replicas only consume
         app.cleanup_ctx.append(maintenance_ctx)

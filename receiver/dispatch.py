@@ -150,8 +150,11 @@ class Dispatcher:
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self._stopping = True
+        self.wake()
         runners = [lane.runner for lane in self._lanes.values() if lane.runner is not None]
-        for runner in runners:  # first: no new delivery starts
+        # First, no new delivery starts: the runners leave their loop after the claim in hand.
+        _, stuck = await asyncio.wait(runners, timeout=5) if runners else (set(), set())
+        for runner in stuck:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
         in_flight = [t for lane in self._lanes.values() for t in lane.busy.values()]
@@ -210,6 +213,8 @@ class Dispatcher:
                 for delivery in deliveries:
                     lane.busy[delivery.task_key] = asyncio.create_task(self._deliver(lane, delivery))
                 claimed = len(deliveries)
+            if self._stopping:
+                return
             if claimed and len(lane.busy) < lane.policy.concurrency:
                 continue  # there may be more right away
             with contextlib.suppress(TimeoutError):

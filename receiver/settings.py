@@ -39,7 +39,8 @@ class HttpSettings(Section):
 
 
 class StoreSettings(Section):
-    url: str = "sqlite:///var/receiver.db"
+    url: str = "sqlite:///var/receiver.db"  # or postgresql://user:password@host/db (a secret: use the env)
+    pool_size: int = Field(default=10, gt=0)  # PostgreSQL connections per process
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = Field(default=5000, ge=0)
     max_batch: int = Field(default=256, gt=0)  # events per group commit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from receiver.settings import Settings
 from receiver.sinks.memory import MemorySink
 from receiver.web import DISPATCHER
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.test_store import postgres_database
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 REVIEW = example("03-AiReviewResult-Image.constructed.json")
@@ -29,10 +30,19 @@ EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
 FAST = {"retry_schedule": [0.01, 0.01, 0.01], "jitter": 0.0, "breaker_threshold": 1000}
 
 
-def settings(tmp_path: Path, sinks: list[dict[str, Any]]) -> Settings:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/receiver.db"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
+def settings(store_url: str, sinks: list[dict[str, Any]]) -> Settings:
     return Settings.model_validate(
         {
-            "store": {"url": f"sqlite:///{tmp_path}/receiver.db"},
+            "store": {"url": store_url},
             "verify": {"notify_keys": [NOTIFY_KEY]},
             "sinks": sinks,
             "dispatch_poll_interval": 0.02,
@@ -41,9 +51,9 @@ def settings(tmp_path: Path, sinks: list[dict[str, Any]]) -> Settings:
 
 
 async def start(
-    aiohttp_client: ClientFactory, tmp_path: Path, sinks: list[dict[str, Any]]
+    aiohttp_client: ClientFactory, store_url: str, sinks: list[dict[str, Any]]
 ) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(settings(tmp_path, sinks), clock=_clock))
+    return await aiohttp_client(create_app(settings(store_url, sinks), clock=_clock))
 
 
 _STARTED = time.monotonic()
@@ -123,11 +133,11 @@ def test_breaker_opens_after_the_threshold_and_lets_one_trial_through_after_cool
 
 
 async def test_filters_include_and_exclude_what_they_say(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     client = await start(
         aiohttp_client,
-        tmp_path,
+        store_url,
         [
             {"name": "all", "kind": "memory"},
             {"name": "blocks", "kind": "memory", "filter": {"suggestions": ["block"]}},
@@ -165,11 +175,11 @@ async def test_filters_include_and_exclude_what_they_say(
 
 
 async def test_a_failing_sink_that_recovers_gets_every_event_in_order_per_task(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     client = await start(
         aiohttp_client,
-        tmp_path,
+        store_url,
         [{"name": "flaky", "kind": "memory", "options": {"fail_first": 25}, "concurrency": 4, **FAST,
           "retry_schedule": [0.01] * 30}],
     )  # fmt: skip
@@ -191,10 +201,10 @@ async def test_a_failing_sink_that_recovers_gets_every_event_in_order_per_task(
 
 
 async def test_after_the_last_attempt_a_delivery_is_dead_kept_and_redrivable(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     client = await start(
-        aiohttp_client, tmp_path, [{"name": "down", "kind": "memory", "options": {"fail_first": 4}, **FAST}]
+        aiohttp_client, store_url, [{"name": "down", "kind": "memory", "options": {"fail_first": 4}, **FAST}]
     )
     await post(client, REVIEW)
 
@@ -220,11 +230,11 @@ async def test_after_the_last_attempt_a_delivery_is_dead_kept_and_redrivable(
 
 
 async def test_one_dead_sink_does_not_hold_up_the_others(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     client = await start(
         aiohttp_client,
-        tmp_path,
+        store_url,
         [
             {
                 "name": "stuck",
@@ -242,9 +252,9 @@ async def test_one_dead_sink_does_not_hold_up_the_others(
 
 
 async def test_a_410_switches_the_sink_off_until_re_enabled(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
-    client = await start(aiohttp_client, tmp_path, [{"name": "gone", "kind": "memory", **FAST}])
+    client = await start(aiohttp_client, store_url, [{"name": "gone", "kind": "memory", **FAST}])
     gone = sink(client, "gone")
     gone.gone = True
     await post(client, REVIEW)
@@ -262,10 +272,10 @@ async def test_a_410_switches_the_sink_off_until_re_enabled(
 
 
 async def test_pending_deliveries_survive_a_restart_and_resume(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     slow = [{"name": "slow", "kind": "memory", "options": {"delay": 0.05}, "concurrency": 1}]
-    first = await start(aiohttp_client, tmp_path, slow)
+    first = await start(aiohttp_client, store_url, slow)
     for i in range(30):
         await post(first, {**REVIEW, "SessionId": f"r-{i}"})
     await eventually(lambda: len(sink(first, "slow").received) >= 3)
@@ -274,7 +284,7 @@ async def test_pending_deliveries_survive_a_restart_and_resume(
     delivered_before = {d["event_id"] for d in first_sink.received}
     assert len(delivered_before) < 30
 
-    second = await start(aiohttp_client, tmp_path, slow)
+    second = await start(aiohttp_client, store_url, slow)
     await eventually(lambda: len(sink(second, "slow").received) + len(delivered_before) >= 30, within=10)
     everything = delivered_before | {d["event_id"] for d in sink(second, "slow").received}
     assert len(everything) == 30
@@ -282,20 +292,20 @@ async def test_pending_deliveries_survive_a_restart_and_resume(
 
 @pytest.mark.parametrize("bad", [{"state": "lost"}, {"sink": 3}, {"colour": "red"}, {"dry_run": "yes"}])
 async def test_bad_redrive_requests_are_400_naming_the_field(
-    aiohttp_client: ClientFactory, tmp_path: Path, bad: dict[str, Any]
+    store_url: str, aiohttp_client: ClientFactory, bad: dict[str, Any]
 ) -> None:
-    client = await start(aiohttp_client, tmp_path, [{"name": "a", "kind": "memory"}])
+    client = await start(aiohttp_client, store_url, [{"name": "a", "kind": "memory"}])
     resp = await client.post("/v1/deliveries/redrive", json=bad)
     assert resp.status == 400
     assert (await resp.json())["error"]["field"] == next(iter(bad))
 
 
 async def test_the_breaker_half_open_trial_is_not_lost_when_nothing_is_due(
-    aiohttp_client: ClientFactory, tmp_path: Path
+    store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     client = await start(
         aiohttp_client,
-        tmp_path,
+        store_url,
         [{"name": "b", "kind": "memory", "options": {"fail_first": 1}, "breaker_threshold": 1,
           "breaker_cooldown": 0.05, "retry_schedule": [30.0], "jitter": 0.0}],
     )  # fmt: skip

@@ -16,7 +16,7 @@ from receiver.settings import Settings
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import TaskState
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
-from tests.test_sqlite_store import EOF_DOC, REVIEW, event, new_task
+from tests.test_store import EOF_DOC, REVIEW, event, new_task
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

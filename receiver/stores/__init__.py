@@ -1,10 +1,11 @@
-"""Store adapters, chosen by the store URL: ``sqlite:///path`` (the default)."""
+"""Store adapters, chosen by the store URL: ``sqlite:///path`` (the default) or ``postgresql://...``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from receiver.errors import ConfigError
+from receiver.ports import Store
 from receiver.settings import StoreSettings
 from receiver.stores.sqlite import SqliteStore
 
@@ -19,11 +20,16 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len(prefix) :])
 
 
-async def open_store(settings: StoreSettings) -> SqliteStore:
+async def open_store(settings: StoreSettings) -> Store:
     if settings.url.startswith("sqlite:"):
         return await SqliteStore.open(
             sqlite_path(settings.url),
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
-    raise ConfigError(f"store.url: expected a sqlite:/// URL, got {settings.url.split(':', 1)[0]}:...")
+    if settings.url.startswith(("postgresql://", "postgres://")):
+        from receiver.stores.postgres import PostgresStore
+
+        return await PostgresStore.open(settings.url, max_size=settings.pool_size)
+    scheme = settings.url.split(":", 1)[0]
+    raise ConfigError(f"store.url: expected sqlite:///<path> or postgresql://..., got {scheme}:...")

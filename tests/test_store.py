@@ -1,19 +1,25 @@
-"""The SQLite store on a real file: dedup, matching, orphans, states, pages, and failure."""
+"""The store behaviour, run against both stores (a real SQLite file, a real PostgreSQL database),
+plus what only SQLite has (its file lock, its migrations on reopen, its writer's cache)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from receiver import events
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Channel, Event, Verdict
 from receiver.ports import EventQuery
+from receiver.stores.postgres import PostgresStore
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import MatchedBy, Task, TaskState, new_id
 from tests.conftest import FROZEN_NOW, body, example
@@ -42,14 +48,43 @@ def new_task(task_id: str | None = "T1", session_context: str = "", **kw: Any) -
     )
 
 
+PG_URL = os.environ.get("RECEIVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     s = await SqliteStore.open(tmp_path / "var" / "receiver.db", busy_timeout_ms=100)
     yield s
     await s.aclose()
 
 
-async def test_an_event_is_stored_with_its_findings_and_raw_payload(store: SqliteStore) -> None:
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh, empty database on the real PostgreSQL, dropped afterwards."""
+    admin = await asyncpg.connect(PG_URL)
+    name = f"receiver_test_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        s: Any = await SqliteStore.open(tmp_path / "var" / "receiver.db", busy_timeout_ms=100)
+        yield s
+        await s.aclose()
+        return
+    async with postgres_database() as url:
+        s = await PostgresStore.open(url)
+        yield s
+        await s.aclose()
+
+
+async def test_an_event_is_stored_with_its_findings_and_raw_payload(store: Any) -> None:
     e = event(REVIEW)
     [rec] = await store.record_events([e])
     assert (rec.duplicate, rec.task, rec.late) == (False, None, False)
@@ -67,7 +102,7 @@ async def test_an_event_is_stored_with_its_findings_and_raw_payload(store: Sqlit
     )
 
 
-async def test_a_repeat_is_counted_on_the_existing_row_never_stored_twice(store: SqliteStore) -> None:
+async def test_a_repeat_is_counted_on_the_existing_row_never_stored_twice(store: Any) -> None:
     e = event(REVIEW)
     [first] = await store.record_events([e])
     again = event(REVIEW, at=FROZEN_NOW + 5)
@@ -85,7 +120,7 @@ async def test_a_repeat_is_counted_on_the_existing_row_never_stored_twice(store:
     assert await store.count_events() == 1
 
 
-async def test_events_match_by_session_context_first_then_task_id(store: SqliteStore) -> None:
+async def test_events_match_by_session_context_first_then_task_id(store: Any) -> None:
     by_ctx, _ = await store.register_task(new_task("T-ctx", session_context=REVIEW["SessionContext"]))
     by_id, _ = await store.register_task(new_task(REVIEW["TaskId"]))
     [rec] = await store.record_events([event(REVIEW)])
@@ -98,7 +133,7 @@ async def test_events_match_by_session_context_first_then_task_id(store: SqliteS
     assert rec2.matched_by is MatchedBy.TASK_ID
 
 
-async def test_task_goes_running_then_finished_and_later_events_are_flagged_late(store: SqliteStore) -> None:
+async def test_task_goes_running_then_finished_and_later_events_are_flagged_late(store: Any) -> None:
     await store.register_task(new_task(EOF_DOC["TaskId"]))
     tid = EOF_DOC["TaskId"]
     review = event(REVIEW, TaskId=tid, SessionContext="", at=10)
@@ -126,7 +161,7 @@ async def test_task_goes_running_then_finished_and_later_events_are_flagged_late
     assert lates == [False, False, True]
 
 
-async def test_a_failing_process_eof_fails_the_task_keeping_code_and_message(store: SqliteStore) -> None:
+async def test_a_failing_process_eof_fails_the_task_keeping_code_and_message(store: Any) -> None:
     await store.register_task(new_task(EOF_DOC["TaskId"]))
     await store.record_events([event(EOF_DOC, ProcessEofInfo={"ErrCode": 4002, "Message": "data timeout"})])
     task = await store.get_task(EOF_DOC["TaskId"])
@@ -162,13 +197,13 @@ async def test_orphans_are_kept_and_adopted_in_order_when_their_task_is_register
     assert (await store.list_events(EventQuery(orphan=True))).items == []
 
 
-async def test_a_task_id_cannot_be_registered_twice(store: SqliteStore) -> None:
+async def test_a_task_id_cannot_be_registered_twice(store: Any) -> None:
     await store.register_task(new_task("T1"))
     with pytest.raises(ConflictError):
         await store.register_task(new_task("T1"))
 
 
-async def test_a_task_recorded_without_task_id_learns_it_from_a_context_match(store: SqliteStore) -> None:
+async def test_a_task_recorded_without_task_id_learns_it_from_a_context_match(store: Any) -> None:
     t, _ = await store.register_task(new_task(None, session_context="ours:abc"))
     await store.record_events([event(REVIEW, SessionContext="ours:abc")])
     found = await store.get_task(REVIEW["TaskId"])
@@ -177,7 +212,7 @@ async def test_a_task_recorded_without_task_id_learns_it_from_a_context_match(st
     assert found.state is TaskState.RUNNING
 
 
-async def test_pages_follow_the_order_received_with_a_cursor(store: SqliteStore) -> None:
+async def test_pages_follow_the_order_received_with_a_cursor(store: Any) -> None:
     await store.record_events([event(REVIEW, SessionId=f"s{i}", at=100 + i) for i in range(7)])
     seen: list[str] = []
     after = 0
@@ -194,7 +229,7 @@ async def test_pages_follow_the_order_received_with_a_cursor(store: SqliteStore)
     assert typed.items == []
 
 
-async def test_tasks_list_by_state(store: SqliteStore) -> None:
+async def test_tasks_list_by_state(store: Any) -> None:
     for i in range(5):
         await store.register_task(new_task(f"T{i}"))
     await store.record_events([event(EOF_DOC, TaskId="T2")])
@@ -206,7 +241,8 @@ async def test_tasks_list_by_state(store: SqliteStore) -> None:
     assert rest.next is None
 
 
-async def test_a_locked_database_is_unavailable_not_a_crash_and_recovers(store: SqliteStore) -> None:
+async def test_a_locked_database_is_unavailable_not_a_crash_and_recovers(sqlite_store: SqliteStore) -> None:
+    store = sqlite_store
     blocker = sqlite3.connect(store.path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -239,7 +275,7 @@ async def test_reopening_keeps_everything_and_migrations_are_idempotent(tmp_path
     assert version == len(list(shipped.glob("*.sql")))
 
 
-async def test_concurrent_batches_from_many_callers_all_commit(store: SqliteStore) -> None:
+async def test_concurrent_batches_from_many_callers_all_commit(store: Any) -> None:
     batches = [[event(REVIEW, SessionId=f"{b}-{i}") for i in range(20)] for b in range(10)]
     results = await asyncio.gather(*(store.record_events(b) for b in batches))
     assert sum(len(r) for r in results) == 200
@@ -264,7 +300,7 @@ async def test_a_task_registered_through_another_connection_is_seen_by_the_cache
         await b.aclose()
 
 
-async def test_a_rolled_back_batch_leaves_no_trace_in_tasks_or_events(store: SqliteStore) -> None:
+async def test_a_rolled_back_batch_leaves_no_trace_in_tasks_or_events(store: Any) -> None:
     await store.register_task(new_task(EOF_DOC["TaskId"]))
     good = event(EOF_DOC)
     broken = event(REVIEW, TaskId=EOF_DOC["TaskId"], SessionContext="")
