@@ -32,6 +32,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import asyncpg
 import orjson
 from aiohttp import web
 
@@ -99,16 +100,16 @@ class Report:
 
 
 class Receiver:
-    """receiver as a process, restartable on the same port and the same SQLite file."""
+    """receiver as a process, restartable on the same port and the same store."""
 
-    def __init__(self, work: Path, queue: str, sink_url: str) -> None:
+    def __init__(self, work: Path, queue: str, sink_url: str, store_url: str, name: str = "r") -> None:
         self.port = free_port()
         self.work = work
-        self.db = work / "soak.db"
+        self.name = name
         self.env = {
             **os.environ,
             "RECEIVER_HTTP__PORT": str(self.port),
-            "RECEIVER_STORE__URL": f"sqlite:///{self.db}",
+            "RECEIVER_STORE__URL": store_url,
             "RECEIVER_STORE__BUSY_TIMEOUT_MS": "200",
             "RECEIVER_VERIFY__NOTIFY_KEYS": orjson.dumps([KEY]).decode(),
             "RECEIVER_AMQP__URL": AMQP_URL,
@@ -138,7 +139,7 @@ class Receiver:
 
     async def start(self) -> None:
         self.starts += 1
-        with (self.work / f"receiver-{self.starts}.log").open("wb") as log:
+        with (self.work / f"receiver-{self.name}-{self.starts}.log").open("wb") as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 (a child we keep, not one we wait on)
                 [sys.executable, "-m", "receiver", "serve"],
                 env=self.env,
@@ -202,9 +203,81 @@ def make(i: int, tasks: int, bases: list[dict[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, tasks: int = 20) -> Report:
+class Store:
+    """The harness's own view of the store the replicas share: SQLite file or PostgreSQL database."""
+
+    def __init__(self, work: Path, postgres_url: str | None) -> None:
+        self.db = work / "soak.db"
+        self.postgres_url = postgres_url
+        self.url = postgres_url or f"sqlite:///{self.db}"
+
+    async def stored(self) -> dict[str, tuple[int, str, int]]:
+        sql = "SELECT event_id, seq, task_id, duplicates FROM events"
+        if self.postgres_url:
+            con = await asyncpg.connect(self.postgres_url)
+            try:
+                return {r[0]: (r[1], r[2], r[3]) for r in await con.fetch(sql)}
+            except asyncpg.UndefinedTableError:
+                return {}
+            finally:
+                await con.close()
+        if not self.db.exists():
+            return {}
+        lite = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0]: (r[1], r[2], r[3]) for r in lite.execute(sql)}
+        finally:
+            lite.close()
+
+    async def stored_twice(self) -> int:
+        sql = "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1) AS t"
+        if self.postgres_url:
+            con = await asyncpg.connect(self.postgres_url)
+            try:
+                return int(await con.fetchval(sql))
+            finally:
+                await con.close()
+        lite = sqlite3.connect(self.db)
+        try:
+            return int(lite.execute(sql).fetchone()[0])
+        finally:
+            lite.close()
+
+    async def make_unavailable(self, seconds: float) -> None:
+        """SQLite: hold its write lock. PostgreSQL: cut every session the replicas have, twice."""
+        if self.postgres_url:
+            con = await asyncpg.connect(self.postgres_url)
+            try:
+                for _ in range(2):
+                    await con.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                    await asyncio.sleep(seconds / 2)
+            finally:
+                await con.close()
+            return
+        lock = sqlite3.connect(self.db, isolation_level=None, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")
+        await asyncio.sleep(seconds)
+        lock.execute("ROLLBACK")
+        lock.close()
+
+
+async def run(
+    n: int,
+    rate: float,
+    *,
+    seed: int = 1,
+    fault_every: float = 4.0,
+    tasks: int = 20,
+    replicas: int = 1,
+    postgres_url: str | None = None,
+    faults_enabled: bool = True,
+) -> Report:
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="receiver-soak-"))
+    store = Store(work, postgres_url)
     queue = f"soak.{uuid.uuid4().hex[:8]}"
     target = SinkTarget()
     app = web.Application()
@@ -213,11 +286,15 @@ async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, t
     await runner.setup()
     sink_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", sink_port).start()
-    receiver = Receiver(work, queue, f"http://127.0.0.1:{sink_port}/hook")
+    fleet = [
+        Receiver(work, queue, f"http://127.0.0.1:{sink_port}/hook", store.url, name=str(k))
+        for k in range(replicas)
+    ]
     amqp = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=0.5)
     channel = await amqp.channel()
     await declare_topology(channel, AmqpSettings(queue=queue))
-    await receiver.start()
+    for receiver in fleet:
+        await receiver.start()
 
     bases = templates()
     accepted: dict[str, int] = {}  # event id -> sequence number, for what was answered 200 / confirmed
@@ -228,10 +305,13 @@ async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, t
 
     async def send_http(http: aiohttp.ClientSession, i: int, doc: dict[str, Any]) -> None:
         body = orjson.dumps(doc)
-        while True:  # as MPS does: until it is taken
+        attempt = 0
+        while True:  # as MPS does: until it is taken (by any replica, as behind a load balancer)
             t0 = time.perf_counter()
+            port = fleet[(i + attempt) % len(fleet)].port
+            attempt += 1
             try:
-                async with http.post(f"http://127.0.0.1:{receiver.port}/v1/notifications", data=body) as r:
+                async with http.post(f"http://127.0.0.1:{port}/v1/notifications", data=body) as r:
                     await r.read()
                     if r.status == 200:
                         ingest_ms.append((time.perf_counter() - t0) * 1000)
@@ -262,9 +342,10 @@ async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, t
             kind = kinds[faults.total() % len(kinds)] if faults.total() < len(kinds) else rng.choice(kinds)
             faults[kind] += 1
             if kind == "kill":
-                await receiver.kill()
+                victim = rng.choice(fleet)
+                await victim.kill()
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
-                await receiver.start()
+                await victim.start()
             elif kind == "broker":
                 proc = await asyncio.create_subprocess_exec(
                     "rabbitmqctl", "close_all_connections", "soak fault", stdout=asyncio.subprocess.DEVNULL,
@@ -272,15 +353,11 @@ async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, t
                 )  # fmt: skip
                 await proc.wait()
             elif kind == "store":
-                lock = sqlite3.connect(receiver.db, isolation_level=None, timeout=10)
-                lock.execute("BEGIN EXCLUSIVE")
-                await asyncio.sleep(rng.uniform(1.0, 3.0))
-                lock.execute("ROLLBACK")
-                lock.close()
+                await store.make_unavailable(rng.uniform(1.0, 3.0))
             else:
                 target.failing_until = time.monotonic() + rng.uniform(1.0, 3.0)
 
-    injector = asyncio.create_task(inject())
+    injector = asyncio.create_task(inject() if faults_enabled else asyncio.sleep(0))
     pending: set[asyncio.Task[None]] = set()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         for i in range(n):
@@ -300,31 +377,26 @@ async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, t
     sending = False
     injector.cancel()
     await asyncio.gather(injector, return_exceptions=True)
-    if receiver.proc is not None and receiver.proc.poll() is not None:
-        await receiver.start()
+    for receiver in fleet:
+        if receiver.proc is not None and receiver.proc.poll() is not None:
+            await receiver.start()
 
     # Wait for the store to have everything, and the sink to have every stored event.
     problems: list[str] = []
     deadline = time.monotonic() + 120 + n / 200
     stored: dict[str, tuple[int, str, int]] = {}
     while time.monotonic() < deadline:
-        con = sqlite3.connect(f"file:{receiver.db}?mode=ro", uri=True, timeout=5)
-        try:
-            stored = {
-                r[0]: (r[1], r[2], r[3])
-                for r in con.execute("SELECT event_id, seq, task_id, duplicates FROM events")
-            }
-        finally:
-            con.close()
+        stored = await store.stored()
         delivered = {a[0] for a in target.arrivals}
         if set(accepted) <= set(stored) and set(stored) <= delivered:
             break
         await asyncio.sleep(0.5)
     else:
         problems.append("timed out waiting for the store and the sink to catch up")
-    exit_code = await receiver.stop()
-    if exit_code != 0:
-        problems.append(f"receiver exited {exit_code} on SIGTERM")
+    for receiver in fleet:
+        exit_code = await receiver.stop()
+        if exit_code != 0:
+            problems.append(f"receiver {receiver.name} exited {exit_code} on SIGTERM")
     await amqp.close()
     await runner.cleanup()
 
@@ -360,11 +432,7 @@ async def run(n: int, rate: float, *, seed: int = 1, fault_every: float = 4.0, t
         problems=problems,
     )
     # Stored twice, checked from the data rather than assumed: rows per event id.
-    con = sqlite3.connect(receiver.db)
-    report.stored_twice = con.execute(
-        "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1)"
-    ).fetchone()[0]
-    con.close()
+    report.stored_twice = await store.stored_twice()
     async with await aio_pika.connect(AMQP_URL) as cleanup:
         ch = await cleanup.channel()
         for q in (queue, f"{queue}.dead"):

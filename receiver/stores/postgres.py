@@ -40,7 +40,9 @@ from receiver.stores.sqlite_writer import TASK_COLUMNS, task_from_row
 from receiver.tasks import MatchedBy, Task, TaskState
 
 R = TypeVar("R")
-LEASE_SECONDS = 60.0  # a claimed delivery not settled by then may be claimed again (at least once)
+# A claimed delivery not settled by then (its replica died, or lost its connection) may be claimed
+# again: at least once. Longer than a sink's timeout, short enough not to hold a task up for long.
+LEASE_SECONDS = 30.0
 _TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
               asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)  # fmt: skip
 
@@ -130,6 +132,13 @@ class PostgresStore:
         async def body(con: asyncpg.Connection) -> list[Recorded]:
             contexts = sorted({e.session_context for e in events if e.session_context})
             task_ids = sorted({e.task_id for e in events})
+            # One writer at a time per TaskId (registered or not), taken in one order: events of a
+            # task then get their seq and outbox ids in commit order, which is what keeps a task's
+            # deliveries in the order received when several replicas ingest it.
+            await con.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtext(t))) FROM (SELECT t FROM unnest($1::text[]) AS t ORDER BY t) AS keys",
+                task_ids,
+            )
             rows = await con.fetch(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE session_context = ANY($1::text[])"
                 " OR task_id = ANY($2::text[]) ORDER BY id FOR UPDATE",
