@@ -5,10 +5,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY receiver ./receiver
-RUN pip install . && useradd --system --home /app receiver && mkdir -p /app/var && chown receiver /app/var
+RUN pip install . && useradd --system --uid 10001 --home /app receiver && mkdir -p /app/var && chown 10001 /app/var
 COPY config ./config
 
-USER receiver
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001
 EXPOSE 8080
 ENV RECEIVER_HTTP__HOST=0.0.0.0
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
