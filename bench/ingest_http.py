@@ -153,6 +153,56 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
+PG_ADMIN_URL = os.environ.get("RECEIVER_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def create_postgres_database() -> str:
+    import asyncio
+
+    import asyncpg
+
+    name = f"receiver_bench_{os.getpid()}_{int(time.time())}"
+
+    async def create() -> None:
+        con = await asyncpg.connect(PG_ADMIN_URL)
+        await con.execute(f'CREATE DATABASE "{name}"')
+        await con.close()
+
+    asyncio.run(create())
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> None:
+        con = await asyncpg.connect(PG_ADMIN_URL)
+        await con.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        await con.close()
+
+    asyncio.run(drop())
+
+
+def count_events(store_url: str) -> tuple[int, int]:
+    sql = "SELECT count(*), count(task_ref) FROM events"
+    if store_url.startswith("sqlite:///"):
+        row = sqlite3.connect(store_url.removeprefix("sqlite:///")).execute(sql).fetchone()
+        return int(row[0]), int(row[1])
+    import asyncio
+
+    import asyncpg
+
+    async def count() -> tuple[int, int]:
+        con = await asyncpg.connect(store_url)
+        row = await con.fetchrow(sql)
+        await con.close()
+        return int(row[0]), int(row[1])
+
+    return asyncio.run(count())
+
+
 def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
     """Microseconds per notification for each step of the path, measured in-process on one core."""
     import asyncio
@@ -246,13 +296,18 @@ def main() -> int:
     runs: dict[str, Run] = {}
     checks: list[str] = []
     ok = True
-    for sync in ("FULL", "NORMAL"):
+    pg_db = create_postgres_database()
+    stores = {
+        "FULL": f"sqlite:///{work / 'bench-FULL.db'}",
+        "NORMAL": f"sqlite:///{work / 'bench-NORMAL.db'}",
+        "PostgreSQL": pg_db,
+    }
+    for sync, store_url in stores.items():
         port = free_port()
-        db = work / f"bench-{sync}.db"
         env = {
             "RECEIVER_HTTP__PORT": str(port),
-            "RECEIVER_STORE__URL": f"sqlite:///{db}",
-            "RECEIVER_STORE__SQLITE_SYNCHRONOUS": sync,
+            "RECEIVER_STORE__URL": store_url,
+            "RECEIVER_STORE__SQLITE_SYNCHRONOUS": sync if sync in ("FULL", "NORMAL") else "FULL",
             "RECEIVER_VERIFY__NOTIFY_KEYS": orjson.dumps([KEY]).decode(),
             "RECEIVER_LOG__FORMAT": "json",
         }
@@ -269,9 +324,7 @@ def main() -> int:
             runs[sync] = wrk(port, args.duration, args.connections, payload_file)
         finally:
             stop(full)
-        stored, matched = (
-            sqlite3.connect(db).execute("SELECT count(*), count(task_ref) FROM events").fetchone()
-        )
+        stored, matched = count_events(store_url)
         answered = warm.requests + runs[sync].requests - warm.errors - runs[sync].errors
         # wrk stops with requests in flight: those may be stored without wrk counting the answer.
         ok = ok and answered <= stored <= answered + 2 * args.connections and matched == stored
@@ -279,8 +332,9 @@ def main() -> int:
             f"{sync}: {answered:,} answered 200, {stored:,} stored, {matched:,} matched to their task"
         )
 
+    drop_postgres_database(pg_db)
     breakdown = stages(payload_file, work)
-    full_run, normal_run = runs["FULL"], runs["NORMAL"]
+    full_run, normal_run, pg_run = runs["FULL"], runs["NORMAL"], runs["PostgreSQL"]
 
     def row(name: str, r: Run) -> str:
         ratio = r.rps / base.rps
@@ -302,6 +356,7 @@ spread over {TASKS} registered tasks. Rerun: `make bench`.
 {row("bare aiohttp handler (reads the body, answers 200)", base)}
 {row("receiver, full path, SQLite synchronous=FULL (default)", full_run)}
 {row("receiver, full path, SQLite synchronous=NORMAL", normal_run)}
+{row("receiver, full path, PostgreSQL (same machine)", pg_run)}
 
 Full path = parse, verify, normalize, match the task, commit (group commit), log, then 200.
 Targets: >= 0.5x the bare handler, p99 <= 25 ms.
