@@ -108,6 +108,7 @@ def create_app(
     app[routes.MAX_BODY] = settings.http.max_body_bytes
     app[routes.API_TOKEN] = settings.api.token.get_secret_value() if settings.api.token else ""
     app[routes.CLOCK] = clock
+    app[routes.TASK_DEADLINE] = settings.maintenance.task_deadline
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = store is None

@@ -13,7 +13,12 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def task_document(task: Task) -> dict[str, Any]:
+def overdue(task: Task, now: float, deadline: float) -> bool:
+    """Started more than ``deadline`` seconds ago and still no ProcessEof (0: never overdue)."""
+    return bool(deadline) and not task.state.ended and now - task.created_at > deadline
+
+
+def task_document(task: Task, *, now: float | None = None, deadline: float = 0.0) -> dict[str, Any]:
     return {
         "id": task.id,
         "task_id": task.task_id,
@@ -32,6 +37,7 @@ def task_document(task: Task) -> dict[str, Any]:
         "last_event_at": iso(task.last_event_at),
         "ended_at": iso(task.ended_at),
         "request_id": task.request_id,
+        "overdue": overdue(task, now, deadline) if now is not None else False,
     }
 
 

@@ -160,6 +160,7 @@ class MaintenanceSettings(Section):
     interval: float = Field(default=60.0, gt=0)  # seconds between passes
     stall_after: float = Field(default=900.0, ge=0)  # no notification for this long: stalled (0 = never)
     retention_days: float = Field(default=30.0, ge=0)  # raw payloads, delivered outbox rows (0 = keep)
+    task_deadline: float = Field(default=0.0, ge=0)  # a task older than this without ProcessEof is "overdue"
 
 
 class LogSettings(Section):

@@ -14,7 +14,15 @@ from receiver.errors import ConfigError
 from receiver.mps import MpsClient, MpsError
 from receiver.settings import MpsSettings
 from receiver.submit import SubmitRequest, submit
-from receiver.web import CLOCK, STORE, BadParameterError, error_response, json_response, protected
+from receiver.web import (
+    CLOCK,
+    STORE,
+    TASK_DEADLINE,
+    BadParameterError,
+    error_response,
+    json_response,
+    protected,
+)
 
 log = structlog.get_logger("receiver.submit_api")
 MPS_CLIENT: web.AppKey[MpsClient | None] = web.AppKey("mps_client")
@@ -64,7 +72,8 @@ async def submit_task(request: web.Request) -> web.Response:
             mps_code=exc.mps_code,
             request_id=exc.request_id,
         )
-    return json_response(task_document(task), 201)
+    now = request.app[CLOCK]()
+    return json_response(task_document(task, now=now, deadline=request.app[TASK_DEADLINE]), 201)
 
 
 def add_routes(app: web.Application, settings: MpsSettings) -> None:

@@ -42,6 +42,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+TASK_DEADLINE = web.AppKey("task_deadline", float)  # seconds; 0 = tasks are never overdue
 
 _OK = b'{"code":0}'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -185,14 +186,18 @@ async def register_task(request: web.Request) -> web.Response:
     except ConflictError as exc:
         return error_response(409, exc.code, str(exc), field="task_id")
     log.info("task registered", task_id=task.task_id, adopted_events=adopted, state=task.state.value)
-    return json_response({**task_document(task), "adopted_events": adopted}, 201)
+    return json_response({**_task_doc(request, task), "adopted_events": adopted}, 201)
+
+
+def _task_doc(request: web.Request, task: Task) -> dict[str, Any]:
+    return task_document(task, now=request.app[CLOCK](), deadline=request.app[TASK_DEADLINE])
 
 
 async def get_task(request: web.Request) -> web.Response:
     task = await request.app[STORE].get_task(request.match_info["task_id"])
     if task is None:
         return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
-    return json_response(task_document(task))
+    return json_response(_task_doc(request, task))
 
 
 def limit_param(request: web.Request) -> int:
@@ -219,7 +224,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     page = await request.app[STORE].list_tasks(
         state=state, after=str(cursor_param(request)), limit=limit_param(request)
     )
-    return json_response({"items": [task_document(t) for t in page.items], "next": page.next})
+    return json_response({"items": [_task_doc(request, t) for t in page.items], "next": page.next})
 
 
 def time_param(raw: str, name: str = "since") -> float:

@@ -125,3 +125,29 @@ async def test_retention_drops_old_payloads_and_delivered_rows_but_keeps_dead_le
         assert sorted(left) == ["dead", "delivered", "pending"]
     finally:
         await store.aclose()
+
+
+async def test_a_task_past_its_deadline_without_process_eof_is_flagged_overdue(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    now = [FROZEN_NOW]
+    settings = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/o.db"},
+            "verify": {"notify_keys": [NOTIFY_KEY]},
+            "maintenance": {"task_deadline": 3600},
+        }
+    )
+    client = await aiohttp_client(create_app(settings, clock=lambda: now[0]))
+    for task_id in ("long-stream", "ended-stream"):
+        assert (await client.post("/v1/tasks", json={"task_id": task_id})).status == 201
+    eof = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+    await client.post("/v1/notifications", data=body(signed({**eof, "TaskId": "ended-stream"})))
+
+    async def overdue(task_id: str) -> bool:
+        return bool((await (await client.get(f"/v1/tasks/{task_id}")).json())["overdue"])
+
+    assert not await overdue("long-stream")
+    now[0] = FROZEN_NOW + 3601
+    assert await overdue("long-stream")
+    assert not await overdue("ended-stream")  # it ended: never overdue
