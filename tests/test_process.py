@@ -50,9 +50,12 @@ class Server:
             "RECEIVER_HTTP__PORT": str(self.port),
             "RECEIVER_LOG__FORMAT": "json",
         }
+        # The console script the package installs (what the image's ENTRYPOINT runs), if there.
+        script = Path(sys.executable).with_name("receiver")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "receiver"]
         with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "receiver", *args, "serve"],
+                [*command, *args, "serve"],
                 cwd=cwd,
                 env=full_env,
                 stdout=out,
