@@ -314,3 +314,30 @@ async def test_a_rolled_back_batch_leaves_no_trace_in_tasks_or_events(store: Any
     [rec] = await store.record_events([good])  # and the writer's cache did not keep the failed change
     assert rec.task is not None
     assert (rec.task.state, rec.task.event_count) == (TaskState.FINISHED, 1)
+
+
+async def test_quarantine_and_the_outbox_read_back_the_same_on_both_stores(store: Any) -> None:
+    from receiver.ports import DeliveryQuery, DeliveryState, Quarantined, Settlement
+
+    await store.quarantine(
+        Quarantined("amqp", 5.0, "invalid_notification", "TaskId: missing", "TaskId", b"\xff{", {"m": 1})
+    )
+    [kept] = (await store.list_quarantine(after=0, limit=10)).items
+    assert (kept.reason, kept.field, kept.body, kept.meta) == (
+        "invalid_notification",
+        "TaskId",
+        b"\xff{",
+        {"m": 1},
+    )
+    await store.record_events([event(REVIEW, SessionId=str(i)) for i in range(3)], lambda e, t: ["a", "b"])
+    claimed = await store.claim_deliveries("a", now=FROZEN_NOW + 1, limit=10, busy_keys=set())
+    assert len(claimed) == 1  # one task: one delivery at a time
+    await store.settle_deliveries(
+        [Settlement(claimed[0].id, DeliveryState.DEAD, 1, FROZEN_NOW, "x", FROZEN_NOW)]
+    )
+    await store.set_sink_disabled("b", "gone")
+    stats = {s.sink: (s.pending, s.delivered, s.dead, s.disabled) for s in await store.sink_stats()}
+    assert stats == {"a": (2, 0, 1, None), "b": (3, 0, 0, "gone")}
+    assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW, dry_run=True) == 1
+    assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW) == 1
+    assert (await store.list_deliveries(DeliveryQuery(sink="a", state="dead"))).items == []

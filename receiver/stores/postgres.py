@@ -35,7 +35,8 @@ from receiver.ports import (
     Settlement,
     SinkStats,
 )
-from receiver.stores.sqlite_rows import DELIVERIES_WITH_EVENTS, EVENT_COLUMNS, delivery_filter, event_record
+from receiver.stores import rows
+from receiver.stores.rows import DELIVERIES_WITH_EVENTS, EVENT_COLUMNS, delivery_filter, event_record
 from receiver.stores.sqlite_writer import TASK_COLUMNS, task_from_row
 from receiver.tasks import MatchedBy, Task, TaskState
 
@@ -292,25 +293,13 @@ class PostgresStore:
         return await self._run(body, write=False)
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
-        clauses: list[str] = ["seq > ?"]
-        args: list[Any] = [query.after]
-        for column, value in (("task_id", query.task_id), ("task_ref", query.task_ref),
-                              ("notification_type", query.notification_type)):  # fmt: skip
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        if query.since is not None:
-            clauses.append("received_at >= ?")
-            args.append(query.since)
-        if query.orphan is not None:
-            clauses.append("task_ref IS NULL" if query.orphan else "task_ref IS NOT NULL")
-        args.append(query.limit + 1)
-        sql = pg(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?")
+        where, args = rows.event_filter(query)
+        sql = pg(rows.EVENT_QUERY_STATEMENT.format(columns=EVENT_COLUMNS, where=where))
 
         async def body(con: asyncpg.Connection) -> Page[EventRecord]:
-            rows = await con.fetch(sql, *args)
-            items = [event_record(tuple(r)) for r in rows[: query.limit]]
-            return Page(items, str(items[-1].seq) if len(rows) > query.limit else None)
+            found = await con.fetch(sql, *args, query.limit + 1)
+            items = [event_record(tuple(r)) for r in found[: query.limit]]
+            return Page(items, str(items[-1].seq) if len(found) > query.limit else None)
 
         return await self._run(body, write=False)
 
@@ -402,24 +391,7 @@ class PostgresStore:
 
     async def sink_stats(self) -> list[SinkStats]:
         async def body(con: asyncpg.Connection) -> list[SinkStats]:
-            counts: dict[str, dict[str, Any]] = {}
-            for r in await con.fetch(
-                "SELECT sink, state, count(*), min(created_at) FROM deliveries GROUP BY sink, state"
-            ):
-                entry = counts.setdefault(r[0], {"pending": 0, "delivered": 0, "dead": 0, "oldest": None})
-                entry[r[1]] = r[2]
-                if r[1] == "pending":
-                    entry["oldest"] = r[3]
-            disabled = {
-                r[0]: r[1]
-                for r in await con.fetch("SELECT sink, reason FROM sink_state WHERE disabled_at IS NOT NULL")
-            }
-            empty = {"pending": 0, "delivered": 0, "dead": 0, "oldest": None}
-            return [
-                SinkStats(n, counts.get(n, empty)["pending"], counts.get(n, empty)["delivered"],
-                          counts.get(n, empty)["dead"], counts.get(n, empty)["oldest"], disabled.get(n))
-                for n in sorted(set(counts) | set(disabled))
-            ]  # fmt: skip
+            return rows.sink_stats(await con.fetch(rows.SINK_COUNTS), await con.fetch(rows.SINKS_DISABLED))
 
         return await self._run(body, write=False)
 
@@ -454,18 +426,9 @@ class PostgresStore:
 
     async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]:
         async def body(con: asyncpg.Connection) -> Page[Quarantined]:
-            rows = await con.fetch(
-                "SELECT id, channel, received_at, reason, detail, field, body, meta FROM quarantine"
-                " WHERE id > $1 ORDER BY id LIMIT $2",
-                after,
-                limit + 1,
-            )
-            items = [
-                Quarantined(id=r[0], channel=r[1], received_at=r[2], reason=r[3], detail=r[4], field=r[5],
-                            body=bytes(r[6]), meta=orjson.loads(r[7]))
-                for r in rows[:limit]
-            ]  # fmt: skip
-            return Page(items, str(items[-1].id) if len(rows) > limit else None)
+            found = await con.fetch(pg(rows.QUARANTINE_PAGE), after, limit + 1)
+            items = [rows.quarantine_record(tuple(r)) for r in found[:limit]]
+            return Page(items, str(items[-1].id) if len(found) > limit else None)
 
         return await self._run(body, write=False)
 

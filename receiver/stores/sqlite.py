@@ -15,8 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import orjson
-
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import (
@@ -32,7 +30,8 @@ from receiver.ports import (
     Settlement,
     SinkStats,
 )
-from receiver.stores.sqlite_rows import (
+from receiver.stores import rows
+from receiver.stores.rows import (
     DELIVERIES_WITH_EVENTS,
     EVENT_COLUMNS,
     delivery_filter,
@@ -227,32 +226,10 @@ class SqliteStore:
     async def sink_stats(self) -> list[SinkStats]:
         def run() -> list[SinkStats]:
             assert self._rcon is not None
-            counts: dict[str, dict[str, Any]] = {}
-            for sink, state, n, oldest in self._rcon.execute(
-                "SELECT sink, state, count(*), min(created_at) FROM deliveries GROUP BY sink, state"
-            ):
-                entry = counts.setdefault(sink, {"pending": 0, "delivered": 0, "dead": 0, "oldest": None})
-                entry[state] = n
-                if state == "pending":
-                    entry["oldest"] = oldest
-            disabled = dict(
-                self._rcon.execute(
-                    "SELECT sink, reason FROM sink_state WHERE disabled_at IS NOT NULL"
-                ).fetchall()
+            return rows.sink_stats(
+                self._rcon.execute(rows.SINK_COUNTS).fetchall(),
+                self._rcon.execute(rows.SINKS_DISABLED).fetchall(),
             )
-            names = sorted(set(counts) | set(disabled))
-            empty = {"pending": 0, "delivered": 0, "dead": 0, "oldest": None}
-            return [
-                SinkStats(
-                    sink=n,
-                    pending=counts.get(n, empty)["pending"],
-                    delivered=counts.get(n, empty)["delivered"],
-                    dead=counts.get(n, empty)["dead"],
-                    oldest_pending_at=counts.get(n, empty)["oldest"],
-                    disabled=disabled.get(n),
-                )
-                for n in names
-            ]
 
         return await self._read_safely(run)
 
@@ -323,29 +300,14 @@ class SqliteStore:
         return await self._read_safely(run)
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
+        where, args = rows.event_filter(query)
+        sql = rows.EVENT_QUERY_STATEMENT.format(columns=EVENT_COLUMNS, where=where)
+
         def run() -> Page[EventRecord]:
             assert self._rcon is not None
-            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?"
-            args: list[Any] = [query.after]
-            for column, value in (
-                ("task_id", query.task_id),
-                ("task_ref", query.task_ref),
-                ("notification_type", query.notification_type),
-            ):
-                if value is not None:
-                    sql += f" AND {column} = ?"
-                    args.append(value)
-            if query.since is not None:
-                sql += " AND received_at >= ?"
-                args.append(query.since)
-            if query.orphan is not None:
-                sql += " AND task_ref IS NULL" if query.orphan else " AND task_ref IS NOT NULL"
-            sql += " ORDER BY seq LIMIT ?"
-            args.append(query.limit + 1)
-            rows = self._rcon.execute(sql, args).fetchall()
-            more = len(rows) > query.limit
-            items = [event_record(r) for r in rows[: query.limit]]
-            return Page(items, str(items[-1].seq) if more else None)
+            found = self._rcon.execute(sql, [*args, query.limit + 1]).fetchall()
+            items = [event_record(r) for r in found[: query.limit]]
+            return Page(items, str(items[-1].seq) if len(found) > query.limit else None)
 
         return await self._read_safely(run)
 
@@ -355,25 +317,9 @@ class SqliteStore:
     async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]:
         def run() -> Page[Quarantined]:
             assert self._rcon is not None
-            rows = self._rcon.execute(
-                "SELECT id, channel, received_at, reason, detail, field, body, meta FROM quarantine"
-                " WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
-            items = [
-                Quarantined(
-                    id=r[0],
-                    channel=r[1],
-                    received_at=r[2],
-                    reason=r[3],
-                    detail=r[4],
-                    field=r[5],
-                    body=bytes(r[6]),
-                    meta=orjson.loads(r[7]),
-                )
-                for r in rows[:limit]
-            ]
-            return Page(items, str(items[-1].id) if len(rows) > limit else None)
+            found = self._rcon.execute(rows.QUARANTINE_PAGE, (after, limit + 1)).fetchall()
+            items = [rows.quarantine_record(r) for r in found[:limit]]
+            return Page(items, str(items[-1].id) if len(found) > limit else None)
 
         return await self._read_safely(run)
 

@@ -19,7 +19,7 @@ from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
-from receiver.stores.sqlite_rows import DELIVERIES_WITH_EVENTS
+from receiver.stores.rows import DELIVERIES_WITH_EVENTS
 from receiver.tasks import MatchedBy, Task, TaskState
 
 R = TypeVar("R")
