@@ -123,6 +123,27 @@ def apply(task: Task, event: Occurrence) -> Transition:
     return Transition(replace(task, **changes), late=False)
 
 
+def adoption_match(task: Task, event_session_context: str) -> MatchedBy:
+    """How an orphan is said to match the task that adopts it (the rule ``match`` applies)."""
+    if task.session_context and event_session_context == task.session_context:
+        return MatchedBy.SESSION_CONTEXT
+    return MatchedBy.TASK_ID
+
+
+def submission_failed(task: Task, error: str, now: float) -> Task:
+    """A ``submitting`` task whose ProcessLiveStream call failed: ``failed``, with the error."""
+    if task.state is not TaskState.SUBMITTING:
+        return task  # events arrived first: they, not the failed answer, say where it is
+    return replace(task, state=TaskState.FAILED, err_message=error, updated_at=now, ended_at=now)
+
+
+def submitted(task: Task, task_id: str | None, request_id: str | None, now: float) -> Task:
+    """A task whose ProcessLiveStream call answered: its TaskId and RequestId, and ``submitted``
+    unless its events have moved it on already."""
+    state = TaskState.SUBMITTED if task.state is TaskState.SUBMITTING else task.state
+    return replace(task, task_id=task.task_id or task_id, request_id=request_id, state=state, updated_at=now)
+
+
 def new_id() -> str:
     """A fresh id of ours for a task record."""
     return uuid.uuid4().hex

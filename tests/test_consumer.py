@@ -275,3 +275,17 @@ async def test_connections_forcibly_closed_by_the_broker_are_recovered(
         await eventually(await count_is(consumer_app, 11))
     finally:
         await publisher.close()
+
+
+async def test_a_body_over_the_limit_is_dead_lettered_as_too_large(
+    aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
+) -> None:
+    limits = settings(tmp_path, broker.queue).model_copy(deep=True)
+    limits.http.max_body_bytes = 4096
+    client = await aiohttp_client(create_app(limits, clock=lambda: FROZEN_NOW))
+    await broker.publish(body(signed({**REVIEW, "Padding": "x" * 5000})))
+    await broker.publish(body(signed(REVIEW)))  # its neighbour goes through
+    await eventually(await count_is(client, 1))
+    await eventually(lambda: _depth_is(broker, f"{broker.queue}.dead", 1))
+    [dead] = await broker.drain(f"{broker.queue}.dead")
+    assert (dead.headers or {})[REASON_HEADER] == "too_large"

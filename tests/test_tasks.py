@@ -97,3 +97,35 @@ def test_a_shared_session_context_is_settled_by_task_id() -> None:
     c = task(id="c", task_id="T7")
     assert tasks.match(Happened(task_id="T7"), [a, b], c) == (c, MatchedBy.TASK_ID)
     assert tasks.match(Happened(task_id="T8"), [a, b], None) is None
+
+
+def test_a_submission_answer_moves_submitting_to_submitted_but_never_back_from_running() -> None:
+    waiting = task(task_id=None, state=TaskState.SUBMITTING)
+    done = tasks.submitted(waiting, "T5", "req-1", now=7.0)
+    assert (done.state, done.task_id, done.request_id, done.updated_at) == (
+        TaskState.SUBMITTED,
+        "T5",
+        "req-1",
+        7.0,
+    )
+    ahead = tasks.apply(waiting, Happened(task_id="T5")).task  # a notification beat the answer
+    assert tasks.submitted(ahead, "T5", "req-1", now=8.0).state is TaskState.RUNNING
+
+
+def test_a_failed_submission_fails_only_a_task_still_submitting() -> None:
+    waiting = task(task_id=None, state=TaskState.SUBMITTING)
+    failed = tasks.submission_failed(waiting, "submit failed: AuthFailure", now=3.0)
+    assert (failed.state, failed.err_message, failed.ended_at) == (
+        TaskState.FAILED,
+        "submit failed: AuthFailure",
+        3.0,
+    )
+    running = task(state=TaskState.RUNNING)
+    assert tasks.submission_failed(running, "x", now=3.0) is running
+
+
+def test_an_adopted_orphan_matched_by_context_only_when_the_contexts_agree() -> None:
+    with_context = task(session_context="room-1")
+    assert tasks.adoption_match(with_context, "room-1") is MatchedBy.SESSION_CONTEXT
+    assert tasks.adoption_match(with_context, "room-2") is MatchedBy.TASK_ID
+    assert tasks.adoption_match(task(), "") is MatchedBy.TASK_ID

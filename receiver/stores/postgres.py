@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import replace
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -219,25 +218,13 @@ class PostgresStore:
         return await self._run(body)
 
     async def _adopt(self, con: asyncpg.Connection, task: Task) -> tuple[Task, int]:
-        orphans = await con.fetch(
-            "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message"
-            " FROM events WHERE task_ref IS NULL AND (task_id = $1 OR (session_context <> '' AND session_context = $2))"
-            " ORDER BY seq FOR UPDATE",
-            task.task_id or "",
-            task.session_context,
-        )
-        for o in orphans:
-            by_context = task.session_context and o["session_context"] == task.session_context
-            matched_by = MatchedBy.SESSION_CONTEXT if by_context else MatchedBy.TASK_ID
-            transition = tasks.apply(task, _Occurrence(o))
+        found = await con.fetch(pg(rows.ORPHANS_OF) + " FOR UPDATE", task.task_id or "", task.session_context)
+        orphans = [rows.Orphan(*tuple(r)) for r in found]
+        for orphan in orphans:
+            matched_by = tasks.adoption_match(task, orphan.session_context)
+            transition = tasks.apply(task, orphan)
             task = transition.task
-            await con.execute(
-                "UPDATE events SET task_ref = $1, matched_by = $2, late = $3 WHERE seq = $4",
-                task.id,
-                matched_by.value,
-                transition.late,
-                o["seq"],
-            )
+            await con.execute(pg(rows.ADOPT), task.id, matched_by.value, transition.late, orphan.seq)
         await con.execute(_UPDATE_TASK, *_task_row(task))
         return task, len(orphans)
 
@@ -250,21 +237,14 @@ class PostgresStore:
             row = await con.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE", ref)
             task = task_from_row(row)
             if error is not None:
-                if task.state is TaskState.SUBMITTING:
-                    task = replace(
-                        task, state=TaskState.FAILED, err_message=error, updated_at=now, ended_at=now
-                    )
-                    await con.execute(_UPDATE_TASK, *_task_row(task))
+                task = tasks.submission_failed(task, error, now)
+                await con.execute(_UPDATE_TASK, *_task_row(task))
                 return task, 0
             if task_id is not None and task.task_id is None:
                 other = await con.fetchval("SELECT id FROM tasks WHERE task_id = $1", task_id)
                 if other is not None and other != ref:
                     raise ConflictError(f"task_id {task_id!r} is already registered")
-            state = TaskState.SUBMITTED if task.state is TaskState.SUBMITTING else task.state
-            task = replace(
-                task, task_id=task.task_id or task_id, request_id=request_id, state=state, updated_at=now
-            )
-            return await self._adopt(con, task)
+            return await self._adopt(con, tasks.submitted(task, task_id, request_id, now))
 
         return await self._run(body)
 
@@ -469,14 +449,3 @@ class PostgresStore:
 
     async def count_events(self) -> int:
         return int(await self._run(lambda con: con.fetchval("SELECT count(*) FROM events"), write=False))
-
-
-class _Occurrence:
-    """An orphan row as the task rules read it."""
-
-    def __init__(self, row: asyncpg.Record) -> None:
-        self.task_id: str = row["task_id"]
-        self.notification_type: str = row["notification_type"]
-        self.received_at: float = row["received_at"]
-        self.err_code: int | None = row["err_code"]
-        self.err_message: str | None = row["err_message"]

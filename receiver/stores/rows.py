@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
@@ -13,6 +14,28 @@ from receiver.ports import DeliveryQuery, EventQuery, EventRecord, Quarantined, 
 from receiver.tasks import MatchedBy
 
 DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+
+# The orphans a task would have matched had it been registered first, in the order received.
+ORPHANS_OF: Final = (
+    "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message"
+    " FROM events WHERE task_ref IS NULL AND (task_id = ? OR (session_context <> '' AND session_context = ?))"
+    " ORDER BY seq"
+)
+ADOPT: Final = "UPDATE events SET task_ref = ?, matched_by = ?, late = ? WHERE seq = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A row of ``ORPHANS_OF``: what the task rules read of an orphan event."""
+
+    seq: int
+    task_id: str
+    session_context: str
+    notification_type: str
+    received_at: float
+    err_code: int | None
+    err_message: str | None
+
 
 EVENT_COLUMNS = (
     "seq, event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -19,7 +18,7 @@ from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
-from receiver.stores.rows import DELIVERIES_WITH_EVENTS
+from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan
 from receiver.tasks import MatchedBy, Task, TaskState
 
 R = TypeVar("R")
@@ -61,19 +60,6 @@ def task_from_row(row: Sequence[Any]) -> Task:
         ended_at=row[15],
         request_id=row[16],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Orphan:
-    """The columns of a stored orphan event that the task rules read."""
-
-    seq: int
-    task_id: str
-    session_context: str
-    notification_type: str
-    received_at: float
-    err_code: int | None
-    err_message: str | None
 
 
 class SqliteWriter:
@@ -360,21 +346,13 @@ class SqliteWriter:
         def run() -> tuple[Task, int]:
             task = self._task(ref)
             if error is not None:
-                if task.state is TaskState.SUBMITTING:
-                    task = replace(
-                        task, state=TaskState.FAILED, err_message=error, updated_at=now, ended_at=now
-                    )
-                    self._staged[task.id] = task
+                task = self._staged[task.id] = tasks.submission_failed(task, error, now)
                 return task, 0
             if task_id is not None and task.task_id is None:
                 other = self._by_mps_task_id(task_id)
                 if other is not None and other.id != task.id:
                     raise ConflictError(f"task_id {task_id!r} is already registered")
-            state = TaskState.SUBMITTED if task.state is TaskState.SUBMITTING else task.state
-            task = replace(
-                task, task_id=task.task_id or task_id, request_id=request_id, state=state, updated_at=now
-            )
-            self._staged[task.id] = task
+            task = self._staged[task.id] = tasks.submitted(task, task_id, request_id, now)
             return self._adopt(task)
 
         return self.transaction(run)
@@ -413,24 +391,12 @@ class SqliteWriter:
         return self._adopt(task)
 
     def _adopt(self, task: Task) -> tuple[Task, int]:
-        # Orphans that this task would have matched had it been registered first, in the order received.
-        orphans = [
-            _Orphan(*r)
-            for r in self.con.execute(
-                "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message"
-                " FROM events WHERE task_ref IS NULL"
-                " AND (task_id = ? OR (session_context <> '' AND session_context = ?)) ORDER BY seq",
-                (task.task_id or "", task.session_context),
-            )
-        ]
+        found = self.con.execute(ORPHANS_OF, (task.task_id or "", task.session_context))
+        orphans = [Orphan(*r) for r in found]
         for orphan in orphans:
-            by_context = task.session_context and orphan.session_context == task.session_context
-            matched_by = MatchedBy.SESSION_CONTEXT if by_context else MatchedBy.TASK_ID
+            matched_by = tasks.adoption_match(task, orphan.session_context)
             transition = tasks.apply(task, orphan)
             task = transition.task
-            self.con.execute(
-                "UPDATE events SET task_ref = ?, matched_by = ?, late = ? WHERE seq = ?",
-                (task.id, matched_by.value, transition.late, orphan.seq),
-            )
+            self.con.execute(ADOPT, (task.id, matched_by.value, transition.late, orphan.seq))
         self._staged[task.id] = task
         return task, len(orphans)
