@@ -207,7 +207,7 @@ def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
     """Microseconds per notification for each step of the path, measured in-process on one core."""
     import asyncio
 
-    from receiver import events
+    from receiver import decoder, events
     from receiver.events import Channel, SignPolicy
     from receiver.findings import findings
     from receiver.logs import configure_logging
@@ -227,12 +227,22 @@ def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
         return (time.perf_counter() - started) / len(items) * 1e6
 
     parsed = [events.parse(b) for b in bodies]
-    out: list[tuple[str, float]] = [("parse: JSON + pydantic models", per_item(events.parse, bodies))]
+    heads = [decoder.read_head(decoder.unwrap(b)) for b in bodies]
+
+    def head(raw: bytes) -> object:
+        return decoder.read_head(decoder.unwrap(raw))
+
+    out: list[tuple[str, float]] = [
+        ("read head (unwrap, depth, top level)", per_item(head, bodies)),
+        ("decode and validate: msgspec Structs", per_item(decoder.read_notification, bodies)),
+        ("cut the Sign out of the bytes", per_item(decoder.strip_sign, bodies)),
+    ]  # fmt: skip
     now = time.time()
-    it = iter(parsed * 2)
+    keys = events.NotifyKeys(static=(KEY,))
+    heads_it = iter(heads * 2)
 
     def verify(_: bytes) -> object:
-        return events.verify_sign(next(it)[1], keys=[KEY], policy=SignPolicy.REQUIRED, now=now, skew=60)
+        return events.verify_sign(next(heads_it), keys=keys, policy=SignPolicy.REQUIRED, now=now, skew=60)
 
     out.append(("verify Sign", per_item(verify, bodies)))
     it = iter(parsed * 2)
@@ -249,9 +259,10 @@ def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
         line = {"channel": "http", "task_id": "t", "notification_type": "AiReviewResult", "outcome": "stored"}
         out.append(("summary log line", per_item(lambda _: log.info("notification", **line), bodies)))
 
+    valid = events.Check(events.Verdict.VALID, "static:0")
     normalized = [
-        events.normalize(d, m, channel=Channel.HTTP, received_at=now, verdict=events.Verdict.VALID)
-        for d, m in parsed
+        events.normalize(decoder.strip_sign(b), m, channel=Channel.HTTP, received_at=now, check=valid)
+        for b, (_, m) in zip(bodies, parsed, strict=True)
     ]
 
     async def store_cost() -> float:

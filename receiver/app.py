@@ -43,6 +43,7 @@ def build_ingestor(
         keys=verify.keys(),
         policies=policies,
         skew_seconds=verify.skew_seconds,
+        max_ahead_seconds=verify.max_ahead_seconds,
         max_batch=settings.store.max_batch,
         clock=clock,
         route=router(sinks) if sinks else None,
@@ -143,7 +144,13 @@ def create_app(
                 policies=policies,
             )
         else:
-            log.info("signature checking", policies=policies, keys=len(settings.verify.keys()))
+            keys = settings.verify.keys()
+            log.info(
+                "signature checking",
+                policies=policies,
+                static_keys=len(keys.static),
+                master_keys=len(keys.master),
+            )
         yield
         await ingestor.drain()
 
@@ -181,7 +188,8 @@ def create_app(
     if role == "serve":
         routes.add_routes(app)
         outbox_api.add_routes(app)
-        submit_api.add_routes(app, settings.mps)
+        masters = settings.verify.keys().master
+        submit_api.add_routes(app, settings.mps, masters[0] if masters else None)
     else:
         routes.add_probes(app)
     return app

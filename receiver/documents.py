@@ -55,6 +55,7 @@ def event_document(e: EventRecord) -> dict[str, Any]:
         "channel": e.channel,
         "received_at": iso(e.received_at),
         "verdict": e.verdict,
+        "sign_key": e.sign_key,
         "late": e.late,
         "duplicates": e.duplicates,
         "err_code": e.err_code,

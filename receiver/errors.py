@@ -34,6 +34,17 @@ class SignatureError(ReceiverError):
         super().__init__(reason)
 
 
+class InvalidRequestError(ReceiverError):
+    """A request to the API cannot be carried out as given: names the field and what was expected."""
+
+    code = "invalid_parameter"
+
+    def __init__(self, field: str, expected: str) -> None:
+        self.field = field
+        self.expected = expected
+        super().__init__(f"{field}: expected {expected}")
+
+
 class StoreUnavailableError(ReceiverError):
     """The store could not commit; the sender should retry later (HTTP 503, AMQP no ack)."""
 

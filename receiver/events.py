@@ -1,6 +1,7 @@
 """The normalized ``Event`` and the pure steps that make one from raw bytes.
 
-parse -> verify_sign -> normalize; ``event_id`` derives the identity MPS does not send. No I/O here.
+(read the head ->) verify_sign -> (read the rest ->) normalize; ``event_id`` derives the identity MPS
+does not send. Reading the bytes is ``decoder``'s. No I/O here.
 The flattening of each result type into ``Finding``s lives in ``findings``.
 """
 
@@ -8,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from receiver import wire
+from receiver import decoder, wire
 from receiver.errors import InvalidNotificationError, SignatureError
 from receiver.findings import Finding, findings
 
@@ -52,78 +51,54 @@ class Event:
     verdict: Verdict
     findings: list[Finding]
     raw: dict[str, Any]
+    body: bytes  # what is stored: the notification as received, unwrapped, Timestamp and Sign cut out
+    sign_key: str | None = None  # which key verified the Sign (``Check.key``)
     err_code: int | None = None  # ProcessEof only
     err_message: str | None = None
 
-    @property
-    def is_eof(self) -> bool:
-        return self.notification_type == "ProcessEof"
 
-
-# --- parse -----------------------------------------------------------------------------------------
-
-_EXPECTED = {
-    "missing": "a value (the member is required)",
-    "string_type": "a string",
-    "string_too_short": "a non-empty string",
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "a boolean",
-    "bool_parsing": "a boolean",
-    "list_type": "an array",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-    "dict_type": "an object",
-}
-
-
-def _describe(value: Any) -> str:
-    try:
-        text = orjson.dumps(value).decode() if not isinstance(value, bytes) else repr(value)
-    except orjson.JSONEncodeError:
-        text = type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _path(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
-def _json(raw: bytes | str, where: str) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidNotificationError(where, "a JSON object", got=f"invalid JSON ({exc})") from None
+# --- read ----------------------------------------------------------------------------------------
 
 
 def parse(raw: bytes | str) -> tuple[dict[str, Any], wire.Notification]:
-    """Read a notification body: JSON, out of a CMQ envelope or a ``{"Response": ...}`` wrapper, validated."""
-    document = _json(raw, "body")
-    inner = wire.envelope_body(document)
-    if inner is not None:
-        document = _json(inner, "msgBody")
-    document = wire.unwrap(document)
-    if not isinstance(document, dict):
-        raise InvalidNotificationError("body", "a JSON object", got=_describe(document))
-    try:
-        notification = wire.Notification.model_validate(document)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        expected = _EXPECTED.get(first["type"], first["msg"].lower())
-        if first["type"] == "string_too_long":
-            expected = f"a string of at most {first.get('ctx', {}).get('max_length')} characters"
-        got = None if first["type"] == "missing" else _describe(first.get("input"))
-        raise InvalidNotificationError(_path(first["loc"]), expected, got=got) from None
-    return document, notification
+    """Read a whole notification body (unwrapped, validated) at once: for tests and tools.
+
+    Ingest reads it in two steps instead (``decoder.read_head``, the Sign, then
+    ``decoder.read_notification``), so that an unsigned body is refused before it is validated.
+    """
+    body = decoder.unwrap(raw)
+    decoder.read_head(body)
+    notification = decoder.read_notification(body)
+    return orjson.loads(body), notification
 
 
 # --- verify ----------------------------------------------------------------------------------------
+
+# The SessionContext receiver generates for the tasks it submits: "receiver:<our task id>". A
+# notification carrying one is checked against that task's own key only (see ``derived_key``).
+OWN_CONTEXT_PREFIX = "receiver:"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyKeys:
+    """The keys a Sign may be made with: static ones (rotation: any verifies), and master keys from
+    which each task receiver submits gets a key of its own (the first signs, any verifies)."""
+
+    static: tuple[str, ...] = ()
+    master: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.static or self.master)
+
+
+def derived_key(master: str, session_context: str) -> str:
+    """A task's own NotifyKey: HMAC-SHA256(master key, SessionContext), 32 hex characters.
+
+    A captured (Timestamp, Sign) pair then forges notifications for that one task only.
+    Never stored, returned or logged: it is derived again whenever it is needed.
+    """
+    mac = hmac.new(master.encode(), session_context.encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
 
 
 def expected_sign(timestamp: int, key: str) -> str:
@@ -131,35 +106,63 @@ def expected_sign(timestamp: int, key: str) -> str:
     return hashlib.md5(f"{timestamp}{key}".encode(), usedforsecurity=False).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The verdict on a notification's Sign, and which key made it: ``derived:N`` (the task's own
+    key from master key N), ``static:N`` (notify key N), or None when nothing was matched."""
+
+    verdict: Verdict
+    key: str | None = None
+
+
+SKIPPED = Check(Verdict.SKIPPED)
+UNSIGNED = Check(Verdict.UNSIGNED)
+
+
 def verify_sign(
-    notification: wire.Notification,
+    head: wire.Head,
     *,
-    keys: Sequence[str],
+    keys: NotifyKeys,
     policy: SignPolicy,
     now: float,
     skew: float,
-) -> Verdict:
-    """Check ``Sign`` against every configured key (rotation); ``Timestamp`` is an expiry."""
+    max_ahead: float = 600.0,
+) -> Check:
+    """Check ``Sign``: ``Timestamp`` is an expiry, no further ahead than MPS's validity allows.
+
+    A notification whose SessionContext is receiver's own form is checked against its task's
+    derived key only (when master keys are set); any other against every static key (rotation).
+    """
     if policy is SignPolicy.OFF:
-        return Verdict.SKIPPED
-    sign = notification.sign
+        return SKIPPED
+    sign = head.sign
     if not sign:
         if policy is SignPolicy.REQUIRED:
             raise SignatureError("Sign is missing and signatures are required")
-        return Verdict.UNSIGNED
-    timestamp = notification.timestamp
+        return UNSIGNED
+    timestamp = head.timestamp
     if timestamp is None:
         raise SignatureError("Sign is present but Timestamp is missing")
+    context = head.session_context or ""
+    if keys.master and context.startswith(OWN_CONTEXT_PREFIX):
+        candidates = [(f"derived:{i}", derived_key(m, context)) for i, m in enumerate(keys.master)]
+    else:
+        candidates = [(f"static:{i}", k) for i, k in enumerate(keys.static)]
     given = sign.strip().lower().encode()
     # Compare against every key, without stopping early, so timing tells nothing about which matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(expected_sign(timestamp, key).encode(), given)
-    if not matched:
+    matched: str | None = None
+    for label, key in candidates:
+        if hmac.compare_digest(expected_sign(timestamp, key).encode(), given) and matched is None:
+            matched = label
+    if matched is None:
         raise SignatureError("Sign does not match any configured notify key")
     if now > timestamp + skew:
         raise SignatureError(f"signature expired at Timestamp {timestamp}")
-    return Verdict.VALID
+    if timestamp > now + max_ahead + skew:
+        raise SignatureError(
+            f"Timestamp {timestamp} is further ahead than MPS signs ({max_ahead:g} s plus {skew:g} s of skew)"
+        )
+    return Check(Verdict.VALID, matched)
 
 
 # --- identity --------------------------------------------------------------------------------------
@@ -196,29 +199,33 @@ def event_id(document: dict[str, Any]) -> str:
 
 
 def normalize(
-    document: dict[str, Any],
+    body: bytes,
     notification: wire.Notification,
     *,
     channel: Channel,
     received_at: float,
-    verdict: Verdict,
+    check: Check,
 ) -> Event:
+    """The event of a notification whose Sign was checked; ``body`` is what is kept (Sign cut out)."""
     eof = notification.process_eof_info
+    document = orjson.loads(body)
     try:
         identity = event_id(document)
-    except orjson.JSONEncodeError as exc:  # e.g. nested deeper than the encoder goes (~250 levels)
+    except orjson.JSONEncodeError as exc:  # not reached: the nesting was bounded on the way in
         raise InvalidNotificationError("body", "JSON that can be stored", got=str(exc)) from None
     return Event(
         event_id=identity,
-        task_id=notification.task_id,
-        notification_type=notification.notification_type,
+        task_id=notification.task_id.strip(),
+        notification_type=notification.notification_type.strip(),
         session_id=notification.session_id or "",
         session_context=notification.session_context or "",
         channel=channel,
         received_at=received_at,
-        verdict=verdict,
+        verdict=check.verdict,
         findings=findings(notification),
         raw=document,
+        body=body,
+        sign_key=check.key,
         err_code=eof.err_code if eof is not None else None,
         err_message=eof.message if eof is not None else None,
     )

@@ -31,17 +31,22 @@ def _attrs(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None and v != [] and v != ""}
 
 
-def _area(coords: list[int]) -> list[int] | None:
+def _area(coords: list[int] | None) -> list[int] | None:
     return coords or None
 
 
+def _fields(struct: wire.WireStruct) -> dict[str, Any]:
+    """A struct's members by their snake_case names, the unset ones left out."""
+    return {name: v for name in struct.__struct_fields__ if (v := getattr(struct, name)) is not None}
+
+
 def _review(info: wire.ReviewResultInfo) -> Iterator[Finding]:
-    for item in info.result_set:
+    for item in info.result_set or ():
         groups: list[tuple[str, Iterable[wire.ReviewResult]]] = [
-            ("ImagePorn", item.image_porn_result_set),
-            ("ImageTerrorism", item.image_terrorism_result_set),
-            ("ImagePolitical", item.image_political_result_set),
-            ("VoicePorn", item.voice_porn_result_set),
+            ("ImagePorn", item.image_porn_result_set or []),
+            ("ImageTerrorism", item.image_terrorism_result_set or []),
+            ("ImagePolitical", item.image_political_result_set or []),
+            ("VoicePorn", item.voice_porn_result_set or []),
         ]
         for kind, results in groups:
             for r in results:
@@ -53,7 +58,7 @@ def _review(info: wire.ReviewResultInfo) -> Iterator[Finding]:
                     start=r.start_pts_time,
                     end=r.end_pts_time,
                     url=getattr(r, "url", None),
-                    area=_area(getattr(r, "area_coord_set", [])),
+                    area=_area(getattr(r, "area_coord_set", None)),
                     attrs=_attrs(
                         name=getattr(r, "name", None),
                         url_expires_at=getattr(r, "pic_url_expire_time", None),
@@ -62,8 +67,8 @@ def _review(info: wire.ReviewResultInfo) -> Iterator[Finding]:
 
 
 def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
-    for item in info.result_set:
-        for face in item.face_recognition_result_set:
+    for item in info.result_set or ():
+        for face in item.face_recognition_result_set or ():
             yield Finding(
                 kind="FaceRecognition",
                 label=face.name,
@@ -73,7 +78,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                 area=_area(face.area_coord_set),
                 attrs=_attrs(person_id=face.id, library=face.type),
             )
-        for asr in item.asr_words_recognition_result_set:
+        for asr in item.asr_words_recognition_result_set or ():
             yield Finding(
                 kind="AsrWordsRecognition",
                 label=asr.word,
@@ -82,7 +87,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                 start=asr.start_pts_time,
                 end=asr.end_pts_time,
             )
-        for ocr in item.ocr_words_recognition_result_set:
+        for ocr in item.ocr_words_recognition_result_set or ():
             yield Finding(
                 kind="OcrWordsRecognition",
                 label=ocr.word,
@@ -92,7 +97,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                 end=ocr.end_pts_time,
                 area=_area(ocr.area_coords),
             )
-        for full in item.asr_full_text_recognition_result_set:
+        for full in item.asr_full_text_recognition_result_set or ():
             yield Finding(
                 kind="AsrFullTextRecognition",
                 text=full.text,
@@ -106,7 +111,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                     end_time=full.end_time,
                 ),
             )
-        for text in item.ocr_full_text_recognition_result_set:
+        for text in item.ocr_full_text_recognition_result_set or ():
             yield Finding(
                 kind="OcrFullTextRecognition",
                 text=text.text,
@@ -115,7 +120,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                 end=text.end_pts_time,
                 area=_area(text.area_coord_set),
             )
-        for trans in item.trans_text_recognition_result_set:
+        for trans in item.trans_text_recognition_result_set or ():
             yield Finding(
                 kind="TransTextRecognition",
                 text=trans.text,
@@ -130,7 +135,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                     end_time=trans.end_time,
                 ),
             )
-        for obj in item.object_recognition_result_set:
+        for obj in item.object_recognition_result_set or ():
             yield Finding(
                 kind="ObjectRecognition",
                 label=obj.name,
@@ -140,7 +145,7 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
                 url=obj.url,
                 area=_area(obj.area_coord_set),
             )
-        for tag in item.tag_recognition_result_set:
+        for tag in item.tag_recognition_result_set or ():
             yield Finding(
                 kind="TagRecognition",
                 label=tag.id,
@@ -151,8 +156,8 @@ def _recognition(info: wire.RecognitionResultInfo) -> Iterator[Finding]:
 
 
 def _analysis(info: wire.AnalysisResultInfo) -> Iterator[Finding]:
-    for item in info.result_set:
-        for seg in item.segment_result_set:
+    for item in info.result_set or ():
+        for seg in item.segment_result_set or ():
             yield Finding(
                 kind="SegmentRecognition",
                 label=seg.title,
@@ -173,9 +178,10 @@ def _analysis(info: wire.AnalysisResultInfo) -> Iterator[Finding]:
                     person_id=seg.person_id,
                 ),
             )
-        for hl in item.highlight_result_set:
-            starts = [s.start_time_offset for s in hl.segment_set if s.start_time_offset is not None]
-            ends = [s.end_time_offset for s in hl.segment_set if s.end_time_offset is not None]
+        for hl in item.highlight_result_set or ():
+            segments = hl.segment_set or []
+            starts = [s.start_time_offset for s in segments if s.start_time_offset is not None]
+            ends = [s.end_time_offset for s in segments if s.end_time_offset is not None]
             yield Finding(
                 kind="Highlight",
                 confidence=hl.confidence,
@@ -185,11 +191,11 @@ def _analysis(info: wire.AnalysisResultInfo) -> Iterator[Finding]:
                 attrs=_attrs(
                     cover_url=hl.cov_img_url or hl.cov_img_path,
                     duration=hl.duration,
-                    segments=[s.model_dump(exclude_none=True) for s in hl.segment_set],
+                    segments=[_fields(s) for s in segments],
                 ),
             )
         if item.description_result is not None:
-            for para in item.description_result.paragraphs:
+            for para in item.description_result.paragraphs or ():
                 yield Finding(
                     kind="Description",
                     label=para.title,
@@ -202,10 +208,10 @@ def _analysis(info: wire.AnalysisResultInfo) -> Iterator[Finding]:
 
 def _quality(info: wire.QualityControlResultInfo) -> Iterator[Finding]:
     for result in info.quality_control:
-        for qc in result.quality_control_items:
+        for qc in result.quality_control_items or ():
             yield Finding(
                 kind="QualityControl",
-                label=result.type,
+                label=wire.trimmed(result.type),
                 confidence=qc.confidence,
                 start=qc.start_time_offset,
                 end=qc.end_time_offset,
@@ -223,7 +229,7 @@ def _quality(info: wire.QualityControlResultInfo) -> Iterator[Finding]:
 
 
 def _record(info: wire.RecordResultInfo) -> Iterator[Finding]:
-    for f in info.file_results:
+    for f in info.file_results or ():
         yield Finding(
             kind="RecordFile",
             url=f.url,
@@ -238,7 +244,7 @@ def _record(info: wire.RecordResultInfo) -> Iterator[Finding]:
 
 
 def _subtitles(info: wire.SmartSubtitleResultInfo) -> Iterator[Finding]:
-    for sub in info.smart_subtitle_result:
+    for sub in info.smart_subtitle_result or ():
         yield Finding(
             kind="SmartSubtitle",
             text=sub.text,

@@ -14,9 +14,9 @@ from typing import Any
 
 import structlog
 
-from receiver import events
+from receiver import decoder, events
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
-from receiver.events import Channel, Event, SignPolicy
+from receiver.events import Channel, Event, NotifyKeys, SignPolicy
 from receiver.group_commit import GroupCommit
 from receiver.ports import Recorded, Router, Store
 
@@ -40,18 +40,22 @@ class Ingestor:
         self,
         store: Store,
         *,
-        keys: Sequence[str],
+        keys: NotifyKeys,
         policies: Mapping[Channel, SignPolicy],
         skew_seconds: float = 60.0,
+        max_ahead_seconds: float = 600.0,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
         route: Router | None = None,
         on_recorded: Callable[[], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
+        observe_key: Callable[[str], None] | None = None,
     ) -> None:
-        self._keys = tuple(keys)
+        self._keys = keys
         self._policies = dict(policies)
         self._skew = skew_seconds
+        self._max_ahead = max_ahead_seconds
+        self._observe_key = observe_key
         self._clock = clock
         self._route = route
         self._observe = observe
@@ -76,21 +80,29 @@ class Ingestor:
         outcome = "error"
         try:
             received_at = self._clock()
-            document, notification = events.parse(raw)
-            summary["task_id"] = notification.task_id
-            summary["notification_type"] = notification.notification_type
-            verdict = events.verify_sign(
-                notification,
+            body = decoder.unwrap(raw)
+            head = decoder.read_head(body)
+            summary["task_id"] = head.task_id.strip()
+            summary["notification_type"] = head.notification_type.strip()
+            # The Sign first: a body nobody signed is refused before it costs a full validation.
+            check = events.verify_sign(
+                head,
                 keys=self._keys,
                 policy=self._policies[channel],
                 now=received_at,
                 skew=self._skew,
+                max_ahead=self._max_ahead,
             )
+            if check.key is not None and self._observe_key is not None:
+                self._observe_key(check.key)
+            notification = decoder.read_notification(body)
             event = events.normalize(
-                document, notification, channel=channel, received_at=received_at, verdict=verdict
+                decoder.strip_sign(body), notification, channel=channel, received_at=received_at, check=check
             )
             summary["event_id"] = event.event_id
-            summary["verdict"] = verdict.value
+            summary["verdict"] = check.verdict.value
+            if check.key is not None:
+                summary["key"] = check.key
             recorded = await self._group.submit(event)
             outcome = "duplicate" if recorded.duplicate else "stored"
             summary["orphan"] = recorded.task is None

@@ -45,6 +45,7 @@ class EventRecord:
     err_message: str | None
     findings: list[dict[str, Any]]
     raw: dict[str, Any]
+    sign_key: str | None = None  # which key verified the Sign: derived:N or static:N
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from pydantic_settings import (
 from receiver.dispatch import DEFAULT_SCHEDULE, SinkPolicy
 from receiver.emulator.api import EmulatorSettings
 from receiver.errors import ConfigError
-from receiver.events import Channel, SignPolicy
+from receiver.events import Channel, NotifyKeys, SignPolicy
 from receiver.routing import SinkFilter
 
 
@@ -48,14 +48,22 @@ class StoreSettings(Section):
 
 class VerifySettings(Section):
     notify_keys: list[SecretStr] = Field(default_factory=list)
+    # Per-task keys for the tasks receiver submits: NotifyKey = HMAC(master key, SessionContext).
+    # The first signs new tasks; every one verifies (rotation). Static keys stay for other tasks.
+    master_keys: list[SecretStr] = Field(default_factory=list)
     # None: "required" once any key is configured, "off" (with a warning) when none is.
     policy: SignPolicy | None = None
     http_policy: SignPolicy | None = None  # per-channel overrides of ``policy``
     amqp_policy: SignPolicy | None = None
     skew_seconds: float = Field(default=60.0, ge=0)
+    # MPS signs for 10 minutes: a Timestamp further ahead than this (plus the skew) is refused.
+    max_ahead_seconds: float = Field(default=600.0, ge=0)
 
-    def keys(self) -> list[str]:
-        return [k.get_secret_value() for k in self.notify_keys if k.get_secret_value()]
+    def keys(self) -> NotifyKeys:
+        def values(secrets: list[SecretStr]) -> tuple[str, ...]:
+            return tuple(k.get_secret_value() for k in secrets if k.get_secret_value())
+
+        return NotifyKeys(static=values(self.notify_keys), master=values(self.master_keys))
 
     def policy_for(self, channel: Channel) -> SignPolicy:
         override = self.http_policy if channel is Channel.HTTP else self.amqp_policy
@@ -65,7 +73,7 @@ class VerifySettings(Section):
         if policy is not SignPolicy.OFF and not self.keys():
             raise ConfigError(
                 f"verify: policy {policy.value!r} for {channel.value} needs at least one notify key"
-                " (verify.notify_keys or RECEIVER_VERIFY__NOTIFY_KEYS)"
+                " (verify.notify_keys or RECEIVER_VERIFY__NOTIFY_KEYS, or verify.master_keys)"
             )
         return policy
 

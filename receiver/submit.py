@@ -7,25 +7,29 @@ leaves a visible record rather than a ghost task.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
 import structlog
-from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic.alias_generators import to_pascal
 
+from receiver.errors import InvalidRequestError
+from receiver.events import OWN_CONTEXT_PREFIX, derived_key
 from receiver.ports import Store
 from receiver.tasks import Task, TaskState, new_id
-from receiver.wire import WireModel
 
 log = structlog.get_logger("receiver.submit")
 
+_MAX_CONTEXT = 1000  # MPS's limit on SessionContext
 STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "srt", "trtc", "webrtc")
-CONTEXT_PREFIX = "receiver:"
 
 
-class Strict(WireModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(BaseModel):
+    """The API's request models: ProcessLiveStream's PascalCase wire names, snake_case accepted."""
+
+    model_config = ConfigDict(alias_generator=to_pascal, populate_by_name=True, extra="forbid")
 
 
 class NotifyConfig(Strict):
@@ -75,6 +79,15 @@ class SubmitRequest(Strict):
     schedule_id: PositiveInt | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("session_context")
+    @classmethod
+    def _not_ours(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(OWN_CONTEXT_PREFIX):
+            raise ValueError(
+                f"a SessionContext not starting with {OWN_CONTEXT_PREFIX!r} (receiver's own form)"
+            )
+        return value
+
     @field_validator("url")
     @classmethod
     def _stream_url(cls, value: str) -> str:
@@ -82,9 +95,11 @@ class SubmitRequest(Strict):
             raise ValueError(f"a live stream URL ({', '.join(STREAM_SCHEMES)})")
         return value
 
-    def mps_params(self, session_context: str) -> dict[str, Any]:
+    def mps_params(self, session_context: str, notify_key: str | None = None) -> dict[str, Any]:
         params = self.model_dump(by_alias=True, exclude_none=True, exclude={"labels"})
         params["SessionContext"] = session_context
+        if notify_key is not None:
+            params["TaskNotifyConfig"]["NotifyKey"] = notify_key
         if self.task_notify_config.notify_type == "CMQ":  # the legacy name of TDMQ-CMQ
             params["TaskNotifyConfig"]["NotifyType"] = "TDMQ-CMQ"
         return params
@@ -100,12 +115,31 @@ async def submit(
     client: Submitter,
     clock: Callable[[], float],
     *,
-    on_recorded: Callable[[Task], Awaitable[None]] | None = None,
+    master_key: str | None = None,
 ) -> Task:
-    """Record, call, record. Raises what the client raises (after recording the failure)."""
+    """Record, call, record. Raises what the client raises (after recording the failure).
+
+    With a ``master_key``, the task gets a NotifyKey of its own, derived from it and the
+    SessionContext receiver generates (``events.derived_key``): never stored, returned or logged.
+    """
+    if master_key is not None and request.task_notify_config.notify_key is not None:
+        raise InvalidRequestError(
+            "TaskNotifyConfig.NotifyKey",
+            "no NotifyKey: with verify.master_keys set, receiver derives each task's own key",
+        )
     now = clock()
     ref = new_id()
-    context = request.session_context or f"{CONTEXT_PREFIX}{ref}"
+    context = request.session_context or f"{OWN_CONTEXT_PREFIX}{ref}"
+    if master_key is not None and request.session_context:
+        # The task's key is derived from a context of receiver's own form: the caller's rides after it.
+        context = f"{OWN_CONTEXT_PREFIX}{ref}:{request.session_context}"
+        if len(context) > _MAX_CONTEXT:
+            raise InvalidRequestError(
+                "SessionContext",
+                f"a string of at most {_MAX_CONTEXT - len(context) + len(request.session_context)}"
+                f" characters (receiver prefixes it with {OWN_CONTEXT_PREFIX!r}, its task id and ':')",
+            )
+    notify_key = derived_key(master_key, context) if master_key is not None else None
     task = Task(
         id=ref,
         task_id=None,
@@ -118,10 +152,8 @@ async def submit(
         updated_at=now,
     )
     await store.register_task(task)
-    if on_recorded is not None:
-        await on_recorded(task)
     try:
-        task_id, request_id = await client.process_live_stream(request.mps_params(context))
+        task_id, request_id = await client.process_live_stream(request.mps_params(context, notify_key))
     except Exception as exc:
         await store.finish_submission(ref, task_id=None, request_id=None, error=f"submit failed: {exc}")
         raise

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from receiver.documents import task_document
-from receiver.errors import ConfigError
+from receiver.errors import ConfigError, InvalidRequestError
 from receiver.mps import MpsClient, MpsError
 from receiver.settings import MpsSettings
 from receiver.submit import SubmitRequest, submit
@@ -27,6 +27,8 @@ from receiver.web import (
 log = structlog.get_logger("receiver.submit_api")
 MPS_CLIENT: web.AppKey[MpsClient | None] = web.AppKey("mps_client")
 MPS_PROBLEM = web.AppKey("mps_problem", str)
+# The master key that signs new tasks (the first of verify.master_keys), or None.
+MASTER_KEY: web.AppKey[str | None] = web.AppKey("master_key")
 
 
 def _status(code: str) -> int:
@@ -63,7 +65,11 @@ async def submit_task(request: web.Request) -> web.Response:
             503, "not_configured", f"submitting is not configured: {request.app[MPS_PROBLEM]}"
         )
     try:
-        task = await submit(spec, request.app[STORE], client, request.app[CLOCK])
+        task = await submit(
+            spec, request.app[STORE], client, request.app[CLOCK], master_key=request.app[MASTER_KEY]
+        )
+    except InvalidRequestError as exc:
+        raise BadParameterError(exc.field, exc.expected) from None
     except MpsError as exc:
         return error_response(
             _status(exc.mps_code),
@@ -76,7 +82,9 @@ async def submit_task(request: web.Request) -> web.Response:
     return json_response(task_document(task, now=now, deadline=request.app[TASK_DEADLINE]), 201)
 
 
-def add_routes(app: web.Application, settings: MpsSettings) -> None:
+def add_routes(app: web.Application, settings: MpsSettings, master_key: str | None = None) -> None:
+    app[MASTER_KEY] = master_key
+
     async def mps_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             app[MPS_CLIENT] = MpsClient(settings)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from receiver.events import OWN_CONTEXT_PREFIX
+
 
 class TaskState(StrEnum):
     SUBMITTING = "submitting"  # recorded, ProcessLiveStream call not yet answered
@@ -35,6 +37,8 @@ class Occurrence(Protocol):
 
     @property
     def task_id(self) -> str: ...
+    @property
+    def session_context(self) -> str: ...
     @property
     def notification_type(self) -> str: ...
     @property
@@ -90,9 +94,22 @@ def match(
     for task in by_context:
         if task.task_id == event.task_id:
             return task, MatchedBy.SESSION_CONTEXT
-    if by_task_id is not None:
+    if by_task_id is not None and adoptable(by_task_id, event.session_context):
         return by_task_id, MatchedBy.TASK_ID
     return None
+
+
+def adoptable(task: Task, event_session_context: str) -> bool:
+    """Whether an event may belong to ``task`` at all.
+
+    A task receiver submitted has a SessionContext of receiver's own form, which MPS echoes in
+    every notification and from which its own NotifyKey is derived: an event without that context
+    is not this task's, whatever TaskId it names (a pair signed with a static key must not reach
+    a task whose notifications are signed with its own key).
+    """
+    if task.session_context.startswith(OWN_CONTEXT_PREFIX):
+        return event_session_context == task.session_context
+    return True
 
 
 def apply(task: Task, event: Occurrence) -> Transition:

@@ -1,15 +1,20 @@
-"""Pydantic models of the MPS live-stream notification wire format (ParseLiveStreamProcessNotification).
+"""msgspec Structs of the MPS live-stream notification wire format (ParseLiveStreamProcessNotification).
 
-Wire names are the aliases (PascalCase, with the spec's traps spelled out where they differ);
-absent, ``null`` and ``[]`` mean the same; unknown members are kept so a payload round-trips.
+Field names are snake_case; the wire names are PascalCase (``rename="pascal"``), with the spec's
+traps spelled out where they differ. Scalars take exactly the type the SDK's models give them
+(tencentcloud-sdk-python-mps 3.1.194; ``tests/test_wire_sdk.py`` checks every field against it):
+a boolean is not a number, a string is not a boolean, an integer refuses a fraction. A ``float``
+member takes an integer too (JSON has one number type; the doc example sends ``Confidence: 98``).
+Absent, ``null`` and ``[]`` mean the same for array members (read them with ``or ()``); unknown
+members are skipped here and kept in the stored document. Lists and text are capped, so that
+what one notification may carry is bounded.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Final, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_pascal
+import msgspec
 
 NOTIFICATION_TYPES: Final = (
     "AiReviewResult",
@@ -21,32 +26,30 @@ NOTIFICATION_TYPES: Final = (
     "ProcessEof",
 )
 
+# What one notification may carry. Real ones hold a handful of results and a few KiB of text.
+MAX_ITEMS: Final = 1000  # per array member
+MAX_TEXT: Final = 16_384  # characters per string member
+MAX_TASK_ID: Final = 256  # characters; it becomes a header and a routing key downstream
+MAX_TYPE: Final = 64
+
 T = TypeVar("T")
 
-
-def _null_as_empty(value: Any) -> Any:
-    return [] if value is None else value
-
-
-# A list member where absent, null and [] all mean "nothing here".
-Many = Annotated[list[T], BeforeValidator(_null_as_empty), Field(default_factory=list)]
-
-
-def _strip(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
+# An array member: absent, null and [] all mean "nothing here".
+Many = Annotated[list[T], msgspec.Meta(max_length=MAX_ITEMS)] | None
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)] | None
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+UInt64 = Annotated[int, msgspec.Meta(ge=0)]  # msgspec reads up to 2**64 - 1, no further
+Coords = Many[Int64]
+# Visible ASCII, so they are safe as a header value or a routing key; stray spaces are trimmed later.
+TaskId = Annotated[str, msgspec.Meta(pattern=rf"^ *[\x21-\x7e]{{1,{MAX_TASK_ID}}} *$")]
+TypeName = Annotated[str, msgspec.Meta(pattern=rf"^ *[\x21-\x7e]{{1,{MAX_TYPE}}} *$")]
 
 
-class WireModel(BaseModel):
-    """Base of every wire model: PascalCase aliases, unknown members kept, snake_case names accepted."""
-
-    model_config = ConfigDict(
-        alias_generator=to_pascal,
-        populate_by_name=True,
-        extra="allow",
-    )
+class WireStruct(msgspec.Struct, rename="pascal", omit_defaults=True):
+    """Base of every wire model: PascalCase wire names, everything optional."""
 
 
-class TimedResult(WireModel):
+class TimedResult(WireStruct):
     """Common shape of results positioned by stream PTS (``StartPtsTime``/``EndPtsTime``, seconds)."""
 
     start_pts_time: float | None = None
@@ -58,13 +61,13 @@ class TimedResult(WireModel):
 
 
 class ReviewResult(TimedResult):
-    suggestion: str | None = None
-    label: str | None = None
+    suggestion: Text = None
+    label: Text = None
 
 
 class ImagePornResult(ReviewResult):
-    url: str | None = None
-    pic_url_expire_time: str | None = None
+    url: Text = None
+    pic_url_expire_time: Text = None
 
 
 class ImageTerrorismResult(ImagePornResult):
@@ -72,257 +75,271 @@ class ImageTerrorismResult(ImagePornResult):
 
 
 class ImagePoliticalResult(ImagePornResult):
-    name: str | None = None
-    area_coord_set: Many[int]
+    name: Text = None
+    area_coord_set: Coords = None
 
 
 class VoicePornResult(ReviewResult):
     pass
 
 
-def _review_type(value: Any) -> Any:
-    value = _strip(value)
+class ReviewItem(WireStruct):
+    type: Text = None  # see ``review_kind``
+    image_porn_result_set: Many[ImagePornResult] = None
+    image_terrorism_result_set: Many[ImageTerrorismResult] = None
+    image_political_result_set: Many[ImagePoliticalResult] = None
+    voice_porn_result_set: Many[VoicePornResult] = None
+
+
+def review_kind(value: str | None) -> str | None:
+    """The review item's ``Type``, trimmed; ``PornVoice`` is read as ``VoicePorn``."""
     # Until SDK 3.0.861 the docstring spelled the audio kind ``PornVoice``; the list field never changed.
+    value = trimmed(value)
     return "VoicePorn" if value == "PornVoice" else value
 
 
-class ReviewItem(WireModel):
-    type: Annotated[str | None, BeforeValidator(_review_type)] = None
-    image_porn_result_set: Many[ImagePornResult]
-    image_terrorism_result_set: Many[ImageTerrorismResult]
-    image_political_result_set: Many[ImagePoliticalResult]
-    voice_porn_result_set: Many[VoicePornResult]
+def trimmed(value: str | None) -> str | None:
+    # Trap: the SDK docstring writes ``Highlight `` and `` Description`` with stray spaces.
+    return value.strip() if value is not None else None
 
 
-class ReviewResultInfo(WireModel):
-    result_set: Many[ReviewItem]
+class ReviewResultInfo(WireStruct):
+    result_set: Many[ReviewItem] = None
 
 
 # --- recognition (1.5) --------------------------------------------------------------------------
 
 
 class FaceRecognitionResult(TimedResult):
-    id: str | None = None
-    name: str | None = None
-    type: str | None = None
-    area_coord_set: Many[int]
+    id: Text = None
+    name: Text = None
+    type: Text = None
+    area_coord_set: Coords = None
 
 
 class AsrWordsRecognitionResult(TimedResult):
-    word: str | None = None
+    word: Text = None
 
 
 class OcrWordsRecognitionResult(TimedResult):
-    word: str | None = None
+    word: Text = None
     # Trap: OCR keywords carry ``AreaCoords``, every other area is ``AreaCoordSet``.
-    area_coords: Many[int]
+    area_coords: Coords = None
 
 
 class AsrFullTextRecognitionResult(TimedResult):
-    text: str | None = None
-    start_time: str | None = None
-    end_time: str | None = None
+    text: Text = None
+    start_time: Text = None
+    end_time: Text = None
     steady_state: bool | None = None
-    user_id: str | None = None
+    user_id: Text = None
 
 
 class OcrFullTextRecognitionResult(TimedResult):
-    text: str | None = None
-    area_coord_set: Many[int]
+    text: Text = None
+    area_coord_set: Coords = None
 
 
 class TransTextRecognitionResult(AsrFullTextRecognitionResult):
-    trans: str | None = None
+    trans: Text = None
 
 
-class ObjectRecognitionResult(WireModel):
-    name: str | None = None
+class ObjectRecognitionResult(WireStruct):
+    name: Text = None
     # Trap: object detection says ``StartPtsOffset``/``EndPtsOffset``; they are PTS seconds all the same.
     start_pts_offset: float | None = None
     end_pts_offset: float | None = None
     confidence: float | None = None
-    area_coord_set: Many[int]
-    url: str | None = None
+    area_coord_set: Coords = None
+    url: Text = None
 
 
 class TagRecognitionResult(TimedResult):
-    id: str | None = None
+    id: Text = None
 
 
-class RecognitionItem(WireModel):
-    type: Annotated[str | None, BeforeValidator(_strip)] = None
-    face_recognition_result_set: Many[FaceRecognitionResult]
-    asr_words_recognition_result_set: Many[AsrWordsRecognitionResult]
-    ocr_words_recognition_result_set: Many[OcrWordsRecognitionResult]
-    asr_full_text_recognition_result_set: Many[AsrFullTextRecognitionResult]
-    ocr_full_text_recognition_result_set: Many[OcrFullTextRecognitionResult]
-    trans_text_recognition_result_set: Many[TransTextRecognitionResult]
-    object_recognition_result_set: Many[ObjectRecognitionResult]
-    tag_recognition_result_set: Many[TagRecognitionResult]
+class RecognitionItem(WireStruct):
+    type: Text = None
+    face_recognition_result_set: Many[FaceRecognitionResult] = None
+    asr_words_recognition_result_set: Many[AsrWordsRecognitionResult] = None
+    ocr_words_recognition_result_set: Many[OcrWordsRecognitionResult] = None
+    asr_full_text_recognition_result_set: Many[AsrFullTextRecognitionResult] = None
+    ocr_full_text_recognition_result_set: Many[OcrFullTextRecognitionResult] = None
+    trans_text_recognition_result_set: Many[TransTextRecognitionResult] = None
+    object_recognition_result_set: Many[ObjectRecognitionResult] = None
+    tag_recognition_result_set: Many[TagRecognitionResult] = None
 
 
-class RecognitionResultInfo(WireModel):
-    result_set: Many[RecognitionItem]
+class RecognitionResultInfo(WireStruct):
+    result_set: Many[RecognitionItem] = None
 
 
 # --- analysis (1.6) -----------------------------------------------------------------------------
 
 
-class SegmentRecognitionItem(WireModel):
+class SegmentRecognitionItem(WireStruct):
     confidence: float | None = None
     start_time_offset: float | None = None
     end_time_offset: float | None = None
-    segment_url: str | None = None
-    cov_img_url: str | None = None
-    title: str | None = None
-    summary: str | None = None
-    keywords: Many[str]
-    begin_time: str | None = None
-    end_time: str | None = None
-    audio_url: str | None = None
+    segment_url: Text = None
+    cov_img_url: Text = None
+    title: Text = None
+    summary: Text = None
+    keywords: Many[Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]] = None
+    begin_time: Text = None
+    end_time: Text = None
+    audio_url: Text = None
     audio_begin_time: float | None = None
     audio_end_time: float | None = None
-    person_position_url: str | None = None
-    person_id: str | None = None
+    person_position_url: Text = None
+    person_id: Text = None
 
 
-class HighlightSegmentItem(WireModel):
+class HighlightSegmentItem(WireStruct):
     confidence: float | None = None
     start_time_offset: float | None = None
     end_time_offset: float | None = None
-    segment_tags: Many[str]
-    begin_time: str | None = None
-    end_time: str | None = None
-    title: str | None = None
-    summary: str | None = None
+    segment_tags: Many[Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]] = None
+    begin_time: Text = None
+    end_time: Text = None
+    title: Text = None
+    summary: Text = None
 
 
-class HighlightItem(WireModel):
-    highlight_path: str | None = None
-    cov_img_path: str | None = None
+class HighlightItem(WireStruct):
+    highlight_path: Text = None
+    cov_img_path: Text = None
     confidence: float | None = None
     duration: float | None = None
-    segment_set: Many[HighlightSegmentItem]
-    highlight_url: str | None = None
-    cov_img_url: str | None = None
+    segment_set: Many[HighlightSegmentItem] = None
+    highlight_url: Text = None
+    cov_img_url: Text = None
 
 
-class ParagraphInfo(WireModel):
-    summary: str | None = None
-    title: str | None = None
-    keywords: Many[str]
+class ParagraphInfo(WireStruct):
+    summary: Text = None
+    title: Text = None
+    keywords: Many[Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]] = None
     start_time_offset: float | None = None
     end_time_offset: float | None = None
-    begin_time: str | None = None
-    end_time: str | None = None
+    begin_time: Text = None
+    end_time: Text = None
 
 
-class DescriptionItem(WireModel):
-    paragraphs: Many[ParagraphInfo]
+class DescriptionItem(WireStruct):
+    paragraphs: Many[ParagraphInfo] = None
 
 
-class AnalysisItem(WireModel):
-    # Trap: the SDK docstring writes ``Highlight `` and `` Description`` with stray spaces.
-    type: Annotated[str | None, BeforeValidator(_strip)] = None
-    segment_result_set: Many[SegmentRecognitionItem]
-    highlight_result_set: Many[HighlightItem]
+class AnalysisItem(WireStruct):
+    type: Text = None  # read it ``trimmed``
+    segment_result_set: Many[SegmentRecognitionItem] = None
+    highlight_result_set: Many[HighlightItem] = None
     description_result: DescriptionItem | None = None
 
 
-class AnalysisResultInfo(WireModel):
-    result_set: Many[AnalysisItem]
+class AnalysisResultInfo(WireStruct):
+    result_set: Many[AnalysisItem] = None
 
 
 # --- quality control (1.7) ----------------------------------------------------------------------
 
 
-class QualityControlItem(WireModel):
-    confidence: float | None = None
+class QualityControlItem(WireStruct):
+    confidence: Int64 | None = None  # an integer 0-100 here, unlike everywhere else
     start_time_offset: float | None = None
     end_time_offset: float | None = None
-    area_coord_set: Many[int]
+    area_coord_set: Coords = None
 
 
-class QualityControlResult(WireModel):
-    type: Annotated[str | None, BeforeValidator(_strip)] = None
-    quality_control_items: Many[QualityControlItem]
+class QualityControlResult(WireStruct):
+    type: Text = None  # read it ``trimmed``
+    quality_control_items: Many[QualityControlItem] = None
 
 
-class DiagnoseResult(WireModel):
-    category: str | None = None
-    type: str | None = None
+class DiagnoseResult(WireStruct):
+    category: Text = None
+    type: Text = None
     timestamp: float | None = None
-    description: str | None = None
-    date_time: str | None = None
-    severity_level: str | None = None
+    description: Text = None
+    date_time: Text = None
+    severity_level: Text = None
 
 
-class QualityControlResultInfo(WireModel):
-    quality_control_results: Many[QualityControlResult]
-    diagnose_results: Many[DiagnoseResult]
-    quality_control_result_set: Many[QualityControlResult]
-    diagnose_result_set: Many[DiagnoseResult]
+class QualityControlResultInfo(WireStruct):
+    quality_control_results: Many[QualityControlResult] = None
+    diagnose_results: Many[DiagnoseResult] = None
+    quality_control_result_set: Many[QualityControlResult] = None
+    diagnose_result_set: Many[DiagnoseResult] = None
 
     # Trap: two field pairs with one meaning; which one MPS fills is undocumented. The newer
     # ``*Set`` wins, the older name is the fallback, and never both (they may carry the same items).
     @property
     def quality_control(self) -> list[QualityControlResult]:
-        return self.quality_control_result_set or self.quality_control_results
+        return self.quality_control_result_set or self.quality_control_results or []
 
     @property
     def diagnoses(self) -> list[DiagnoseResult]:
-        return self.diagnose_result_set or self.diagnose_results
+        return self.diagnose_result_set or self.diagnose_results or []
 
 
 # --- recording (1.8) and smart subtitles (1.9) ----------------------------------------------------
 
 
-class LiveRecordFile(WireModel):
-    url: str | None = None
-    size: int | None = None
-    duration: float | None = None
-    start_time: str | None = None
-    end_time: str | None = None
+class LiveRecordFile(WireStruct):
+    url: Text = None
+    size: Int64 | None = None
+    duration: Int64 | None = None  # an integer in the SDK; the unit is not stated
+    start_time: Text = None
+    end_time: Text = None
 
 
-class RecordResultInfo(WireModel):
-    record_over: int | None = None
-    file_results: Many[LiveRecordFile]
+class RecordResultInfo(WireStruct):
+    record_over: UInt64 | None = None
+    file_results: Many[LiveRecordFile] = None
 
 
-class SmartSubtitleResult(WireModel):
-    text: str | None = None
+class SmartSubtitleResult(WireStruct):
+    text: Text = None
     # Trap: capital ``PTS`` here, unlike ``StartPtsTime`` everywhere else.
-    start_pts_time: float | None = Field(default=None, alias="StartPTSTime")
-    end_pts_time: float | None = Field(default=None, alias="EndPTSTime")
-    trans: str | None = None
-    start_time: str | None = None
-    end_time: str | None = None
+    start_pts_time: float | None = msgspec.field(default=None, name="StartPTSTime")
+    end_pts_time: float | None = msgspec.field(default=None, name="EndPTSTime")
+    trans: Text = None
+    start_time: Text = None
+    end_time: Text = None
     steady_state: bool | None = None
-    user_id: str | None = None
+    user_id: Text = None
 
 
-class SmartSubtitleResultInfo(WireModel):
-    smart_subtitle_result: Many[SmartSubtitleResult]
+class SmartSubtitleResultInfo(WireStruct):
+    smart_subtitle_result: Many[SmartSubtitleResult] = None
 
 
 # --- end of processing (1.3) and the notification itself (1.1) ------------------------------------
 
 
-# A whole number the store can keep in an integer column (SQLite and PostgreSQL bigint).
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-
-
-class ProcessEofInfo(WireModel):
+class ProcessEofInfo(WireStruct):
     err_code: Int64 | None = None
-    message: str | None = None
+    message: Text = None
 
 
-class Notification(WireModel):
+class Head(WireStruct):
+    """The top-level members the Sign check and the routing need: read before anything else.
+
+    MPS takes at most 50 and 1000 characters for ``SessionId`` and ``SessionContext``; a
+    notification cannot carry more.
+    """
+
+    notification_type: TypeName
+    task_id: TaskId
+    session_id: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+    session_context: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    timestamp: Int64 | None = None
+    sign: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class Notification(Head):
     """One live-stream processing notification; an unknown ``NotificationType`` is kept as it is."""
 
-    notification_type: str = Field(min_length=1)
-    task_id: str = Field(min_length=1)
     process_eof_info: ProcessEofInfo | None = None
     ai_review_result_info: ReviewResultInfo | None = None
     ai_recognition_result_info: RecognitionResultInfo | None = None
@@ -330,41 +347,3 @@ class Notification(WireModel):
     ai_quality_control_result_info: QualityControlResultInfo | None = None
     live_record_result_info: RecordResultInfo | None = None
     ai_smart_subtitle_result_info: SmartSubtitleResultInfo | None = None
-    # MPS takes at most 50 and 1000 characters for these; a notification cannot carry more.
-    session_id: str | None = Field(default=None, max_length=50)
-    session_context: str | None = Field(default=None, max_length=1000)
-    timestamp: Int64 | None = None
-    sign: str | None = None
-
-    @field_validator("notification_type", "task_id", mode="before")
-    @classmethod
-    def _trimmed(cls, value: Any) -> Any:
-        return _strip(value)
-
-    @property
-    def is_known_type(self) -> bool:
-        return self.notification_type in NOTIFICATION_TYPES
-
-
-def envelope_body(document: Any) -> str | None:
-    """The ``msgBody`` string of a CMQ envelope (ReceiveMessage, or a topic's JSON-format HTTP push).
-
-    Key case varies between CMQ documents (``msgBody``, ``MsgBody``), so it is matched case-insensitively.
-    """
-    if not isinstance(document, dict) or "NotificationType" in document:
-        return None
-    for key, value in document.items():
-        if key.lower() == "msgbody" and isinstance(value, str):
-            return value
-    return None
-
-
-def unwrap(document: Any) -> Any:
-    """Take a notification out of a ``{"Response": {...}}`` API-response wrapper, if it has one."""
-    if (
-        isinstance(document, dict)
-        and "NotificationType" not in document
-        and isinstance(document.get("Response"), dict)
-    ):
-        return document["Response"]
-    return document

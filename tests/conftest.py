@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.events import expected_sign
+from receiver import decoder, events
+from receiver.events import Channel, Check, Event, expected_sign
 
 EXAMPLES = Path(__file__).parent / "data" / "examples"
 NOTIFY_KEY = "mpsDemoNotifyKey2025"  # the key the spec's examples are signed with
@@ -44,6 +45,21 @@ def signed(doc: dict[str, Any], *, key: str = NOTIFY_KEY, timestamp: int | None 
 
 def body(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc)
+
+
+def event_of(
+    raw: bytes | dict[str, Any],
+    *,
+    at: float = FROZEN_NOW,
+    channel: Channel = Channel.HTTP,
+    check: Check = events.SKIPPED,
+) -> Event:
+    """The event ingest would make of these bytes (a document is encoded first), Sign check aside."""
+    data = decoder.unwrap(raw if isinstance(raw, bytes) else body(raw))
+    notification = decoder.read_notification(data)
+    return events.normalize(
+        decoder.strip_sign(data), notification, channel=channel, received_at=at, check=check
+    )
 
 
 @pytest.fixture

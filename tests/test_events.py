@@ -7,16 +7,23 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver import events
+from receiver import decoder, events
 from receiver.errors import SignatureError
-from receiver.events import Channel, Event, SignPolicy, Verdict
+from receiver.events import Channel, Event, NotifyKeys, SignPolicy, Verdict
 from receiver.findings import Finding
 from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
 
 
 def normalized(raw: bytes, channel: Channel = Channel.HTTP) -> Event:
-    document, n = events.parse(raw)
-    return events.normalize(document, n, channel=channel, received_at=FROZEN_NOW, verdict=Verdict.SKIPPED)
+    data = decoder.unwrap(raw)
+    n = decoder.read_notification(data)
+    return events.normalize(
+        decoder.strip_sign(data), n, channel=channel, received_at=FROZEN_NOW, check=events.SKIPPED
+    )
+
+
+def unsigned(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in ("Timestamp", "Sign")}
 
 
 def only(findings: list[Finding], kind: str) -> Finding:
@@ -206,14 +213,15 @@ def test_smart_subtitles_carry_text_translation_and_pts_seconds() -> None:
 
 def test_process_eof_carries_its_error_code_and_message() -> None:
     e = normalized(example_bytes("02-ProcessEof.cmq-msgBody.verbatim.json"))
-    assert e.is_eof
+    assert e.notification_type == "ProcessEof"
     assert (e.err_code, e.err_message, e.findings) == (0, "Success", [])
 
 
 @pytest.mark.parametrize("name", NOTIFICATION_FILES)
 def test_every_example_normalizes_with_its_raw_payload_beside_it(name: str) -> None:
     e = normalized(example_bytes(name), Channel.AMQP)
-    assert e.raw == example(name)
+    assert e.raw == unsigned(example(name))  # the Sign is not passed on
+    assert orjson.loads(e.body) == e.raw
     assert e.channel is Channel.AMQP
     assert e.received_at == FROZEN_NOW
     assert len(e.event_id) == 64
@@ -270,8 +278,8 @@ def test_event_id_changes_with_any_content(change: Any) -> None:
 def verify(
     doc: dict[str, Any], policy: SignPolicy, *, keys: tuple[str, ...] = (NOTIFY_KEY,), now: float = FROZEN_NOW
 ) -> Verdict:
-    _, n = events.parse(body(doc))
-    return events.verify_sign(n, keys=keys, policy=policy, now=now, skew=60)
+    head = decoder.read_head(decoder.unwrap(body(doc)))
+    return events.verify_sign(head, keys=NotifyKeys(static=keys), policy=policy, now=now, skew=60).verdict
 
 
 def test_sign_of_the_spec_worked_example() -> None:
@@ -280,7 +288,8 @@ def test_sign_of_the_spec_worked_example() -> None:
 
 @pytest.mark.parametrize("name", [n for n in NOTIFICATION_FILES if n[:2] not in ("01", "02")])
 def test_every_signed_example_verifies_with_the_demo_key(name: str) -> None:
-    assert verify(example(name), SignPolicy.REQUIRED) is Verdict.VALID
+    doc = example(name)  # the examples' Timestamps spread over hours: check each near its own
+    assert verify(doc, SignPolicy.REQUIRED, now=doc["Timestamp"] - 300) is Verdict.VALID
 
 
 def test_sign_compares_case_insensitively() -> None:
@@ -337,3 +346,51 @@ def test_sign_without_timestamp_is_rejected() -> None:
     del doc["Timestamp"]
     with pytest.raises(SignatureError, match="Timestamp is missing"):
         verify(doc, SignPolicy.IF_PRESENT)
+
+
+def check(doc: dict[str, Any], keys: NotifyKeys, *, now: float = FROZEN_NOW) -> events.Check:
+    head = decoder.read_head(decoder.unwrap(body(doc)))
+    return events.verify_sign(head, keys=keys, policy=SignPolicy.REQUIRED, now=now, skew=60)
+
+
+def test_the_verdict_says_which_static_key_matched() -> None:
+    doc = signed(example("02-ProcessEof.cmq-msgBody.verbatim.json"), key="old-key")
+    assert check(doc, NotifyKeys(static=("new-key", "old-key"))) == events.Check(Verdict.VALID, "static:1")
+
+
+def test_a_timestamp_further_ahead_than_mps_signs_is_refused() -> None:
+    doc = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+    keys = NotifyKeys(static=(NOTIFY_KEY,))
+    assert check(signed(doc, timestamp=int(FROZEN_NOW) + 660), keys).verdict is Verdict.VALID
+    with pytest.raises(SignatureError, match="further ahead"):
+        check(signed(doc, timestamp=int(FROZEN_NOW) + 661), keys)
+    with pytest.raises(SignatureError, match="further ahead"):
+        check(signed(doc, timestamp=2**63 - 1), keys)
+
+
+OWN = "receiver:0123456789abcdef0123456789abcdef"
+
+
+def test_a_task_of_our_own_verifies_against_its_derived_key_only() -> None:
+    doc = {**example("02-ProcessEof.cmq-msgBody.verbatim.json"), "SessionContext": OWN}
+    keys = NotifyKeys(static=(NOTIFY_KEY,), master=("master-new", "master-old"))
+    own_key = events.derived_key("master-old", OWN)
+    assert check(signed(doc, key=own_key), keys) == events.Check(Verdict.VALID, "derived:1")
+    # A valid pair made with a static key is no good for a task that has a key of its own...
+    with pytest.raises(SignatureError, match="does not match"):
+        check(signed(doc, key=NOTIFY_KEY), keys)
+    # ...nor is another task's own key.
+    other_key = events.derived_key("master-old", OWN[:-1] + "0")
+    with pytest.raises(SignatureError, match="does not match"):
+        check(signed(doc, key=other_key), keys)
+    # A context of any other form still verifies with the static keys.
+    theirs = {**doc, "SessionContext": "their-own"}
+    assert check(signed(theirs, key=NOTIFY_KEY), keys) == events.Check(Verdict.VALID, "static:0")
+
+
+def test_derived_keys_are_distinct_per_task_and_master_key() -> None:
+    a = events.derived_key("m1", OWN)
+    assert a == events.derived_key("m1", OWN)
+    assert len(a) == 32
+    assert len({a, events.derived_key("m2", OWN), events.derived_key("m1", OWN + "x")}) == 3
+    assert "m1" not in a

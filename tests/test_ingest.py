@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
-from receiver.events import Channel, SignPolicy, Verdict
+from receiver.events import Channel, NotifyKeys, SignPolicy, Verdict
 from receiver.ingest import Ingestor
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
 from tests.fakes import MemoryStore
@@ -19,7 +19,7 @@ EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
 def ingestor(store: MemoryStore, policy: SignPolicy = SignPolicy.REQUIRED, max_batch: int = 256) -> Ingestor:
     return Ingestor(
         store,
-        keys=[NOTIFY_KEY],
+        keys=NotifyKeys(static=(NOTIFY_KEY,)),
         policies={Channel.HTTP: policy, Channel.AMQP: policy},
         max_batch=max_batch,
         clock=lambda: FROZEN_NOW,
@@ -96,7 +96,7 @@ async def test_policy_is_per_channel() -> None:
     store = MemoryStore()
     ing = Ingestor(
         store,
-        keys=[NOTIFY_KEY],
+        keys=NotifyKeys(static=(NOTIFY_KEY,)),
         policies={Channel.HTTP: SignPolicy.REQUIRED, Channel.AMQP: SignPolicy.IF_PRESENT},
         clock=lambda: FROZEN_NOW,
     )

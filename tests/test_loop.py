@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,6 +17,8 @@ from receiver.app import create_app
 from receiver.emulator import EmulatorSettings, create_emulator
 from receiver.emulator.scenario import Scenario, plan
 from receiver.settings import Settings
+from tests.conftest import body as body_of
+from tests.conftest import signed
 from tests.test_consumer import AMQP_URL
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -204,3 +207,44 @@ async def test_mps_errors_become_clear_api_errors_and_leave_a_visible_record(
     [record] = (await (await wrong.get("/v1/tasks")).json())["items"]
     assert record["state"] == "failed"
     assert "AuthFailure.SignatureFailure" in record["err_message"]
+
+
+async def test_with_a_master_key_each_task_gets_its_own_key_and_a_static_pair_cannot_forge_for_it(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    mps = await emulator(aiohttp_server)
+    client = await receiver(
+        aiohttp_client, tmp_path, mps, verify={"notify_keys": [KEY], "master_keys": ["loop-master"]}
+    )
+    hook = str(client.make_url("/v1/notifications"))
+    given_key = await client.post("/v1/tasks/submit", json=request({"NotifyType": "URL", "NotifyUrl": hook}))
+    assert given_key.status == 400  # the task's key is receiver's to derive
+    assert (await given_key.json())["error"]["field"] == "TaskNotifyConfig.NotifyKey"
+    body = request({"NotifyType": "URL", "NotifyUrl": hook})
+    del body["TaskNotifyConfig"]["NotifyKey"]
+    task = await submit(client, body)
+    assert "NotifyKey" not in str(task)
+    assert "loop-master" not in str(task)
+    ended = await until_ended(client, task["task_id"])
+    assert (ended["state"], ended["err_code"]) == ("finished", 0)
+    await check_every_notification_arrived(client, ended)
+    stored = (await (await client.get(f"/v1/tasks/{task['task_id']}/events")).json())["items"]
+    assert {e["sign_key"] for e in stored} == {"derived:0"}
+    assert all("Sign" not in e["payload"] and "Timestamp" not in e["payload"] for e in stored)
+    # A pair valid for the static key, with this task's context: refused.
+    eof = {
+        "NotificationType": "ProcessEof",
+        "TaskId": task["task_id"],
+        "SessionContext": task["session_context"],
+        "ProcessEofInfo": {"ErrCode": 1, "Message": "forged"},
+    }
+    forged = signed(eof, key=KEY, timestamp=int(time.time()) + 300)  # fmt: skip
+    assert (await client.post("/v1/notifications", data=body_of(forged))).status == 401
+    # Without the context it is no longer this task's: kept as an orphan, the task untouched.
+    del forged["SessionContext"]
+    forged = signed(forged, key=KEY, timestamp=int(time.time()) + 300)
+    assert (await client.post("/v1/notifications", data=body_of(forged))).status == 200
+    after = await (await client.get(f"/v1/tasks/{task['task_id']}")).json()
+    assert (after["state"], after["err_code"], after["late_count"]) == ("finished", 0, ended["late_count"])
+    orphans = (await (await client.get("/v1/events", params={"orphan": "true"})).json())["items"]
+    assert [o["err_message"] for o in orphans] == ["forged"]

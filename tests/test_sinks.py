@@ -21,13 +21,12 @@ from structlog.testing import capture_logs
 from receiver import events, sinks
 from receiver.documents import event_document
 from receiver.errors import ConfigError, SinkError, SinkGoneError
-from receiver.events import Channel, Verdict
 from receiver.ports import Delivery, EventRecord
 from receiver.sinks.amqp import routing_key
 from receiver.sinks.http import HttpSink, retry_after
 from receiver.sinks.jsonl import JsonlSink
 from receiver.tasks import MatchedBy
-from tests.conftest import FROZEN_NOW, body, example
+from tests.conftest import event_of, example
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -35,8 +34,7 @@ SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 
 
 def record(name: str = "03-AiReviewResult-Image.constructed.json", **changes: Any) -> EventRecord:
-    document, n = events.parse(body({**example(name), **changes}))
-    e = events.normalize(document, n, channel=Channel.HTTP, received_at=FROZEN_NOW, verdict=Verdict.VALID)
+    e = event_of({**example(name), **changes}, check=events.Check(events.Verdict.VALID, "static:0"))
     return EventRecord(
         seq=1,
         event_id=e.event_id,
@@ -54,7 +52,7 @@ def record(name: str = "03-AiReviewResult-Image.constructed.json", **changes: An
         err_code=None,
         err_message=None,
         findings=orjson.loads(orjson.dumps(e.findings)),
-        raw=document,
+        raw=e.raw,
     )
 
 

@@ -11,6 +11,7 @@ from receiver.tasks import MatchedBy, Task, TaskState
 @dataclass
 class Happened:
     task_id: str = "T1"
+    session_context: str = ""
     notification_type: str = "AiReviewResult"
     received_at: float = 100.0
     err_code: int | None = None
@@ -129,3 +130,20 @@ def test_an_adopted_orphan_matched_by_context_only_when_the_contexts_agree() -> 
     assert tasks.adoption_match(with_context, "room-1") is MatchedBy.SESSION_CONTEXT
     assert tasks.adoption_match(with_context, "room-2") is MatchedBy.TASK_ID
     assert tasks.adoption_match(task(), "") is MatchedBy.TASK_ID
+
+
+def test_a_task_receiver_submitted_is_matched_by_its_own_context_only() -> None:
+    ours = task(session_context="receiver:abc", task_id="T1")
+    # A notification naming its TaskId without its context (a static-key forgery) finds no task.
+    assert tasks.match(Happened(task_id="T1", session_context=""), [], ours) is None
+    assert tasks.match(Happened(task_id="T1", session_context="receiver:other"), [], ours) is None
+    assert tasks.match(Happened(task_id="T1", session_context="receiver:abc"), [ours], ours) == (
+        ours,
+        MatchedBy.SESSION_CONTEXT,
+    )
+    assert not tasks.adoptable(ours, "")
+    assert tasks.adoptable(ours, "receiver:abc")
+    # A task registered from elsewhere is matched by its TaskId as before.
+    theirs = task(session_context="their-own")
+    assert tasks.match(Happened(task_id="T1"), [], theirs) == (theirs, MatchedBy.TASK_ID)
+    assert tasks.adoptable(theirs, "")

@@ -22,8 +22,8 @@ TOKEN = "s3cret-api-token"
 REVIEW = example("03-AiReviewResult-Image.constructed.json")
 EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-_DEEP_TS = int(FROZEN_NOW) + 600
-DEEP_SIGNATURE = f', "Timestamp": {_DEEP_TS}, "Sign": "{expected_sign(_DEEP_TS, NOTIFY_KEY)}"}}'.encode()
+_SIGNED_TS = int(FROZEN_NOW) + 600
+SIGNATURE = f', "Timestamp": {_SIGNED_TS}, "Sign": "{expected_sign(_SIGNED_TS, NOTIFY_KEY)}"}}'.encode()
 
 
 def settings(tmp_path: Path, **verify: Any) -> Settings:
@@ -58,10 +58,14 @@ async def get(client: TestClient[Any, Any], path: str, **params: str) -> Any:
 
 
 @pytest.mark.parametrize("name", NOTIFICATION_FILES)
-async def test_every_example_is_stored_and_answered_code_0(client: TestClient[Any, Any], name: str) -> None:
+async def test_every_example_is_stored_and_answered_code_0(
+    client: TestClient[Any, Any], clock: list[float], name: str
+) -> None:
     payload = example(name)
     if "Sign" not in payload:
         payload = signed(payload)
+    else:  # the examples' Timestamps spread over hours: receive each well inside its own validity
+        clock[0] = payload["Timestamp"] - 300
     raw = example_bytes(name) if "Sign" in example(name) else body(payload)
     status, answer = await post(client, raw)
     assert (status, answer) == (200, {"code": 0})
@@ -88,7 +92,7 @@ async def test_a_cmq_topic_http_push_envelope_is_accepted(client: TestClient[Any
 
 async def test_a_retry_is_answered_200_and_stored_once(client: TestClient[Any, Any]) -> None:
     assert await post(client, signed(REVIEW)) == (200, {"code": 0})
-    resigned = signed(REVIEW, timestamp=int(FROZEN_NOW) + 900)
+    resigned = signed(REVIEW, timestamp=int(FROZEN_NOW) + 300)
     assert await post(client, resigned) == (200, {"code": 0})
     page = await get(client, "/v1/events")
     assert len(page["items"]) == 1
@@ -105,20 +109,21 @@ async def test_a_retry_is_answered_200_and_stored_once(client: TestClient[Any, A
         (b'{"NotificationType": "ProcessEof"}', "TaskId", "a value (the member is required)"),
         (b'{"NotificationType": "ProcessEof", "TaskId": 42}', "TaskId", "a string"),
         (
-            b'{"NotificationType": "ProcessEof", "TaskId": "t", "ProcessEofInfo": {"ErrCode": [0]}}',
+            b'{"NotificationType": "ProcessEof", "TaskId": "t", "ProcessEofInfo": {"ErrCode": [0]}'
+            + SIGNATURE,
             "ProcessEofInfo.ErrCode",
             "an integer",
         ),
         (
             b'{"NotificationType": "ProcessEof", "TaskId": "t",'
-            b' "ProcessEofInfo": {"ErrCode": 9223372036854775808}}',
+            b' "ProcessEofInfo": {"ErrCode": 9223372036854775808}' + SIGNATURE,
             "ProcessEofInfo.ErrCode",
-            "input should be less than or equal to 9223372036854775807",
+            "an integer <= 9223372036854775807",
         ),
         (
-            b'{"NotificationType": "X", "TaskId": "t", "X": ' + b"[" * 300 + b"]" * 300 + DEEP_SIGNATURE,
+            b'{"NotificationType": "X", "TaskId": "t", "X": ' + b"[" * 300 + b"]" * 300 + SIGNATURE,
             "body",
-            "JSON that can be stored",
+            "JSON nested at most 64 levels deep",
         ),
     ],
 )
@@ -171,6 +176,28 @@ async def test_bad_or_expired_signatures_are_401_and_nothing_is_stored(
     assert answer["error"]["code"] == "invalid_signature"
     assert NOTIFY_KEY not in orjson.dumps(answer).decode()
     assert (await get(client, "/v1/events"))["items"] == []
+
+
+async def test_the_sign_is_checked_before_the_body_is_validated(client: TestClient[Any, Any]) -> None:
+    # An unsigned (or badly signed) body is refused for its Sign, whatever else is wrong with it:
+    # validating what nobody signed is work an attacker could make us do for free.
+    bad_member = {**EOF_DOC, "ProcessEofInfo": {"ErrCode": "not a number"}}
+    assert (await post(client, bad_member))[0] == 401
+    assert (await post(client, signed(bad_member, key="wrong")))[0] == 401
+    # Signed, the same body is a 400 naming the member.
+    status, answer = await post(client, signed(bad_member))
+    assert (status, answer["error"]["field"]) == (400, "ProcessEofInfo.ErrCode")
+
+
+async def test_what_is_stored_and_passed_on_carries_no_sign_pair(client: TestClient[Any, Any]) -> None:
+    doc = signed(REVIEW)
+    assert await post(client, doc) == (200, {"code": 0})
+    [stored] = (await get(client, "/v1/events"))["items"]
+    assert "Sign" not in stored["payload"]
+    assert "Timestamp" not in stored["payload"]
+    assert doc["Sign"] not in orjson.dumps(stored).decode()
+    assert stored["payload"] == {k: v for k, v in doc.items() if k not in ("Sign", "Timestamp")}
+    assert (stored["verdict"], stored["sign_key"]) == ("valid", "static:0")
 
 
 async def test_if_present_policy_takes_unsigned_but_not_badly_signed(

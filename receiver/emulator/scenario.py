@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from receiver import wire
@@ -126,5 +127,5 @@ def plan(task_id: str, request: dict[str, Any], scenario: Scenario) -> list[tupl
         kind = rng.choice(kinds)
         out.append((end + 0.1 * (i + 1), {"NotificationType": kind, **base, **_result(kind, rng, end + i)}))
     for _, notification in out:  # every emitted notification is a valid wire notification
-        wire.Notification.model_validate(notification)
+        msgspec.convert(notification, wire.Notification)
     return out

@@ -158,13 +158,13 @@ class PostgresStore:
                 transition = None if found is None else tasks.apply(found[0], e)
                 seq = await con.fetchval(
                     "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-                    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                     " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
                     e.event_id, e.task_id, found[0].id if found else None, found[1].value if found else None,
                     e.notification_type, e.session_id, e.session_context, e.channel.value, e.received_at,
                     e.verdict.value, transition.late if transition else False, e.err_code, e.err_message,
-                    orjson.dumps(e.findings).decode(), orjson.dumps(e.raw).decode(),
+                    orjson.dumps(e.findings).decode(), e.body.decode(), e.sign_key,
                 )  # fmt: skip
                 if seq is None:  # already stored (maybe by another replica a moment ago): count it there
                     dup = await con.fetchrow(

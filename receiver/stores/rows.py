@@ -39,7 +39,7 @@ class Orphan:
 
 EVENT_COLUMNS = (
     "seq, event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
-    " channel, received_at, verdict, late, duplicates, err_code, err_message, findings, raw"
+    " channel, received_at, verdict, late, duplicates, err_code, err_message, findings, raw, sign_key"
 )
 
 
@@ -80,6 +80,7 @@ def event_record(row: Sequence[Any]) -> EventRecord:
         err_message=row[14],
         findings=orjson.loads(row[15]),
         raw=orjson.loads(row[16]),
+        sign_key=row[17],
     )
 
 

@@ -29,8 +29,8 @@ TASK_COLUMNS: Final = (
 )
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
@@ -211,7 +211,8 @@ class SqliteWriter:
                 e.err_code,
                 e.err_message,
                 orjson.dumps(e.findings),
-                orjson.dumps(e.raw),
+                e.body.decode(),
+                e.sign_key,
             ),
         )
         if cur.rowcount == 0:  # already stored: count it there, change nothing else

@@ -1,0 +1,202 @@
+"""Reading the bytes: the head before the rest, bounded nesting and sizes, exact scalar types, the
+Sign cut out of what is kept, and msgspec's error messages turned into member and expectation."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+
+from receiver import decoder, wire
+from receiver.errors import InvalidNotificationError
+from tests.conftest import NOTIFICATION_FILES, body, example, example_bytes
+
+REVIEW = example("03-AiReviewResult-Image.constructed.json")
+QC = example("07-AiQualityControlResult.constructed.json")
+
+
+def read(raw: bytes) -> wire.Notification:
+    data = decoder.unwrap(raw)
+    decoder.read_head(data)
+    return decoder.read_notification(data)
+
+
+def refused(raw: bytes) -> InvalidNotificationError:
+    with pytest.raises(InvalidNotificationError) as caught:
+        read(raw)
+    return caught.value
+
+
+def test_msgspec_is_the_pinned_version_whose_messages_are_parsed() -> None:
+    assert msgspec.__version__ == "0.23.0"
+    for message, expected in [
+        ("Expected `int | null`, got `str` - at `$.A.B[0].C`", ("A.B[0].C", "an integer", "a string")),
+        ("Object missing required field `TaskId`", ("TaskId", "a value (the member is required)", None)),
+        (
+            "Object missing required field `X` - at `$.A[1]`",
+            ("A[1].X", "a value (the member is required)", None),
+        ),
+        ("Expected `array` of length <= 1000 - at `$.X`", ("X", "an array of at most 1000 items", None)),
+        (
+            "Expected `str` of length <= 50 - at `$.SessionId`",
+            ("SessionId", "a string of at most 50 characters", None),
+        ),
+        ("Expected `int` >= 0 - at `$.R`", ("R", "an integer >= 0", None)),
+    ]:
+        assert decoder.explain(message) == expected
+    # The messages really have that form (a new msgspec that changes them fails here first).
+    with pytest.raises(msgspec.ValidationError, match=r"^Expected `int \| null`, got `str` - at `\$\.N`$"):
+        msgspec.json.decode(
+            b'{"N": "x"}',
+            type=type("S", (msgspec.Struct,), {"__annotations__": {"N": "int | None"}, "N": None}),
+        )
+
+
+@pytest.mark.parametrize("name", NOTIFICATION_FILES)
+def test_the_head_is_read_alone_and_agrees_with_the_whole(name: str) -> None:
+    data = decoder.unwrap(example_bytes(name))
+    head = decoder.read_head(data)
+    full = decoder.read_notification(data)
+    assert (head.notification_type, head.task_id, head.timestamp, head.sign) == (
+        full.notification_type,
+        full.task_id,
+        full.timestamp,
+        full.sign,
+    )
+
+
+def test_nesting_deeper_than_64_is_refused_before_anything_is_decoded() -> None:
+    ok = b'{"NotificationType": "X", "TaskId": "t", "X": ' + b"[" * 63 + b"]" * 63 + b"}"
+    decoder.read_notification(decoder.unwrap(ok))
+    deep = b'{"NotificationType": "X", "TaskId": "t", "X": ' + b"[" * 64 + b"]" * 64 + b"}"
+    error = refused(deep)
+    assert (error.field, error.expected) == ("body", "JSON nested at most 64 levels deep")
+    # Brackets inside strings are text, not nesting.
+    text = b'{"NotificationType": "X", "TaskId": "t", "X": "' + b"[" * 500 + b'"}'
+    decoder.read_notification(decoder.unwrap(text))
+    # And a CMQ envelope's msgBody is checked too.
+    inner = orjson.dumps({"msgBody": deep.decode()})
+    assert refused(inner).field == "msgBody"
+
+
+@pytest.mark.parametrize(
+    ("member", "value", "expected"),
+    [
+        ("TaskId", "t" * 257, "a string of 1 to 256 visible ASCII characters"),
+        ("TaskId", "bad\nid", "a string of 1 to 256 visible ASCII characters"),
+        ("TaskId", "任务", "a string of 1 to 256 visible ASCII characters"),
+        ("NotificationType", "X" * 65, "a string of 1 to 64 visible ASCII characters"),
+        ("NotificationType", "Ai\x00Review", "a string of 1 to 64 visible ASCII characters"),
+        ("SessionContext", "c" * 1001, "a string of at most 1000 characters"),
+    ],
+)
+def test_over_long_or_control_character_head_members_are_refused_by_name(
+    member: str, value: str, expected: str
+) -> None:
+    error = refused(body({**REVIEW, member: value}))
+    assert (error.field, error.expected) == (member, expected)
+
+
+def test_lists_and_texts_are_capped_on_the_wire() -> None:
+    doc = copy.deepcopy(REVIEW)
+    item = doc["AiReviewResultInfo"]["ResultSet"][0]
+    item["ImagePornResultSet"] = [{}] * (wire.MAX_ITEMS + 1)
+    error = refused(body(doc))
+    assert error.field == "AiReviewResultInfo.ResultSet[0].ImagePornResultSet"
+    assert error.expected == f"an array of at most {wire.MAX_ITEMS} items"
+    doc = copy.deepcopy(REVIEW)
+    doc["AiReviewResultInfo"]["ResultSet"][0]["ImagePornResultSet"][0]["Label"] = "x" * (wire.MAX_TEXT + 1)
+    error = refused(body(doc))
+    assert error.field == "AiReviewResultInfo.ResultSet[0].ImagePornResultSet[0].Label"
+    assert error.expected == f"a string of at most {wire.MAX_TEXT} characters"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("ProcessEofInfo", "ErrCode"), True, "an integer"),  # a boolean is not a number
+        (("ProcessEofInfo", "ErrCode"), 1.5, "an integer"),  # an integer refuses a fraction
+        (("ProcessEofInfo", "ErrCode"), "0", "an integer"),
+        (("LiveRecordResultInfo", "RecordOver"), -1, "an integer >= 0"),  # unsigned
+        (("LiveRecordResultInfo", "FileResults"), {}, "an array"),
+    ],
+)
+def test_scalars_take_exactly_their_wire_type(path: tuple[str, ...], value: Any, expected: str) -> None:
+    doc: dict[str, Any] = {"NotificationType": "ProcessEof", "TaskId": "t", path[0]: {path[1]: value}}
+    error = refused(body(doc))
+    assert (error.field, error.expected) == (".".join(path), expected)
+
+
+def test_booleans_and_strings_are_not_coerced() -> None:
+    doc = copy.deepcopy(example("04-AiRecognitionResult-AsrTrans.adapted-from-doc.json"))
+    full = doc["AiRecognitionResultInfo"]["ResultSet"][0]
+    key = next(k for k in full if k.endswith("RecognitionResultSet") and full[k])
+    full[key][0]["SteadyState"] = "true"
+    error = refused(body(doc))
+    assert error.expected == "a boolean"
+    assert error.got == "a string"
+    full[key][0]["SteadyState"] = 1
+    assert refused(body(doc)).expected == "a boolean"
+
+
+def test_quality_control_confidence_is_an_integer_as_the_sdk_types_it() -> None:
+    doc = copy.deepcopy(QC)
+    doc["AiQualityControlResultInfo"]["QualityControlResultSet"][0]["QualityControlItems"][0][
+        "Confidence"
+    ] = 7.5
+    error = refused(body(doc))
+    assert error.field.endswith("QualityControlItems[0].Confidence")
+    assert error.expected == "an integer"
+
+
+# --- the Sign out of what is kept -----------------------------------------------------------------
+
+
+def test_the_top_level_pair_is_cut_out_of_the_bytes_and_nothing_else_changes() -> None:
+    raw = example_bytes("07-AiQualityControlResult.constructed.json")
+    kept = decoder.strip_sign(decoder.unwrap(raw))
+    assert b'"Sign"' not in kept
+    doc = orjson.loads(kept)
+    assert "Timestamp" not in doc
+    assert doc == {k: v for k, v in orjson.loads(raw).items() if k not in ("Timestamp", "Sign")}
+    # The DiagnoseResult's own Timestamp (a PTS, not the signature's) stays where it is.
+    assert all("Timestamp" in d for d in doc["AiQualityControlResultInfo"]["DiagnoseResultSet"])
+    # What is left is the bytes as received, less the cut: byte for byte, not re-encoded.
+    ops = difflib.SequenceMatcher(None, raw, kept, autojunk=False).get_opcodes()
+    assert {op for op, *_ in ops} == {"equal", "delete"}
+    deleted = b"".join(raw[i1:i2] for op, i1, i2, _, _ in ops if op == "delete")
+    assert re.fullmatch(rb'[\s,]*"(Timestamp|Sign)"[^,]*[\s,]*"(Timestamp|Sign)"[^,]*[\s,]*', deleted), (
+        deleted
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"Sign":"a", "Timestamp": 5, "NotificationType":"X","TaskId":"t"}',
+        b'{"NotificationType":"X","TaskId":"t","Sign":"a","Timestamp":5}',
+        b'{"NotificationType":"X","Sign" : "a" ,"TaskId":"t" , "Timestamp" :5 }',
+        b'{"NotificationType":"X","TaskId":"t","Note":"\\"Sign\\":\\"x\\"","Sign":"a"}',
+        b'{"Timestamp":5,"Sign":"a"}',
+    ],
+)
+def test_cutting_keeps_valid_json_wherever_the_pair_stands(raw: bytes) -> None:
+    kept = decoder.strip_sign(raw)
+    doc = orjson.loads(kept)
+    assert doc == {k: v for k, v in orjson.loads(raw).items() if k not in ("Timestamp", "Sign")}
+
+
+def test_refused_bodies_are_scrubbed_too_json_or_not() -> None:
+    wrapped = orjson.dumps({"Response": {"TaskId": "t", "Timestamp": 5, "Sign": "abc"}})
+    assert orjson.loads(decoder.scrub(wrapped)) == {"Response": {"TaskId": "t"}}
+    garbage = b'not json "Timestamp": 1750248641, "Sign": "346b893046b0346403af24a6e22331c4" trailing'
+    scrubbed = decoder.scrub(garbage)
+    assert b"346b893046b0346403af24a6e22331c4" not in scrubbed
+    assert b"1750248641" not in scrubbed
+    assert scrubbed.startswith(b"not json")
+    assert scrubbed.endswith(b"trailing")
