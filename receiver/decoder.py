@@ -31,6 +31,7 @@ class _Outer(msgspec.Struct):
 
 _OUTER = msgspec.json.Decoder(_Outer)
 _HEAD = msgspec.json.Decoder(wire.Head)
+_FILE = msgspec.json.Decoder(wire.FileTaskNotification)
 _FULL = msgspec.json.Decoder(wire.Notification)
 _ANY = msgspec.json.Decoder()
 
@@ -115,12 +116,47 @@ def _kind(value: Any) -> str:
 
 
 def read_head(body: bytes) -> wire.Head:
-    """The top-level members, validated: enough to check the Sign and to route."""
-    return _decode(_HEAD, body)
+    """The top-level members, validated: enough to check the Sign and to route.
+
+    A file task's notification (``EventType`` instead of ``NotificationType``) comes back as a
+    ``FileTaskHead`` of its ``EventType``, with the TaskId its event object carries.
+    """
+    try:
+        return _decode(_HEAD, body)
+    except InvalidNotificationError as exc:
+        if exc.field != "NotificationType" or exc.got is not None or b'"EventType"' not in body:
+            raise
+    event = _decode(_FILE, body)
+    task_id = event.task_id
+    if task_id is None:
+        raise InvalidNotificationError(
+            "WorkflowTaskEvent.TaskId", "the TaskId of the task event the EventType names"
+        )
+    return wire.FileTaskHead(
+        notification_type=event.event_type,
+        task_id=task_id,
+        session_id=event.session_id,
+        session_context=event.session_context,
+        timestamp=event.timestamp,
+        sign=event.sign,
+    )
 
 
-def read_notification(body: bytes) -> wire.Notification:
-    """The whole notification, every member validated against its wire type and cap."""
+def read_notification(body: bytes, head: wire.Head | None = None) -> wire.Notification:
+    """The whole notification, every member validated against its wire type and cap.
+
+    A file task's notification is not a live one: it is kept whole in the stored document and read
+    no further than its head (``head``, from ``read_head``).
+    """
+    if isinstance(head, wire.FileTaskHead):
+        return wire.Notification(
+            notification_type=head.notification_type,
+            task_id=head.task_id,
+            session_id=head.session_id,
+            session_context=head.session_context,
+            timestamp=head.timestamp,
+            sign=head.sign,
+        )
     return _decode(_FULL, body)
 
 

@@ -67,8 +67,7 @@ def parse(raw: bytes | str) -> tuple[dict[str, Any], wire.Notification]:
     ``decoder.read_notification``), so that an unsigned body is refused before it is validated.
     """
     body = decoder.unwrap(raw)
-    decoder.read_head(body)
-    notification = decoder.read_notification(body)
+    notification = decoder.read_notification(body, decoder.read_head(body))
     return orjson.loads(body), notification
 
 

@@ -347,3 +347,43 @@ class Notification(Head):
     ai_quality_control_result_info: QualityControlResultInfo | None = None
     live_record_result_info: RecordResultInfo | None = None
     ai_smart_subtitle_result_info: SmartSubtitleResultInfo | None = None
+
+
+# --- file-task notifications (ParseNotification) ----------------------------------------------------
+
+
+class TaskRef(WireStruct):
+    task_id: TaskId
+
+
+class FileTaskNotification(WireStruct):
+    """A file (VOD) task's notification pointed at the same URL: ``EventType``, and the TaskId inside
+    the event object its schema names. Kept as a generic event of its ``EventType``."""
+
+    event_type: TypeName
+    workflow_task_event: TaskRef | None = None
+    edit_media_task_event: TaskRef | None = None
+    schedule_task_event: TaskRef | None = None
+    batch_task_event: TaskRef | None = None
+    extract_blind_watermark_task: TaskRef | None = None
+    session_id: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+    session_context: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    timestamp: Int64 | None = None
+    sign: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+    @property
+    def task_id(self) -> str | None:
+        for ref in (
+            self.workflow_task_event,
+            self.edit_media_task_event,
+            self.schedule_task_event,
+            self.batch_task_event,
+            self.extract_blind_watermark_task,
+        ):
+            if ref is not None:
+                return ref.task_id
+        return None
+
+
+class FileTaskHead(Head):
+    """The head of a file-task notification, read into the shape of a live one."""

@@ -200,6 +200,25 @@ async def test_what_is_stored_and_passed_on_carries_no_sign_pair(client: TestCli
     assert (stored["verdict"], stored["sign_key"]) == ("valid", "static:0")
 
 
+async def test_a_file_task_notification_is_kept_as_a_generic_event_of_its_event_type(
+    client: TestClient[Any, Any],
+) -> None:
+    # A file (VOD) task pointed at the same callback URL: no NotificationType, the TaskId inside.
+    doc = {
+        "EventType": "WorkflowTask",
+        "WorkflowTaskEvent": {"TaskId": "2600011111-WorkflowTask-abc", "Status": "FINISH", "ErrCode": 0},
+        "SessionContext": "",
+    }
+    assert await post(client, signed(doc)) == (200, {"code": 0})
+    [stored] = (await get(client, "/v1/events"))["items"]
+    assert (stored["notification_type"], stored["task_id"]) == ("WorkflowTask", "2600011111-WorkflowTask-abc")
+    assert stored["payload"]["WorkflowTaskEvent"]["Status"] == "FINISH"
+    assert stored["findings"] == []
+    # Without the event object its EventType names, the TaskId is missing: a 400 that says where.
+    status, answer = await post(client, signed({"EventType": "WorkflowTask"}))
+    assert (status, answer["error"]["field"]) == (400, "WorkflowTaskEvent.TaskId")
+
+
 async def test_if_present_policy_takes_unsigned_but_not_badly_signed(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -66,7 +66,9 @@ def sdk_members(name: str) -> dict[str, str]:
     """``{wire name: SDK type}`` from the model's ``__init__`` docstring."""
     m = re.search(rf"\nclass {name}\(AbstractModel\):(.*?)\n        \"\"\"\n", _SOURCE, re.S)
     assert m, f"the SDK has no model {name}"
-    return {k: v for k, v in re.findall(r":type (\w+): ([^\n]+)", m.group(1)) if k not in NOT_IN_NOTIFICATIONS}
+    return {
+        k: v for k, v in re.findall(r":type (\w+): ([^\n]+)", m.group(1)) if k not in NOT_IN_NOTIFICATIONS
+    }
 
 
 def ours(t: msgspec.inspect.Type) -> str:
