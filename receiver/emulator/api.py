@@ -83,8 +83,8 @@ class EmulatorSettings(BaseModel):
 
     @model_validator(mode="after")
     def _own_key_off_loopback(self) -> EmulatorSettings:
-        # The default key is in this repository: anyone could start paid-looking tasks (and make
-        # the emulator publish or POST wherever they name) on an emulator reachable from outside.
+        # The default key is in this repository: anyone who can reach the emulator could start
+        # tasks, and so make it POST or publish notifications to wherever they name.
         if not _loopback(self.host) and self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
             raise ValueError(
                 f"emulator.secret_key: set your own (RECEIVER_EMULATOR__SECRET_KEY) when emulator.host"
@@ -183,7 +183,8 @@ class Emulator:
 
     def _remember(self, signature: str) -> None:
         # After the rate limit: a request refused there may come again under the same signature
-        # (the SDK retries RequestLimitExceeded), and what is remembered stays bounded by it.
+        # (receiver's MPS client retries RequestLimitExceeded at once, often within the second the
+        # SDK's timestamp has), and what is remembered stays bounded by the limit.
         if self.signatures.full():
             raise ApiError("RequestLimitExceeded", "too many signed requests in the replay window")
         self.signatures.put(signature, True)
