@@ -11,7 +11,8 @@ COPY config ./config
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001
 EXPOSE 8080
-ENV RECEIVER_HTTP__HOST=0.0.0.0
+# No RECEIVER_HTTP__HOST here: the image alone listens on loopback. Whoever opens it to the network
+# (RECEIVER_HTTP__HOST=0.0.0.0: deploy/compose.yaml, the k8s ConfigMap) gives it an API token too.
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
 ENTRYPOINT ["receiver", "--config", "config/receiver.toml"]
 CMD ["serve"]

@@ -1,7 +1,8 @@
 """The emulator's Tencent Cloud API 3.0 endpoint: ``POST /`` with ``X-TC-Action: ProcessLiveStream``.
 
-Checks the TC3-HMAC-SHA256 signature against its configured credentials (±5 minutes), validates
-the request as MPS does, answers ``{"Response": {"TaskId", "RequestId"}}`` or
+Checks the TC3-HMAC-SHA256 signature against its configured credentials (±5 minutes; the signed
+headers must include ``content-type;host``; no unsigned payloads; a signature is good for one
+request), validates the request as MPS does, answers ``{"Response": {"TaskId", "RequestId"}}`` or
 ``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}`` with ``Content-Type:
 application/json`` exactly (the SDK ignores errors under any other value), then plays the task's
 scenario: notifications over the stream's life, then ``ProcessEof``, to the notify target.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import time
 import uuid
 from collections import deque
@@ -21,17 +23,28 @@ from urllib.parse import urlparse
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from receiver import tc3
 from receiver.emulator.notify import Notifier
+from receiver.emulator.recent import Recent
 from receiver.emulator.scenario import Scenario, plan
 
 log = structlog.get_logger("receiver.emulator")
 
 VERSION = "2019-06-12"
 SESSION_ID_WINDOW = 7 * 24 * 3600
+SESSION_IDS_KEPT = 100_000  # past this, the oldest SessionIds may be reused before their 7 days
+TASKS_KEPT = 10_000
+TASK_MAX_AGE = 24 * 3600
 RATE_LIMIT = 100  # requests per second, as the real API
+# A signature stays replayable while its X-TC-Timestamp is within the skew: at most 2 x skew after
+# it was first seen. Only requests that passed the rate limit are remembered, so this many always
+# fits; reaching it means the limit was bypassed, and the request is refused rather than forgetting
+# a signature that could then be replayed.
+REPLAY_WINDOW = 2 * tc3.MAX_SKEW
+SIGNATURES_KEPT = RATE_LIMIT * (REPLAY_WINDOW + 1)
+DEFAULT_SECRET_KEY = "emulator-secret-key"
 STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "srt", "trtc", "webrtc")
 TASK_INPUTS = (
     "AiContentReviewTask",
@@ -48,12 +61,45 @@ class EmulatorSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 9000
     secret_id: str = "emulator-secret-id"
-    secret_key: SecretStr = SecretStr("emulator-secret-key")
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    # What every request must sign, beyond which the client may sign more. The official SDKs sign
+    # content-type;host only: add "x-tc-action" for clients that sign it too.
+    required_signed_headers: list[str] = Field(default_factory=lambda: list(tc3.REQUIRED_SIGNED_HEADERS))
     amqp_url: SecretStr | None = None  # where TDMQ-CMQ notifications go (RabbitMQ)
     scenario: Scenario = Field(default_factory=Scenario)
     scenario_file: Path | None = None  # a JSON or TOML file with the Scenario fields; wins over scenario
     speed: float = Field(default=1.0, gt=0)  # 2.0 plays scenarios twice as fast
     response_delay: float = Field(default=0.0, ge=0)  # hold the answer: notifications beat it
+
+    @field_validator("required_signed_headers")
+    @classmethod
+    def _at_least_the_mandatory_pair(cls, value: list[str]) -> list[str]:
+        lowered = [h.strip().lower() for h in value]
+        missing = [h for h in tc3.REQUIRED_SIGNED_HEADERS if h not in lowered]
+        if missing:
+            mandatory = ", ".join(tc3.REQUIRED_SIGNED_HEADERS)
+            raise ValueError(f"must include {mandatory} (missing {', '.join(missing)})")
+        return lowered
+
+    @model_validator(mode="after")
+    def _own_key_off_loopback(self) -> EmulatorSettings:
+        # The default key is in this repository: anyone who can reach the emulator could start
+        # tasks, and so make it POST or publish notifications to wherever they name.
+        if not _loopback(self.host) and self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+            raise ValueError(
+                f"emulator.secret_key: set your own (RECEIVER_EMULATOR__SECRET_KEY) when emulator.host"
+                f" is {self.host!r}, not a loopback address: the default key is public"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ApiError(Exception):
@@ -75,22 +121,24 @@ class Emulator:
         self.scenario = settings.scenario
         if settings.scenario_file is not None:
             self.scenario = _load_scenario(settings.scenario_file)
-        self.session_ids: dict[str, float] = {}
+        self.session_ids: Recent[bool] = Recent(SESSION_IDS_KEPT, SESSION_ID_WINDOW)
+        self.signatures: Recent[bool] = Recent(SIGNATURES_KEPT, REPLAY_WINDOW)
         self.recent: deque[float] = deque()
-        self.tasks: dict[str, dict[str, Any]] = {}
+        self.tasks: Recent[dict[str, Any]] = Recent(TASKS_KEPT, TASK_MAX_AGE)
         self.players: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
         try:
             body = await request.read()
-            self._authenticate(request, body)
+            signature = self._authenticate(request, body)
             action = request.headers.get("X-TC-Action", "")
             if action != "ProcessLiveStream":
                 raise ApiError("InvalidAction", f"the action {action!r} is not supported by the emulator")
             if request.headers.get("X-TC-Version") != VERSION:
                 raise ApiError("NoSuchVersion", f"version must be {VERSION}")
             self._rate_limit()
+            self._remember(signature)
             params = orjson.loads(body) if body else {}
             if not isinstance(params, dict):
                 raise ApiError("InvalidParameter", "the request body must be a JSON object")
@@ -111,30 +159,35 @@ class Emulator:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, body: bytes) -> None:
-        auth = tc3.parse_authorization(request.headers.get("Authorization", ""))
-        if auth is None:
-            raise ApiError("AuthFailure.SignatureFailure", "the Authorization header is not TC3-HMAC-SHA256")
+    def _authenticate(self, request: web.Request, body: bytes) -> str:
+        """The request's signature, once it is proven and not seen before."""
         try:
-            timestamp = int(request.headers.get("X-TC-Timestamp", ""))
-        except ValueError:
+            auth = tc3.verify(
+                secret_id=self.settings.secret_id,
+                secret_key=self.settings.secret_key.get_secret_value(),
+                service="mps",
+                method=request.method,
+                headers=dict(request.headers),
+                body=body,
+                now=time.time(),
+                query=request.query_string,
+                required_headers=tuple(self.settings.required_signed_headers),
+            )
+        except tc3.Tc3Error as exc:
+            raise ApiError(exc.api_code, exc.message) from None
+        if auth.signature.lower() in self.signatures:
             raise ApiError(
-                "AuthFailure.SignatureFailure", "X-TC-Timestamp is missing or not a number"
-            ) from None
-        if abs(time.time() - timestamp) > 300:
-            raise ApiError("AuthFailure.SignatureExpire", "the request timestamp is more than 5 minutes off")
-        expected = tc3.signature(
-            secret_key=self.settings.secret_key.get_secret_value(),
-            service=auth.service,
-            timestamp=timestamp,
-            method=request.method,
-            headers=dict(request.headers),
-            signed_headers=auth.signed_headers,
-            body=body,
-        )
-        good = auth.secret_id == self.settings.secret_id and auth.service == "mps"
-        if not good or not tc3.same(expected, auth.signature):
-            raise ApiError("AuthFailure.SignatureFailure", "the signature does not match")
+                "AuthFailure.SignatureFailure", "this signature was already used: a request is signed once"
+            )
+        return auth.signature.lower()
+
+    def _remember(self, signature: str) -> None:
+        # After the rate limit: a request refused there may come again under the same signature
+        # (receiver's MPS client retries RequestLimitExceeded at once, often within the second the
+        # SDK's timestamp has), and what is remembered stays bounded by the limit.
+        if self.signatures.full():
+            raise ApiError("RequestLimitExceeded", "too many signed requests in the replay window")
+        self.signatures.put(signature, True)
 
     def _rate_limit(self) -> None:
         now = time.monotonic()
@@ -186,14 +239,13 @@ class Emulator:
                 "InvalidParameterValue.SessionContextTooLong", "SessionContext is longer than 1000"
             )
         if session_id:
-            used = self.session_ids.get(session_id)
-            if used is not None and time.time() - used < SESSION_ID_WINDOW:
+            if session_id in self.session_ids:
                 raise ApiError(
                     "InvalidParameterValue.SessionId", f"SessionId {session_id!r} was used in the last 7 days"
                 )
-            self.session_ids[session_id] = time.time()
+            self.session_ids.put(session_id, True)
         task_id = f"1300000000-procedure-live-{uuid.uuid4().hex}"
-        self.tasks[task_id] = p
+        self.tasks.put(task_id, p)
         return task_id
 
     # --- the stream's life --------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """``Notifier``: how the emulator sends a notification, as MPS would: HTTP POST to ``NotifyUrl``
 (retrying on non-2xx with backoff, our choice since MPS documents none) or a message on the
-RabbitMQ queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's stand-in)."""
+RabbitMQ queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's stand-in). A topic that no
+one has declared yet is declared here, as the durable fanout exchange receiver's consumer declares
+by default; one that exists is used as it is, whatever its type."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 import aio_pika
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 from pydantic import SecretStr
 
 log = structlog.get_logger("receiver.emulator.notify")
@@ -25,6 +28,7 @@ class Notifier:
         self._http: aiohttp.ClientSession | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._topics: dict[str, AbstractExchange] = {}
         self.sent = 0
         self.failed = 0
 
@@ -67,11 +71,41 @@ class Notifier:
             body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
         )
         if notify.get("CmqModel") == "Topic":
-            exchange = await self._channel.get_exchange(str(notify["TopicName"]), ensure=False)
+            exchange = await self._topic(str(notify["TopicName"]))
             await exchange.publish(message, routing_key="")
         else:
             await self._channel.default_exchange.publish(message, routing_key=str(notify["QueueName"]))
         self.sent += 1
+
+    async def _topic(self, name: str) -> AbstractExchange:
+        exchange = self._topics.get(name)
+        if exchange is None:
+            await self._ensure_topic(name)
+            assert self._channel is not None
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._topics[name] = exchange
+        return exchange
+
+    async def _ensure_topic(self, name: str) -> None:
+        # On a channel of its own: the broker closes a channel whose passive declare finds nothing,
+        # or whose declare names another type than the existing exchange's (a consumer may have
+        # declared a "topic" exchange, or declared it between our two steps); either is fine here,
+        # and the publishing channel must not be the one closed.
+        assert self._connection is not None
+        probes = [await self._connection.channel()]
+        try:
+            await probes[0].declare_exchange(name, passive=True)
+        except ChannelNotFoundEntity:
+            probes.append(await self._connection.channel())
+            try:
+                await probes[1].declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+                log.info("declared the topic exchange", topic=name)
+            except ChannelPreconditionFailed:
+                pass
+        finally:
+            for probe in probes:
+                if not probe.is_closed:
+                    await probe.close()
 
     async def aclose(self) -> None:
         if self._http is not None:
