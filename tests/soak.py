@@ -197,7 +197,7 @@ def templates() -> list[dict[str, Any]]:
 
 def make(i: int, tasks: int, bases: list[dict[str, Any]]) -> dict[str, Any]:
     doc = dict(bases[i % len(bases)])
-    ts = int(time.time()) + 3600
+    ts = int(time.time()) + 600  # as MPS signs: valid for 10 minutes
     doc.update(TaskId=f"soak-task-{i % tasks}", SessionId=f"n-{i}", SessionContext="", Timestamp=ts)
     doc["Sign"] = events.expected_sign(ts, KEY)
     return doc
