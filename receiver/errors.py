@@ -18,6 +18,9 @@ class InvalidNotificationError(ReceiverError):
         self.field = field
         self.expected = expected
         self.got = got
+        # Found after the Sign was checked and good (or not asked for): worth keeping for inspection,
+        # unlike what anyone could send unsigned.
+        self.signed = False
         detail = f"{field}: expected {expected}"
         if got is not None:
             detail += f", got {got}"

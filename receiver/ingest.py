@@ -95,7 +95,11 @@ class Ingestor:
             )
             if check.key is not None and self._observe_key is not None:
                 self._observe_key(check.key)
-            notification = decoder.read_notification(body, head)
+            try:
+                notification = decoder.read_notification(body, head)
+            except InvalidNotificationError as exc:
+                exc.signed = True
+                raise
             event = events.normalize(
                 decoder.strip_sign(body), notification, channel=channel, received_at=received_at, check=check
             )
