@@ -16,10 +16,12 @@ import structlog
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from receiver.app import create_app
+from receiver.app import create_app, listeners_for
 from receiver.errors import ReceiverError
+from receiver.listeners import serve
 from receiver.logs import configure_logging
 from receiver.ports import DeliveryQuery, DeliveryState
+from receiver.redact import redact_url
 from receiver.settings import Settings, load_settings
 from receiver.stores import open_store
 
@@ -47,14 +49,12 @@ def _serve(settings: Settings, role: Literal["serve", "consume", "dispatch"]) ->
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(settings, role=role)
     app.on_startup.append(_settle_gc)
-    web.run_app(
-        app,
-        host=settings.http.host,
-        port=settings.http.port,
-        access_log=access_logger if settings.http.access_log else None,
-        shutdown_timeout=settings.http.shutdown_timeout,
-        print=None,
-        handler_cancellation=False,
+    asyncio.run(
+        serve(
+            listeners_for(settings, app, role),
+            access_log=access_logger if settings.http.access_log else None,
+            shutdown_timeout=settings.http.shutdown_timeout,
+        )
     )
 
 
@@ -156,7 +156,8 @@ def _submit(settings: Settings, args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json"}
     if settings.api.token is not None:
         headers["Authorization"] = f"Bearer {settings.api.token.get_secret_value()}"
-    server = args.server or f"http://{settings.http.host}:{settings.http.port}"
+    host, port = settings.http.management_address
+    server = args.server or f"http://{host}:{port}"
     req = urllib.request.Request(f"{server}/v1/tasks/submit", data=orjson.dumps(body), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
@@ -173,7 +174,7 @@ def _submit(settings: Settings, args: argparse.Namespace) -> int:
 async def _migrate(settings: Settings) -> None:
     store = await open_store(settings.store)  # opening migrates
     await store.aclose()
-    structlog.get_logger("receiver").info("migrated", url=settings.store.url)
+    structlog.get_logger("receiver").info("migrated", url=redact_url(settings.store.url))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", command=args.command, config=str(config) if config else None)
     try:
         if args.command in ("serve", "consume", "dispatch"):
-            log.info("listening", host=settings.http.host, port=settings.http.port)
-            _serve(settings, args.command)
+            _serve(settings, args.command)  # logs "listening" once each listener is up
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "replay":

@@ -11,15 +11,17 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
-from receiver import outbox_api, submit_api
+from receiver import guards, outbox_api, submit_api
 from receiver import web as routes
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
+from receiver.listeners import Listener
 from receiver.metrics import Metrics
 from receiver.ports import Store
+from receiver.redact import redact_url
 from receiver.routing import router
 from receiver.settings import MaintenanceSettings, Settings
 from receiver.sinks import build_sink
@@ -98,23 +100,28 @@ def create_app(
 
     ``serve``: the webhook, the management API and the dispatcher, plus the AMQP consumer when
     ``amqp.url`` is set. ``consume``: the AMQP consumer alone (worker replicas). ``dispatch``: the
-    dispatcher alone. The last two serve the health probes only.
+    dispatcher alone. The last two serve the health probes only. With ``http.management_port``
+    set, this app serves the management API and the probes, and ``create_webhook_app`` the webhook
+    (``listeners_for`` puts each on its address).
     """
-    # Check the signature settings now, before anything listens.
+    # Check the signature settings and the exposure now, before anything listens.
     policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
+    if role == "serve":
+        guards.check_exposure(settings)
     app = web.Application(
         client_max_size=settings.http.max_body_bytes,
-        middlewares=[routes.errors_middleware],
+        middlewares=[routes.errors_middleware, guards.management_guard, guards.body_timeout],
     )
     app[routes.MAX_BODY] = settings.http.max_body_bytes
-    app[routes.API_TOKEN] = settings.api.token.get_secret_value() if settings.api.token else ""
+    app[guards.BODY_TIMEOUT] = settings.http.body_timeout
+    app[guards.GUARD] = guards.guard_for(settings)
     app[routes.CLOCK] = clock
     app[routes.TASK_DEADLINE] = settings.maintenance.task_deadline
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         owned = store is None
         app[routes.STORE] = await open_store(settings.store) if store is None else store
-        log.info("store open", url=settings.store.url if owned else type(store).__name__)
+        log.info("store open", url=redact_url(settings.store.url) if owned else type(store).__name__)
         yield
         if owned:
             await app[routes.STORE].aclose()
@@ -185,11 +192,47 @@ def create_app(
 
     if role != "consume":  # one place does it; consumer replicas only consume
         app.cleanup_ctx.append(maintenance_ctx)
+    routes.add_probes(app)
     if role == "serve":
-        routes.add_routes(app)
+        if not settings.http.split:
+            routes.add_webhook(app)
+        routes.add_management(app)
         outbox_api.add_routes(app)
         masters = settings.verify.keys().master
         submit_api.add_routes(app, settings.mps, masters[0] if masters else None)
-    else:
-        routes.add_probes(app)
     return app
+
+
+def create_webhook_app(settings: Settings, main: web.Application) -> web.Application:
+    """The webhook's own listener (``http.management_port`` set): ``POST /v1/notifications`` and
+    ``/healthz``, on the ingestor and store of ``main``, which must have started first."""
+    app = web.Application(
+        client_max_size=settings.http.max_body_bytes,
+        middlewares=[routes.errors_middleware, guards.body_timeout],
+    )
+    app[routes.MAX_BODY] = settings.http.max_body_bytes
+    app[guards.BODY_TIMEOUT] = settings.http.body_timeout
+
+    async def share(app: web.Application) -> None:
+        app[routes.INGESTOR] = main[routes.INGESTOR]
+        app[routes.STORE] = main[routes.STORE]
+
+    app.on_startup.append(share)
+    routes.add_webhook(app)
+    app.router.add_get("/healthz", routes.healthz)
+    return app
+
+
+def listeners_for(
+    settings: Settings, app: web.Application, role: Literal["serve", "consume", "dispatch"] = "serve"
+) -> list[Listener]:
+    """Where ``app`` (from ``create_app``) listens: in start order (the management app first, as
+    the webhook's uses what it opened), stopped in reverse."""
+    if not settings.http.split:
+        return [Listener("http", app, settings.http.host, settings.http.port)]
+    host, port = settings.http.management_address
+    listeners = [Listener("management", app, host, port)]
+    if role == "serve":
+        webhook = create_webhook_app(settings, app)
+        listeners.append(Listener("webhook", webhook, settings.http.host, settings.http.port))
+    return listeners

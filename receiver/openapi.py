@@ -42,6 +42,9 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 MANAGEMENT_ERRORS = {
     "400": _error("a parameter is not what was expected; the body names it"),
     "401": _error("missing or wrong bearer token"),
+    "403": _error("the Host or Origin header names a host not in http.allowed_hosts"),
+    "408": _error("the body did not arrive within http.body_timeout"),
+    "415": _error("a state change not sent as Content-Type: application/json"),
     "503": _error("the store is unavailable"),
 }
 
@@ -80,6 +83,7 @@ def document() -> dict[str, Any]:
                         ),
                         "400": _error("not a notification; the body names the field"),
                         "401": _error("bad, missing or expired signature"),
+                        "408": _error("the body did not arrive within http.body_timeout"),
                         "413": _error("the body is over the limit"),
                         "422": _error("the store can never take it (kept in quarantine)"),
                         "503": _error("the store is unavailable: retry later"),
@@ -251,6 +255,8 @@ def document() -> dict[str, Any]:
             "/v1/sinks/{name}/enable": {
                 "post": {
                     "security": secured,
+                    # No member is read, but a state change comes as JSON (see guards.py).
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": OBJECT}}},
                     "parameters": [
                         {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],

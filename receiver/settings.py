@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,9 +33,35 @@ class Section(BaseModel):
 class HttpSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # A second listener for the management API and the probes; unset: all on host:port. When set,
+    # host:port serves only the webhook (and /healthz). management_host defaults to host.
+    management_host: str | None = None
+    management_port: int | None = Field(default=None, ge=0, le=65535)
+    # Host (and Origin) names the management API answers, beside loopback and the bind host;
+    # "*" turns the check off (e.g. behind a proxy that checks it).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=262_144, gt=0)  # real notifications are a few KiB
+    body_timeout: float = Field(default=10.0, gt=0)  # seconds to read a request body, else 408
     access_log: bool = False  # one summary line per notification is logged anyway
     shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _management_listener_has_a_port(self) -> HttpSettings:
+        if self.management_host is not None and self.management_port is None:
+            raise ValueError("management_host: expected http.management_port to be set too")
+        return self
+
+    @property
+    def split(self) -> bool:
+        """Whether the management API and the probes have a listener of their own."""
+        return self.management_port is not None
+
+    @property
+    def management_address(self) -> tuple[str, int]:
+        """Where the management API and the probes listen."""
+        if self.management_port is None:
+            return self.host, self.port
+        return self.management_host or self.host, self.management_port
 
 
 class StoreSettings(Section):
@@ -79,7 +105,10 @@ class VerifySettings(Section):
 
 
 class ApiSettings(Section):
-    token: SecretStr | None = None  # bearer token for /v1/tasks and /v1/events; None = open
+    token: SecretStr | None = None  # bearer token for the management API (/v1/ but the webhook)
+    # Serve the management API without a token on a non-loopback address (something in front
+    # guards it). Without this, that combination is refused at start-up.
+    open: bool = False
 
 
 class AmqpSettings(Section):

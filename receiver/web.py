@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -27,16 +26,18 @@ from receiver.errors import (
     UnstorableError,
 )
 from receiver.events import Channel
+from receiver.guards import WEBHOOK_PATH
 from receiver.ingest import Ingestor
 from receiver.metrics import CONTENT_TYPE, Metrics, Snapshot
 from receiver.ports import EventQuery, Quarantined, Store
+from receiver.responses import error_response as error_response  # re-exported for the API modules
+from receiver.responses import json_response as json_response
 from receiver.tasks import Task, TaskState, new_id
 
 log = structlog.get_logger("receiver.web")
 
 INGESTOR = web.AppKey("ingestor", Ingestor)
 STORE = web.AppKey("store", Store)
-API_TOKEN = web.AppKey("api_token", str)  # "" = the management API is open
 MAX_BODY = web.AppKey("max_body", int)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
@@ -48,20 +49,7 @@ _OK = b'{"code":0}'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-# --- responses ---------------------------------------------------------------------------------
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
-) -> web.Response:
-    body = {"code": code, "message": message, **{k: v for k, v in details.items() if v is not None}}
-    return json_response({"error": body}, status, headers)
+# --- errors ------------------------------------------------------------------------------------
 
 
 class BadParameterError(Exception):
@@ -79,13 +67,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except BadParameterError as exc:
         return error_response(400, "invalid_parameter", str(exc), field=exc.field, expected=exc.expected)
     except StoreUnavailableError as exc:
-        return error_response(503, exc.code, f"the store is unavailable: {exc}", {"Retry-After": "1"})
+        # The detail (a driver's message, a path) is for the operator's log, not for whoever asks;
+        # the webhook's summary line already carries it.
+        if request.path != WEBHOOK_PATH:
+            log.error("store unavailable", path=request.path, method=request.method, error=str(exc))
+        return error_response(503, exc.code, "the store is unavailable; retry later", {"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         if exc.status == 413:
             limit = request.app[MAX_BODY]
-            if request.path == "/v1/notifications":  # still one summary line per notification
+            if request.path == WEBHOOK_PATH:  # still one summary line per notification
                 log.warning("notification", channel="http", outcome="too_large", limit=limit)
             return error_response(
                 413, "body_too_large", f"the body is over the limit of {limit} bytes", limit=limit
@@ -123,28 +115,6 @@ async def receive_notification(request: web.Request) -> web.Response:
 
 
 # --- management API ----------------------------------------------------------------------------
-
-
-def protected(handler: Handler) -> Handler:
-    """The management API wants ``Authorization: Bearer <token>`` when a token is configured."""
-
-    async def check(request: web.Request) -> web.StreamResponse:
-        token = request.app[API_TOKEN]
-        if token:
-            given = request.headers.get("Authorization", "")
-            scheme, _, credentials = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                credentials.strip().encode(), token.encode()
-            ):
-                return error_response(
-                    401,
-                    "unauthorized",
-                    "this API wants an Authorization: Bearer <token> header with the configured api token",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-        return await handler(request)
-
-    return check
 
 
 class TaskRegistration(BaseModel):
@@ -303,7 +273,9 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(request.app[STORE].ping(), timeout=2.0)
     except (StoreUnavailableError, TimeoutError) as exc:
-        body.update(status="unavailable", store=str(exc) or "timed out")
+        # Probes are unauthenticated: the reason stays generic, the detail goes to the log.
+        log.error("readiness: store unavailable", error=str(exc) or "ping timed out")
+        body.update(status="unavailable", store="unavailable")
     consumer = request.app.get(CONSUMER)
     if consumer is not None:
         body["amqp"] = {"state": consumer.state, **consumer.counts}
@@ -342,13 +314,16 @@ async def openapi_document(request: web.Request) -> web.Response:
     return json_response(openapi.document())
 
 
-def add_routes(app: web.Application) -> None:
-    add_probes(app)
+def add_webhook(app: web.Application) -> None:
+    app.router.add_post(WEBHOOK_PATH, receive_notification)
+
+
+def add_management(app: web.Application) -> None:
+    """The routes ``guards.management_guard`` protects (all under ``/v1/``), and the API's document."""
     app.router.add_get("/openapi.json", openapi_document)
-    app.router.add_post("/v1/notifications", receive_notification)
-    app.router.add_post("/v1/tasks", protected(register_task))
-    app.router.add_get("/v1/tasks", protected(list_tasks))
-    app.router.add_get("/v1/tasks/{task_id}", protected(get_task))
-    app.router.add_get("/v1/tasks/{task_id}/events", protected(list_task_events))
-    app.router.add_get("/v1/events", protected(list_events))
-    app.router.add_get("/v1/quarantine", protected(list_quarantine))
+    app.router.add_post("/v1/tasks", register_task)
+    app.router.add_get("/v1/tasks", list_tasks)
+    app.router.add_get("/v1/tasks/{task_id}", get_task)
+    app.router.add_get("/v1/tasks/{task_id}/events", list_task_events)
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/quarantine", list_quarantine)

@@ -266,7 +266,7 @@ async def test_a_410_switches_the_sink_off_until_re_enabled(
     assert stats["disabled"] == "gone"
     assert stats["backlog"] == 2
     gone.gone = False
-    resp = await client.post("/v1/sinks/gone/enable")
+    resp = await client.post("/v1/sinks/gone/enable", json={})  # state changes come as JSON
     assert resp.status == 200
     await eventually(lambda: len(gone.received) == 2)
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_shipped_config_gives_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings(ROOT / "config" / "receiver.toml")
-    assert (s.http.host, s.http.port, s.http.max_body_bytes) == ("127.0.0.1", 8080, 1_048_576)
+    assert (s.http.host, s.http.port, s.http.max_body_bytes) == ("127.0.0.1", 8080, 262_144)
     assert s.store.url == "sqlite:///var/receiver.db"
     assert not s.verify.keys()
     assert s.verify.policy_for(Channel.HTTP) is SignPolicy.OFF

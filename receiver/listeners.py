@@ -1,0 +1,92 @@
+"""Running the applications on their sockets: one listener, or the webhook's and the management's.
+
+What ``web.run_app`` does, for several applications: start each on its own ``TCPSite`` in order,
+wait for SIGTERM or SIGINT, then stop them in reverse order, each bounded by the shutdown timeout
+(stop accepting, finish the requests in hand, then run the cleanup contexts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("receiver.listeners")
+
+
+@dataclass
+class Listener:
+    """One application on one address (port 0: any free port, see ``Listening.addresses``)."""
+
+    name: str
+    app: web.Application
+    host: str
+    port: int
+
+
+@dataclass
+class Listening:
+    """Listeners that have started; ``stop()`` ends them, last started first."""
+
+    runners: list[tuple[str, web.AppRunner]] = field(default_factory=list)
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    async def start(
+        cls,
+        listeners: list[Listener],
+        *,
+        access_log: logging.Logger | None = None,
+        shutdown_timeout: float = 10.0,
+    ) -> Listening:
+        """Start each in turn: a later one may use what an earlier one's start-up opened."""
+        started = cls()
+        try:
+            for listener in listeners:
+                runner = web.AppRunner(
+                    listener.app,
+                    handle_signals=False,  # one handler for all of them, in serve()
+                    access_log=access_log,
+                    shutdown_timeout=shutdown_timeout,
+                    handler_cancellation=False,
+                )
+                await runner.setup()
+                started.runners.append((listener.name, runner))
+                site = web.TCPSite(runner, listener.host, listener.port)
+                await site.start()
+                host, port = runner.addresses[-1][:2]
+                started.addresses[listener.name] = (host, port)
+                log.info("listening", listener=listener.name, host=host, port=port)
+        except BaseException:
+            await started.stop()
+            raise
+        return started
+
+    async def stop(self) -> None:
+        while self.runners:
+            _, runner = self.runners.pop()
+            await runner.cleanup()
+
+
+async def serve(
+    listeners: list[Listener], *, access_log: logging.Logger | None = None, shutdown_timeout: float = 10.0
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        listening = await Listening.start(listeners, access_log=access_log, shutdown_timeout=shutdown_timeout)
+        try:
+            await stopping.wait()
+            log.info("stopping", listeners=[name for name, _ in listening.runners])
+        finally:
+            await listening.stop()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
