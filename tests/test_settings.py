@@ -29,7 +29,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("RECEIVER_API__TOKEN", "tok")
     s = load_settings(config)
     assert s.http.port == 9100
-    assert s.verify.keys() == ["k-new", "k-old"]
+    assert s.verify.keys().static == ("k-new", "k-old")
     assert s.verify.policy_for(Channel.AMQP) is SignPolicy.REQUIRED  # a key is set: required by default
     assert s.api.token is not None
     assert s.api.token.get_secret_value() == "tok"
