@@ -27,6 +27,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from receiver import decoder
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
@@ -254,7 +255,7 @@ class AmqpConsumer:
                     reason=reason,
                     detail=detail,
                     field=field,
-                    body=message.body,
+                    body=decoder.scrub(decode_body(message.body)),  # read through the API: no Sign pair
                     meta=meta,
                 )
             )

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from receiver import openapi
+from receiver import decoder, openapi
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.documents import event_document, iso, task_document
@@ -102,16 +102,23 @@ async def receive_notification(request: web.Request) -> web.Response:
     try:
         await request.app[INGESTOR].ingest(body, Channel.HTTP)
     except InvalidNotificationError as exc:
+        if exc.signed:  # signed (or not asked to be) yet refused: keep it for inspection
+            await _quarantine(request, body, exc.code, str(exc), exc.field)
         return error_response(400, exc.code, str(exc), field=exc.field, expected=exc.expected, got=exc.got)
     except SignatureError as exc:
         return error_response(401, exc.code, exc.reason)
     except UnstorableError as exc:
         # Retrying cannot help: keep it for inspection and tell the sender so.
-        quarantined = Quarantined(Channel.HTTP.value, time.time(), exc.code, str(exc), None, body, {})
-        with contextlib.suppress(StoreUnavailableError):
-            await request.app[STORE].quarantine(quarantined)
+        await _quarantine(request, body, exc.code, str(exc), None)
         return error_response(422, exc.code, str(exc))
     return web.Response(body=_OK, content_type="application/json")
+
+
+async def _quarantine(request: web.Request, body: bytes, reason: str, detail: str, field: str | None) -> None:
+    # Kept without its Sign pair: a quarantine row is read through the API.
+    kept = Quarantined(Channel.HTTP.value, time.time(), reason, detail, field, decoder.scrub(body), {})
+    with contextlib.suppress(StoreUnavailableError):
+        await request.app[STORE].quarantine(kept)
 
 
 # --- management API ----------------------------------------------------------------------------

@@ -189,6 +189,26 @@ async def test_the_sign_is_checked_before_the_body_is_validated(client: TestClie
     assert (status, answer["error"]["field"]) == (400, "ProcessEofInfo.ErrCode")
 
 
+async def test_a_signed_notification_refused_as_invalid_is_quarantined_without_its_sign_pair(
+    client: TestClient[Any, Any],
+) -> None:
+    bad = signed({**EOF_DOC, "ProcessEofInfo": {"ErrCode": 1.5}})
+    status, answer = await post(client, bad)
+    assert (status, answer["error"]["field"]) == (400, "ProcessEofInfo.ErrCode")
+    [kept] = (await get(client, "/v1/quarantine"))["items"]
+    assert (kept["reason"], kept["field"], kept["channel"]) == (
+        "invalid_notification",
+        "ProcessEofInfo.ErrCode",
+        "http",
+    )
+    assert bad["Sign"] not in kept["body"]
+    assert orjson.loads(kept["body"]) == {k: v for k, v in bad.items() if k not in ("Sign", "Timestamp")}
+    # What nobody signed is refused and not kept: anyone could fill the quarantine with it.
+    assert (await post(client, {**EOF_DOC, "TaskId": 7}))[0] == 400
+    assert (await post(client, {**EOF_DOC, "ProcessEofInfo": {"ErrCode": 1.5}}))[0] == 401
+    assert len((await get(client, "/v1/quarantine"))["items"]) == 1
+
+
 async def test_what_is_stored_and_passed_on_carries_no_sign_pair(client: TestClient[Any, Any]) -> None:
     doc = signed(REVIEW)
     assert await post(client, doc) == (200, {"code": 0})
