@@ -55,11 +55,39 @@ class NotifyConfig(Strict):
         return self
 
 
-class TemplateTask(Strict):
+class ReviewTask(Strict):
+    """``AiContentReviewTaskInput``. Each task type takes only its own extension member: a
+    misplaced one is refused by name (the SDK would drop it with a warning)."""
+
+    definition: PositiveInt
+
+
+class RecognitionTask(Strict):
+    """``AiRecognitionTaskInput``."""
+
     definition: PositiveInt
     user_ext_para: str | None = None
+
+
+class AnalysisTask(Strict):
+    """``AiAnalysisTaskInput``."""
+
+    definition: PositiveInt
     extended_parameter: str | None = None
+
+
+class QualityControlTask(Strict):
+    """``AiQualityControlTaskInput``: the template is optional."""
+
+    definition: PositiveInt | None = None
     channel_ext_para: str | None = None
+
+
+class SubtitlesTask(Strict):
+    """``LiveSmartSubtitlesTaskInput``: the template is optional."""
+
+    definition: PositiveInt | None = None
+    user_ext_para: str | None = None
 
 
 class SubmitRequest(Strict):
@@ -69,11 +97,12 @@ class SubmitRequest(Strict):
     task_notify_config: NotifyConfig
     output_storage: dict[str, Any] | None = None
     output_dir: str = "/"
-    ai_content_review_task: TemplateTask | None = None
-    ai_recognition_task: TemplateTask | None = None
-    ai_analysis_task: TemplateTask | None = None
-    ai_quality_control_task: TemplateTask | None = None
-    smart_subtitles_task: TemplateTask | None = None
+    ai_content_review_task: ReviewTask | None = None
+    ai_recognition_task: RecognitionTask | None = None
+    ai_analysis_task: AnalysisTask | None = None
+    ai_quality_control_task: QualityControlTask | None = None
+    smart_subtitles_task: SubtitlesTask | None = None
+    resource_id: str | None = None
     session_id: str | None = Field(default=None, max_length=50)
     session_context: str | None = Field(default=None, max_length=1000)
     schedule_id: PositiveInt | None = None

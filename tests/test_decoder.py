@@ -200,3 +200,76 @@ def test_refused_bodies_are_scrubbed_too_json_or_not() -> None:
     assert b"1750248641" not in scrubbed
     assert scrubbed.startswith(b"not json")
     assert scrubbed.endswith(b"trailing")
+
+
+# --- every scalar of every example, replaced by each wrong JSON type --------------------------------
+
+WRONG = {"bool": True, "int": 7, "float": 7.5, "str": "seven", "array": [1], "object": {"a": 1}}
+
+
+def _kind(t: msgspec.inspect.Type) -> str | None:
+    """The JSON kind a typed scalar member takes, or None where the member is not a scalar."""
+    if isinstance(t, msgspec.inspect.UnionType):
+        [t] = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
+    for cls, kind in (
+        (msgspec.inspect.BoolType, "bool"),
+        (msgspec.inspect.IntType, "int"),
+        (msgspec.inspect.FloatType, "float"),
+        (msgspec.inspect.StrType, "str"),
+    ):
+        if isinstance(t, cls):
+            return kind
+    return None
+
+
+def _unwrapped(t: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    if isinstance(t, msgspec.inspect.UnionType):
+        [t] = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
+    return t
+
+
+def typed_scalars(value: Any, t: msgspec.inspect.Type, path: tuple[str | int, ...] = ()) -> Any:
+    """(path, kind) of every scalar in ``value`` that the wire Structs type."""
+    t = _unwrapped(t)
+    if isinstance(t, msgspec.inspect.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f.type for f in t.fields}
+        for key, member in value.items():
+            if key in fields and member is not None:
+                yield from typed_scalars(member, fields[key], (*path, key))
+    elif isinstance(t, msgspec.inspect.ListType) and isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from typed_scalars(item, t.item_type, (*path, i))
+    elif (kind := _kind(t)) is not None:
+        yield path, kind
+
+
+def dotted(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(path))
+
+
+def replaced(doc: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    node: Any = out
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return out
+
+
+NOTIFICATION_TYPE = msgspec.inspect.type_info(wire.Notification)
+
+
+@pytest.mark.parametrize("name", NOTIFICATION_FILES)
+def test_every_scalar_replaced_by_each_wrong_json_type_is_a_400_naming_it(name: str) -> None:
+    doc = example(name)
+    leaves = list(typed_scalars(doc, NOTIFICATION_TYPE))
+    assert len(leaves) >= 5  # the walk found the example's members
+    checked = 0
+    for path, kind in leaves:
+        for wrong_kind, wrong in WRONG.items():
+            if wrong_kind == kind or (kind == "float" and wrong_kind == "int"):
+                continue  # the right kind (JSON has one number type: an integer is a fine float)
+            error = refused(body(replaced(doc, path, wrong)))
+            assert error.field == dotted(path), (path, wrong_kind, error)
+            checked += 1
+    assert checked >= 4 * len(leaves)

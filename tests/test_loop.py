@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from receiver import events
 from receiver.app import create_app
 from receiver.emulator import EmulatorSettings, create_emulator
+from receiver.emulator.api import EMULATOR
 from receiver.emulator.scenario import Scenario, plan
 from receiver.settings import Settings
 from tests.conftest import body as body_of
@@ -172,6 +173,18 @@ async def test_queue_notifications_loop_from_submit_to_finished(
         ({**URL_REQUEST, "SessionId": "s" * 51}, 400, "SessionId"),
         ({**URL_REQUEST, "AiRecognitionTask": {"Definition": 0}}, 400, "AiRecognitionTask.Definition"),
         (request({"NotifyType": "TDMQ-CMQ", "CmqModel": "Topic"}), 400, "TaskNotifyConfig.TopicName"),
+        ({**URL_REQUEST, "AiContentReviewTask": {}}, 400, "AiContentReviewTask.Definition"),
+        ({**URL_REQUEST, "AiAnalysisTask": {}}, 400, "AiAnalysisTask.Definition"),
+        # Each extension string on its own task type only (the SDK would drop a misplaced one).
+        ({**URL_REQUEST, "AiQualityControlTask": {"UserExtPara": "x"}}, 400,
+         "AiQualityControlTask.UserExtPara"),
+        ({**URL_REQUEST, "AiRecognitionTask": {"Definition": 1, "ExtendedParameter": "{}"}}, 400,
+         "AiRecognitionTask.ExtendedParameter"),
+        ({**URL_REQUEST, "AiAnalysisTask": {"Definition": 1, "ChannelExtPara": "x"}}, 400,
+         "AiAnalysisTask.ChannelExtPara"),
+        ({**URL_REQUEST, "SmartSubtitlesTask": {"ExtendedParameter": "x"}}, 400,
+         "SmartSubtitlesTask.ExtendedParameter"),
+        ({**URL_REQUEST, "ResourceId": 5}, 400, "ResourceId"),
     ],
 )  # fmt: skip
 async def test_bad_submissions_are_refused_before_anything_is_sent(
@@ -184,6 +197,29 @@ async def test_bad_submissions_are_refused_before_anything_is_sent(
     assert resp.status == status
     assert (await resp.json())["error"]["field"] == field_or_code
     assert (await (await client.get("/v1/tasks")).json())["items"] == []  # nothing recorded, nothing sent
+
+
+async def test_submit_takes_the_parameters_as_mps_defines_them(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    mps = await emulator(aiohttp_server)
+    client = await receiver(aiohttp_client, tmp_path, mps)
+    body = {
+        **URL_REQUEST,
+        "ResourceId": "res-1",
+        "AiQualityControlTask": {"ChannelExtPara": "x"},  # no Definition: optional here
+        "SmartSubtitlesTask": {"UserExtPara": "y"},  # nor here
+        "AiRecognitionTask": {"Definition": 3, "UserExtPara": "z"},
+        "AiAnalysisTask": {"Definition": 4, "ExtendedParameter": "{}"},
+    }
+    task = await submit(client, body)
+    sent = mps.app[EMULATOR].tasks.get(task["task_id"])
+    assert sent is not None
+    assert sent["ResourceId"] == "res-1"
+    assert sent["AiQualityControlTask"] == {"ChannelExtPara": "x"}
+    assert sent["SmartSubtitlesTask"] == {"UserExtPara": "y"}
+    assert sent["AiRecognitionTask"] == {"Definition": 3, "UserExtPara": "z"}
+    assert sent["AiAnalysisTask"] == {"Definition": 4, "ExtendedParameter": "{}"}
 
 
 async def test_mps_errors_become_clear_api_errors_and_leave_a_visible_record(
