@@ -46,6 +46,7 @@ def build_ingestor(
         policies=policies,
         skew_seconds=verify.skew_seconds,
         max_ahead_seconds=verify.max_ahead_seconds,
+        keep_file_tasks=settings.ingest.file_task_notifications == "store",
         max_batch=settings.store.max_batch,
         clock=clock,
         route=router(sinks) if sinks else None,

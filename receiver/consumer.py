@@ -28,7 +28,13 @@ from aio_pika.abc import (
 )
 
 from receiver import decoder
-from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
+from receiver.errors import (
+    InvalidNotificationError,
+    NotLiveError,
+    SignatureError,
+    StoreUnavailableError,
+    UnstorableError,
+)
 from receiver.events import Channel
 from receiver.ingest import Ingestor
 from receiver.ports import Quarantined, Store
@@ -207,6 +213,9 @@ class AmqpConsumer:
                 return
             except SignatureError as exc:
                 await self._dead_letter(message, exc.code, exc.reason, None)
+                return
+            except NotLiveError as exc:  # a file task's: taken off the queue, kept aside with the reason
+                await self._dead_letter(message, exc.code, str(exc), None)
                 return
             except UnstorableError as exc:
                 await self._dead_letter(message, exc.code, str(exc), None)

@@ -48,6 +48,19 @@ class InvalidRequestError(ReceiverError):
         super().__init__(f"{field}: expected {expected}")
 
 
+class NotLiveError(ReceiverError):
+    """A genuine MPS notification, but of a file task, not a live stream: acknowledged, and kept in
+    the quarantine rather than stored as an event (``ingest.file_task_notifications``)."""
+
+    code = "not_live"
+
+    def __init__(self, event_type: str) -> None:
+        self.event_type = event_type
+        super().__init__(
+            f"a file task's {event_type} notification, not a live-stream one: kept in quarantine"
+        )
+
+
 class StoreUnavailableError(ReceiverError):
     """The store could not commit; the sender should retry later (HTTP 503, AMQP no ack)."""
 

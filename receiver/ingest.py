@@ -14,8 +14,14 @@ from typing import Any
 
 import structlog
 
-from receiver import decoder, events
-from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
+from receiver import decoder, events, wire
+from receiver.errors import (
+    InvalidNotificationError,
+    NotLiveError,
+    SignatureError,
+    StoreUnavailableError,
+    UnstorableError,
+)
 from receiver.events import Channel, Event, NotifyKeys, SignPolicy
 from receiver.group_commit import GroupCommit
 from receiver.ports import Recorded, Router, Store
@@ -44,6 +50,7 @@ class Ingestor:
         policies: Mapping[Channel, SignPolicy],
         skew_seconds: float = 60.0,
         max_ahead_seconds: float = 600.0,
+        keep_file_tasks: bool = True,
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
         route: Router | None = None,
@@ -55,6 +62,7 @@ class Ingestor:
         self._policies = dict(policies)
         self._skew = skew_seconds
         self._max_ahead = max_ahead_seconds
+        self._keep_file_tasks = keep_file_tasks
         self._observe_key = observe_key
         self._clock = clock
         self._route = route
@@ -95,6 +103,8 @@ class Ingestor:
             )
             if check.key is not None and self._observe_key is not None:
                 self._observe_key(check.key)
+            if isinstance(head, wire.FileTaskHead) and not self._keep_file_tasks:
+                raise NotLiveError(head.notification_type)
             try:
                 notification = decoder.read_notification(body, head)
             except InvalidNotificationError as exc:
@@ -117,6 +127,10 @@ class Ingestor:
             outcome = "invalid"
             summary["error"] = str(exc)
             raise
+        except NotLiveError as exc:
+            outcome = "not_live"
+            summary["error"] = str(exc)
+            raise
         except SignatureError as exc:
             outcome = "unauthorized"
             summary["error"] = exc.reason
@@ -135,7 +149,7 @@ class Ingestor:
             summary["duration_ms"] = round(elapsed * 1000, 3)
             if self._observe is not None:
                 self._observe(channel.value, outcome, elapsed)
-            if outcome in ("stored", "duplicate"):
+            if outcome in ("stored", "duplicate", "not_live"):
                 log.info("notification", **summary)
             elif outcome in ("invalid", "unauthorized"):
                 log.warning("notification", **summary)

@@ -200,6 +200,13 @@ class MaintenanceSettings(Section):
     task_deadline: float = Field(default=0.0, ge=0)  # a task older than this without ProcessEof is "overdue"
 
 
+class IngestSettings(Section):
+    # A file (VOD) task's notification sent to the live webhook or queue: "store" keeps it as a
+    # generic event of its EventType; "quarantine" answers 200 saying it is not a live
+    # notification and keeps it in the quarantine instead.
+    file_task_notifications: Literal["store", "quarantine"] = "store"
+
+
 class LogSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -222,6 +229,7 @@ class Settings(BaseSettings):
     dispatch_poll_interval: float = Field(default=1.0, gt=0)
     # serve runs the dispatcher too; false when a separate `receiver dispatch` does (one per store).
     dispatch_in_serve: bool = True
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
 

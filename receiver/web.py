@@ -21,6 +21,7 @@ from receiver.documents import event_document, iso, task_document
 from receiver.errors import (
     ConflictError,
     InvalidNotificationError,
+    NotLiveError,
     SignatureError,
     StoreUnavailableError,
     UnstorableError,
@@ -107,6 +108,9 @@ async def receive_notification(request: web.Request) -> web.Response:
         return error_response(400, exc.code, str(exc), field=exc.field, expected=exc.expected, got=exc.got)
     except SignatureError as exc:
         return error_response(401, exc.code, exc.reason)
+    except NotLiveError as exc:  # genuine, but not ours to store: taken, kept aside, said so
+        await _quarantine(request, body, exc.code, str(exc), None)
+        return json_response({"code": 0, "message": str(exc)})
     except UnstorableError as exc:
         # Retrying cannot help: keep it for inspection and tell the sender so.
         await _quarantine(request, body, exc.code, str(exc), None)

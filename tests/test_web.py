@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
 from receiver.events import expected_sign
-from receiver.settings import Settings
+from receiver.settings import IngestSettings, Settings
 from receiver.stores.sqlite import SqliteStore
 from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
 
@@ -237,6 +237,27 @@ async def test_a_file_task_notification_is_kept_as_a_generic_event_of_its_event_
     # Without the event object its EventType names, the TaskId is missing: a 400 that says where.
     status, answer = await post(client, signed({"EventType": "WorkflowTask"}))
     assert (status, answer["error"]["field"]) == (400, "WorkflowTaskEvent.TaskId")
+
+
+async def test_file_task_notifications_can_be_taken_and_quarantined_instead(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    configured = settings(tmp_path).model_copy(
+        update={"ingest": IngestSettings(file_task_notifications="quarantine")}
+    )
+    client = await aiohttp_client(create_app(configured, clock=lambda: FROZEN_NOW))
+    doc = signed({"EventType": "EditMediaTask", "EditMediaTaskEvent": {"TaskId": "2600-edit-1"}})
+    status, answer = await post(client, doc)
+    assert status == 200  # MPS must not retry it: it was taken
+    assert answer["code"] == 0
+    assert "not a live-stream" in answer["message"]
+    assert (await get(client, "/v1/events"))["items"] == []
+    [kept] = (await get(client, "/v1/quarantine"))["items"]
+    assert kept["reason"] == "not_live"
+    assert doc["Sign"] not in kept["body"]
+    # Unsigned, it is refused like anything else unsigned, not kept.
+    unsigned = {k: v for k, v in doc.items() if k not in ("Sign", "Timestamp")}
+    assert (await post(client, unsigned))[0] == 401
 
 
 async def test_if_present_policy_takes_unsigned_but_not_badly_signed(
