@@ -8,20 +8,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from receiver.events import Event
 from receiver.tasks import MatchedBy, Task, TaskState
+from receiver.tasks import Recorded as Recorded  # where the stores and ingest have always found it
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """What the store did with one event inside the ingest transaction."""
-
-    event_id: str
-    seq: int  # the event's position in the order received
-    duplicate: bool  # already stored: counted on the existing row, nothing else changed
-    task: Task | None  # the task it matched, as it is after the event; None for an orphan
-    matched_by: MatchedBy | None
-    late: bool  # arrived after its task had ended
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,15 @@
-"""Task records, their state machine, and the rules that match an event to a task. Pure, no I/O."""
+"""Task records, their state machine, the rules that match an event to a task, and the batch plan that
+applies them to a whole batch of new events for every store. Pure, no I/O."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from receiver.events import OWN_CONTEXT_PREFIX
+from receiver.events import OWN_CONTEXT_PREFIX, Event
 
 
 class TaskState(StrEnum):
@@ -164,3 +165,120 @@ def submitted(task: Task, task_id: str | None, request_id: str | None, now: floa
 def new_id() -> str:
     """A fresh id of ours for a task record."""
     return uuid.uuid4().hex
+
+
+# --- the batch plan: what a batch of new events does, decided once for every store ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the store did with one event inside the ingest transaction."""
+
+    event_id: str
+    seq: int  # the event's position in the order received
+    duplicate: bool  # already stored: counted on the existing row, nothing else changed
+    task: Task | None  # the task it matched, as it is after the event; None for an orphan
+    matched_by: MatchedBy | None
+    late: bool  # arrived after its task had ended
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """Where an event of the batch stands that the store holds already."""
+
+    seq: int
+    task_ref: str | None
+    matched_by: MatchedBy | None
+    late: bool
+
+
+@dataclass(slots=True)
+class Known:
+    """What a store loads for a batch before planning it: every task its events may match (by
+    their SessionContexts and TaskIds, and the tasks of the events already stored), and which of
+    its event ids are stored already."""
+
+    tasks: dict[str, Task]  # by our id
+    stored: dict[str, StoredEvent]  # by event id
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one event of the batch does: a new row (with its outbox rows), or a repeat counted on
+    the row that holds its event id (stored before, or new earlier in this batch)."""
+
+    event: Event
+    duplicate: bool
+    task: Task | None  # the task it matched, as it is after the event
+    matched_by: MatchedBy | None
+    late: bool
+    sinks: tuple[str, ...] = ()  # new events only: the sinks whose filters match
+
+    def recorded(self, seq: int) -> Recorded:
+        return Recorded(self.event.event_id, seq, self.duplicate, self.task, self.matched_by, self.late)
+
+
+@dataclass(slots=True)
+class Plan:
+    steps: list[Step]  # one per event, in the batch's order
+    tasks: dict[str, Task]  # the tasks the batch changed, as they end it
+
+    @property
+    def new(self) -> list[Step]:
+        return [s for s in self.steps if not s.duplicate]
+
+    def recorded(self, seqs: Mapping[str, int]) -> list[Recorded]:
+        """The answer for each event, once the store knows the seq of every event id."""
+        return [s.recorded(seqs[s.event.event_id]) for s in self.steps]
+
+
+Route = Callable[[Event, Task | None], Sequence[str]]
+
+_CONTEXT_CANDIDATES = 16  # tasks sharing one SessionContext that are looked at
+
+
+def plan(events: Sequence[Event], known: Known, route: Route | None = None) -> Plan:
+    """Match, advance and route a batch of events in the order received. Pure: every store runs
+    the plan it gets; nothing about matching, states or routing is written in a store."""
+    current = dict(known.tasks)
+    by_task_id = {t.task_id: t.id for t in current.values() if t.task_id is not None}
+    by_context: dict[str, list[str]] = {}
+    for t in sorted(current.values(), key=lambda t: t.created_at):
+        if t.session_context:
+            by_context.setdefault(t.session_context, []).append(t.id)
+    changed: dict[str, Task] = {}
+    first: dict[str, Step] = {}  # event id -> its new step in this batch
+    steps: list[Step] = []
+    for e in events:
+        stored = known.stored.get(e.event_id)
+        if stored is not None:
+            holder = current.get(stored.task_ref) if stored.task_ref else None
+            steps.append(Step(e, True, holder, stored.matched_by, stored.late))
+            continue
+        earlier = first.get(e.event_id)
+        if earlier is not None:
+            holder = current.get(earlier.task.id) if earlier.task else None
+            steps.append(Step(e, True, holder, earlier.matched_by, earlier.late))
+            continue
+        with_context = (
+            [current[ref] for ref in by_context.get(e.session_context, ())[:_CONTEXT_CANDIDATES]]
+            if e.session_context
+            else []
+        )
+        ref = by_task_id.get(e.task_id)
+        candidate = current[ref] if ref is not None and len(with_context) != 1 else None
+        found = match(e, with_context, candidate)
+        task: Task | None = None
+        matched_by: MatchedBy | None = None
+        late = False
+        if found is not None:
+            transition = apply(found[0], e)
+            task, matched_by, late = transition.task, found[1], transition.late
+            current[task.id] = changed[task.id] = task
+            if task.task_id is not None:
+                by_task_id.setdefault(task.task_id, task.id)
+        sinks = tuple(route(e, task)) if route is not None else ()
+        step = Step(e, False, task, matched_by, late, sinks)
+        first[e.event_id] = step
+        steps.append(step)
+    return Plan(steps, changed)

@@ -18,6 +18,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.events: dict[str, tuple[int, Event]] = {}
+        self.stored: dict[str, tasks.StoredEvent] = {}
         self.duplicates: dict[str, int] = {}
         self.tasks: dict[str, Task] = {}
         self.batches: list[list[str]] = []
@@ -27,35 +28,29 @@ class MemoryStore:
         self.routed: dict[str, list[str]] = {}
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
+        """The stores' recording algorithm, on dicts: load what the plan needs, run it, write it."""
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
             raise StoreUnavailableError("the fake store is down")
         self.batches.append([e.event_id for e in events])
-        out = []
-        for e in events:
-            if e.event_id in self.events:
+        stored = {e.event_id: self.stored[e.event_id] for e in events if e.event_id in self.stored}
+        plan = tasks.plan(events, tasks.Known(dict(self.tasks), stored), route)
+        seqs = {eid: row.seq for eid, row in stored.items()}
+        for step in plan.steps:
+            e = step.event
+            if step.duplicate:
                 self.duplicates[e.event_id] = self.duplicates.get(e.event_id, 0) + 1
-                out.append(Recorded(e.event_id, self.events[e.event_id][0], True, None, None, False))
                 continue
             seq = len(self.events) + 1
             self.events[e.event_id] = (seq, e)
-            if route is not None:
-                task_now = next((t for t in self.tasks.values() if t.task_id == e.task_id), None)
-                self.routed[e.event_id] = list(route(e, task_now))
-            by_context = [
-                t for t in self.tasks.values() if e.session_context and t.session_context == e.session_context
-            ]
-            by_id = next((t for t in self.tasks.values() if t.task_id == e.task_id), None)
-            found = tasks.match(e, by_context, by_id)
-            if found is None:
-                out.append(Recorded(e.event_id, seq, False, None, None, False))
-                continue
-            task, matched_by = found
-            transition = tasks.apply(task, e)
-            self.tasks[task.id] = transition.task
-            out.append(Recorded(e.event_id, seq, False, transition.task, matched_by, transition.late))
-        return out
+            self.stored[e.event_id] = tasks.StoredEvent(
+                seq, step.task.id if step.task else None, step.matched_by, step.late
+            )
+            self.routed[e.event_id] = list(step.sinks)
+            seqs[e.event_id] = seq
+        self.tasks.update(plan.tasks)
+        return plan.recorded(seqs)
 
     async def register_task(self, task: Task) -> tuple[Task, int]:
         if any(t.task_id == task.task_id for t in self.tasks.values()):

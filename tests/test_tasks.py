@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from receiver import tasks
 from receiver.tasks import MatchedBy, Task, TaskState
+from tests.conftest import event_of
 
 
 @dataclass
@@ -147,3 +149,89 @@ def test_a_task_receiver_submitted_is_matched_by_its_own_context_only() -> None:
     theirs = task(session_context="their-own")
     assert tasks.match(Happened(task_id="T1"), [], theirs) == (theirs, MatchedBy.TASK_ID)
     assert tasks.adoptable(theirs, "")
+
+
+# --- the batch plan ---------------------------------------------------------------------------
+
+
+def ev(
+    n: int, *, task_id: str = "T1", context: str = "", kind: str = "AiReviewResult", **more: object
+) -> Any:
+    doc: dict[str, Any] = {
+        "NotificationType": kind,
+        "TaskId": task_id,
+        "SessionContext": context,
+        "SessionId": f"n-{n}",
+        **more,
+    }
+    return event_of(doc, at=100.0 + n)
+
+
+def test_the_plan_matches_advances_and_routes_a_batch_in_order() -> None:
+    submitted = task(task_id=None, session_context="ctx-1")  # recorded before MPS answered
+    routed: list[tuple[str, str | None, str | None]] = []
+
+    def route(e: Any, t: Task | None) -> list[str]:
+        routed.append((e.notification_type, t.state.value if t else None, t.task_id if t else None))
+        return ["sink-a"] if t is not None else []
+
+    batch = [
+        ev(1, context="ctx-1"),  # by context: the task learns its TaskId here...
+        ev(2),  # ...so this one, without the context, finds it by TaskId
+        ev(3, kind="ProcessEof", context="ctx-1", ProcessEofInfo={"ErrCode": 0, "Message": "ok"}),
+        ev(4, context="ctx-1"),  # after the end: late
+        ev(5, task_id="T-unknown"),  # nobody's: an orphan
+    ]
+    p = tasks.plan(batch, tasks.Known({submitted.id: submitted}, {}), route)
+    assert [(s.duplicate, s.matched_by, s.late) for s in p.steps] == [
+        (False, MatchedBy.SESSION_CONTEXT, False),
+        (False, MatchedBy.TASK_ID, False),
+        (False, MatchedBy.SESSION_CONTEXT, False),
+        (False, MatchedBy.SESSION_CONTEXT, True),
+        (False, None, False),
+    ]
+    # Each sink decision sees the task as it is after that event.
+    assert routed == [
+        ("AiReviewResult", "running", "T1"),
+        ("AiReviewResult", "running", "T1"),
+        ("ProcessEof", "finished", "T1"),
+        ("AiReviewResult", "finished", "T1"),
+        ("AiReviewResult", None, None),
+    ]
+    assert [s.sinks for s in p.steps] == [("sink-a",)] * 4 + [()]
+    [final] = p.tasks.values()
+    assert (final.state, final.event_count, final.late_count, final.task_id) == (
+        TaskState.FINISHED,
+        3,
+        1,
+        "T1",
+    )
+
+
+def test_the_plan_counts_repeats_on_the_row_that_holds_their_id() -> None:
+    running = task(state=TaskState.RUNNING, event_count=1)
+    old, new = ev(1), ev(2)
+    known = tasks.Known(
+        {running.id: running},
+        {
+            old.event_id: tasks.StoredEvent(
+                seq=7, task_ref=running.id, matched_by=MatchedBy.TASK_ID, late=False
+            )
+        },
+    )
+    p = tasks.plan([old, new, new], known)
+    assert [(s.duplicate, s.matched_by) for s in p.steps] == [
+        (True, MatchedBy.TASK_ID),  # stored before: nothing else changes
+        (False, MatchedBy.TASK_ID),
+        (True, MatchedBy.TASK_ID),  # twice in one batch: counted on the first
+    ]
+    assert [s.event.event_id for s in p.new] == [new.event_id]
+    assert p.tasks[running.id].event_count == 2  # the repeats did not count as events
+    recorded = p.recorded({old.event_id: 7, new.event_id: 8})
+    assert [(r.seq, r.duplicate) for r in recorded] == [(7, True), (8, False), (8, True)]
+
+
+def test_the_plan_keeps_a_task_of_our_own_to_its_context() -> None:
+    ours = task(session_context="receiver:abc")
+    p = tasks.plan([ev(1), ev(2, context="receiver:abc")], tasks.Known({ours.id: ours}, {}))
+    assert [s.task is None for s in p.steps] == [True, False]
