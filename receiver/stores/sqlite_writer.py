@@ -28,9 +28,9 @@ TASK_COLUMNS: Final = (
     " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id"
 )
 _INSERT_EVENT = (
-    "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
+    "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
     " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
@@ -38,6 +38,29 @@ _UPDATE_TASK = (
     " WHERE id = ?"
 )
 _CACHE_LIMIT = 100_000  # cached lookups; past it the cache starts over
+
+
+def _event_row(seq: int, step: tasks.Step) -> tuple[Any, ...]:
+    e = step.event
+    return (
+        seq,
+        e.event_id,
+        e.task_id,
+        step.task.id if step.task else None,
+        step.matched_by.value if step.matched_by else None,
+        e.notification_type,
+        e.session_id,
+        e.session_context,
+        e.channel.value,
+        e.received_at,
+        e.verdict.value,
+        step.late,
+        e.err_code,
+        e.err_message,
+        orjson.dumps(e.findings),
+        e.body.decode(),
+        e.sign_key,
+    )
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -73,6 +96,7 @@ class SqliteWriter:
         # The transaction in progress: tasks changed (by our id) and tasks added.
         self._staged: dict[str, Task] = {}
         self._added: list[Task] = []
+        self._stored_now: dict[str, tasks.StoredEvent] = {}  # of the batch being recorded
 
     # --- transactions -----------------------------------------------------------------------------
 
@@ -187,62 +211,70 @@ class SqliteWriter:
     # --- ingest -----------------------------------------------------------------------------------
 
     def record(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
-        return self.transaction(lambda: [self._record(e, route) for e in events])
+        return self.transaction(lambda: self._record(events, route))
 
-    def _record(self, e: Event, route: Router | None) -> Recorded:
-        by_context = self._with_context(e.session_context) if e.session_context else []
-        by_task_id = None if len(by_context) == 1 else self._by_mps_task_id(e.task_id)
-        found = tasks.match(e, by_context, by_task_id)
-        transition = None if found is None else tasks.apply(found[0], e)
-        cur = self.con.execute(
-            _INSERT_EVENT,
-            (
-                e.event_id,
-                e.task_id,
-                found[0].id if found else None,
-                found[1].value if found else None,
-                e.notification_type,
-                e.session_id,
-                e.session_context,
-                e.channel.value,
-                e.received_at,
-                e.verdict.value,
-                transition.late if transition else False,
-                e.err_code,
-                e.err_message,
-                orjson.dumps(e.findings),
-                e.body.decode(),
-                e.sign_key,
-            ),
-        )
-        if cur.rowcount == 0:  # already stored: count it there, change nothing else
-            return self._count_duplicate(e)
-        seq = cur.lastrowid
-        assert seq is not None
-        task = transition.task if transition else None
-        if route is not None:
-            sinks = route(e, task)
-            if sinks:
+    def _record(self, events: Sequence[Event], route: Router | None) -> list[Recorded]:
+        """Load what the plan needs, plan the batch in the core, write the plan in a few statements.
+
+        The write lock is held (``BEGIN IMMEDIATE``): which ids are stored cannot change under us."""
+        plan = tasks.plan(events, self._known(events), route)
+        seqs = {eid: row.seq for eid, row in self._stored_now.items()}
+        new = plan.new
+        if new:
+            (last,) = self.con.execute(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
+            ).fetchone()
+            rows: list[tuple[Any, ...]] = []
+            deliveries: list[tuple[Any, ...]] = []
+            for offset, step in enumerate(new, start=1):
+                e, seq = step.event, last + offset
+                seqs[e.event_id] = seq
+                rows.append(_event_row(seq, step))
+                deliveries.extend(
+                    (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks
+                )
+            self.con.executemany(_INSERT_EVENT, rows)
+            if deliveries:
                 self.con.executemany(
                     "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at,"
                     " updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                    [(sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in sinks],
+                    deliveries,
                 )
-        if found is None or transition is None:
-            return Recorded(e.event_id, seq, False, None, None, False)
-        self._staged[transition.task.id] = transition.task
-        return Recorded(e.event_id, seq, False, transition.task, found[1], transition.late)
+        repeats = [(s.event.received_at, s.event.event_id) for s in plan.steps if s.duplicate]
+        if repeats:
+            self.con.executemany(
+                "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = ? WHERE event_id = ?",
+                repeats,
+            )
+        self._staged.update(plan.tasks)
+        return plan.recorded(seqs)
 
-    def _count_duplicate(self, e: Event) -> Recorded:
-        seq, task_ref, matched_by, late = self.con.execute(
-            "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = ? WHERE event_id = ?"
-            " RETURNING seq, task_ref, matched_by, late",
-            (e.received_at, e.event_id),
-        ).fetchone()
-        task = self._task(task_ref) if task_ref else None
-        return Recorded(
-            e.event_id, seq, True, task, MatchedBy(matched_by) if matched_by else None, bool(late)
-        )
+    def _known(self, events: Sequence[Event]) -> tasks.Known:
+        """Every task the batch's events may match, and which of its ids are stored already."""
+        ids = list({e.event_id for e in events})
+        stored: dict[str, tasks.StoredEvent] = {}
+        for chunk in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
+            part = ids[chunk : chunk + 500]
+            for event_id, seq, task_ref, matched_by, late in self.con.execute(
+                "SELECT event_id, seq, task_ref, matched_by, late FROM events"
+                f" WHERE event_id IN ({', '.join('?' * len(part))})",
+                part,
+            ):
+                stored[event_id] = tasks.StoredEvent(
+                    seq, task_ref, MatchedBy(matched_by) if matched_by else None, bool(late)
+                )
+        self._stored_now = stored
+        known: dict[str, Task] = {}
+        for e in events:
+            for t in self._with_context(e.session_context) if e.session_context else ():
+                known[t.id] = t
+            found = self._by_mps_task_id(e.task_id)
+            if found is not None:
+                known[found.id] = found
+        for row in stored.values():
+            if row.task_ref is not None:
+                known.setdefault(row.task_ref, self._task(row.task_ref))
+        return tasks.Known(known, stored)
 
     # --- the outbox -------------------------------------------------------------------------------
 
