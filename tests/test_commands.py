@@ -21,12 +21,12 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from receiver import events
-from receiver.events import Channel, Verdict
-from receiver.ports import DeliveryState, Settlement
-from receiver.stores.sqlite import SqliteStore
-from tests.conftest import FROZEN_NOW, body, example
+from receiver.app import create_app
+from receiver.settings import Settings
+from tests.conftest import body, example
 from tests.test_process import free_port
 from tests.test_store import PG_URL
 
@@ -87,28 +87,42 @@ def running() -> Iterator[list[Running]]:
             r.proc.wait()
 
 
-def review(task_id: str, n: int) -> events.Event:
-    document, parsed = events.parse(body({**REVIEW, "TaskId": task_id, "SessionId": f"{task_id}-{n}"}))
-    return events.normalize(
-        document, parsed, channel=Channel.HTTP, received_at=FROZEN_NOW + n, verdict=Verdict.SKIPPED
+def review(task_id: str, n: int) -> dict[str, Any]:
+    return {**REVIEW, "TaskId": task_id, "SessionId": f"{task_id}-{n}", "SessionContext": ""}
+
+
+async def outbox(db: Path, sinks: list[dict[str, Any]], docs: list[dict[str, Any]], *, dead: int) -> None:
+    """Through the service itself (unsigned: no keys): ``docs`` stored with one delivery per sink.
+    With ``dead``, the dispatcher runs until that many are dead; without, it never runs (pending)."""
+    settings = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{db}"},
+            "sinks": sinks,
+            "dispatch_in_serve": bool(dead),
+            "dispatch_poll_interval": 0.02,
+        }
     )
-
-
-async def outbox(db: Path, sink: str, batch: list[events.Event], *, dead: bool) -> None:
-    """Store ``batch`` with one delivery each for ``sink``, left pending or made dead."""
-    store = await SqliteStore.open(db)
-    try:
-        await store.record_events(batch, lambda e, t: [sink])
+    async with TestClient(TestServer(create_app(settings))) as client:
+        for doc in docs:
+            resp = await client.post("/v1/notifications", data=body(doc))
+            assert resp.status == 200, await resp.text()
+        deadline = time.monotonic() + 20
         while dead:
-            claimed = await store.claim_deliveries(sink, now=time.time(), limit=100, busy_keys=())
-            if not claimed:
+            resp = await client.get("/v1/deliveries", params={"state": "dead", "limit": "1000"})
+            if len((await resp.json())["items"]) >= dead:
                 break
-            now = time.time()
-            await store.settle_deliveries(
-                [Settlement(d.id, DeliveryState.DEAD, 3, now, "HTTP 500", now) for d in claimed]
-            )
-    finally:
-        await store.aclose()
+            assert time.monotonic() < deadline, "the deliveries never went dead"
+            await asyncio.sleep(0.02)
+
+
+# Nothing listens on port 9: each attempt fails at once; no retries, so the first failure is dead.
+UNREACHABLE = {
+    "name": "hook",
+    "kind": "http",
+    "options": {"url": "http://127.0.0.1:9/"},
+    "retry_schedule": [],
+    "breaker_threshold": 1000,
+}
 
 
 def deliveries(db: Path) -> dict[str, tuple[str, int]]:
@@ -188,7 +202,7 @@ def test_replay_dry_run_counts_and_changes_nothing_then_replay_makes_the_matchin
     db = tmp_path / "replay.db"
     a = [review("T-a", n) for n in range(3)]
     b = [review("T-b", n) for n in range(2)]
-    asyncio.run(outbox(db, "hook", [*a, *b], dead=True))
+    asyncio.run(outbox(db, [UNREACHABLE], [*a, *b], dead=5))
     before = deliveries(db)
     assert {state for state, _ in before.values()} == {"dead"}
     env = environment(RECEIVER_STORE__URL=f"sqlite:///{db}")
@@ -205,8 +219,8 @@ def test_replay_dry_run_counts_and_changes_nothing_then_replay_makes_the_matchin
     real = run(tmp_path, env, "replay", "--task", "T-a", "--sink", "hook")
     assert real.returncode == 0, real.stderr
     after = deliveries(db)
-    assert {after[e.event_id] for e in a} == {("pending", 0)}  # due again, attempts reset
-    assert {after[e.event_id] for e in b} == {("dead", 3)}  # not matched: left alone
+    assert {after[events.event_id(d)] for d in a} == {("pending", 0)}  # due again, attempts reset
+    assert {after[events.event_id(d)] for d in b} == {("dead", 1)}  # not matched: left alone
 
     other_sink = run(tmp_path, env, "replay", "--sink", "elsewhere")
     assert other_sink.returncode == 0, other_sink.stderr
@@ -221,9 +235,11 @@ def test_dispatch_delivers_the_pending_outbox_to_a_jsonl_sink_and_stops_on_sigte
 ) -> None:
     db = tmp_path / "dispatch.db"
     batch = [review(f"T-{n % 3}", n) for n in range(30)]
-    asyncio.run(outbox(db, "file", batch, dead=False))
     out = tmp_path / "out" / "events.jsonl"
     sinks = [{"name": "file", "kind": "jsonl", "options": {"path": str(out)}}]
+    asyncio.run(outbox(db, sinks, batch, dead=0))
+    assert {state for state, _ in deliveries(db).values()} == {"pending"}
+    assert not out.exists()
     port = free_port()
     env = environment(
         RECEIVER_STORE__URL=f"sqlite:///{db}",
@@ -244,10 +260,10 @@ def test_dispatch_delivers_the_pending_outbox_to_a_jsonl_sink_and_stops_on_sigte
         time.sleep(0.05)
     assert dispatcher.stop() == 0, dispatcher.output()
     lines = written()
-    assert sorted(line["event_id"] for line in lines) == sorted(e.event_id for e in batch)
+    assert sorted(line["event_id"] for line in lines) == sorted(events.event_id(d) for d in batch)
     for task in ("T-0", "T-1", "T-2"):  # per task, in the order received
         mine = [line["session_id"] for line in lines if line["task_id"] == task]
-        assert mine == [e.session_id for e in batch if e.task_id == task]
+        assert mine == [d["SessionId"] for d in batch if d["TaskId"] == task]
     assert {state for state, _ in deliveries(db).values()} == {"delivered"}
 
 
