@@ -167,5 +167,6 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_documen
     assert any(status == 201 for status, _ in answered[("POST", "/v1/tasks/submit")])
     assert len(asyncio.run(emulated_tasks(service.url))) > 1
     redrives = answered[("POST", "/v1/deliveries/redrive")]
-    redriven = [orjson.loads(text)["redriven"] for status, text in redrives if status == 200]
+    # A dry run answers {"matched": n}; the real ones {"redriven": n}.
+    redriven = [orjson.loads(text).get("redriven", 0) for status, text in redrives if status == 200]
     assert max(redriven) > 0
