@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ from receiver.errors import ReceiverError
 from receiver.settings import MpsSettings
 
 log = structlog.get_logger("receiver.mps")
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class MpsError(ReceiverError):
@@ -41,25 +43,39 @@ class MpsError(ReceiverError):
 class RateLimiter:
     """At most ``per_second`` starts in any one-second window (a sliding window)."""
 
-    def __init__(self, per_second: int) -> None:
+    def __init__(
+        self,
+        per_second: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self._per_second = per_second
+        self._clock = clock  # injectable, so tests need not wait real seconds
+        self._sleep = sleep
         self._starts: deque[float] = deque()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 while self._starts and now - self._starts[0] >= 1.0:
                     self._starts.popleft()
                 if len(self._starts) < self._per_second:
                     self._starts.append(now)
                     return
-                await asyncio.sleep(1.0 - (now - self._starts[0]))
+                await self._sleep(1.0 - (now - self._starts[0]))
 
 
 class MpsClient:
-    def __init__(self, settings: MpsSettings) -> None:
+    def __init__(
+        self,
+        settings: MpsSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         secret_id, secret_key = settings.credentials()
         http = HttpProfile(
             endpoint=settings.endpoint, protocol=settings.protocol, reqTimeout=int(settings.timeout)
@@ -67,7 +83,8 @@ class MpsClient:
         self._client = mps_client.MpsClient(
             credential.Credential(secret_id, secret_key), settings.region, ClientProfile(httpProfile=http)
         )
-        self._limiter = RateLimiter(settings.rate_limit)
+        self._limiter = RateLimiter(settings.rate_limit, clock=clock, sleep=sleep)
+        self._sleep = sleep
         self._retries = settings.max_retries
 
     async def process_live_stream(self, params: dict[str, Any]) -> tuple[str, str]:
@@ -80,7 +97,7 @@ class MpsClient:
             except MpsError as exc:
                 if exc.mps_code == "RequestLimitExceeded" and attempt < self._retries:
                     log.warning("MPS rate limit; retrying", attempt=attempt + 1, wait=delay)
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
                     delay *= 2
                     continue
                 raise

@@ -1,8 +1,18 @@
-"""The OpenAPI 3.0 document of the HTTP API, served at ``GET /openapi.json``."""
+"""The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
+
+Request bodies that a pydantic model validates are published from that model's own JSON Schema
+(OpenAPI 3.1 is JSON Schema 2020-12, what pydantic writes), so the document cannot drift from
+what the handler accepts.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+from pydantic import BaseModel
+
+from receiver.submit import SubmitRequest
 
 ERROR = {
     "type": "object",
@@ -24,8 +34,27 @@ OBJECT = {"type": "object", "additionalProperties": True}
 PAGE = {
     "type": "object",
     "required": ["items", "next"],
-    "properties": {"items": {"type": "array", "items": OBJECT}, "next": {"type": "string", "nullable": True}},
+    "properties": {"items": {"type": "array", "items": OBJECT}, "next": {"type": ["string", "null"]}},
 }
+# A request MPS (and the emulator) accepts: fuzzers start from it, readers copy it.
+SUBMIT_EXAMPLE = {
+    "Url": "rtmp://live.example.com/app/stream-1",
+    "TaskNotifyConfig": {
+        "NotifyType": "TDMQ-CMQ",
+        "CmqModel": "Queue",
+        "CmqRegion": "gz",
+        "QueueName": "mps-notifications",
+    },
+    "AiContentReviewTask": {"Definition": 10},
+    "Labels": {"room": "lobby"},
+}
+
+
+def _model_schemas(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's schema and those of the models it nests, keyed by name for ``components``."""
+    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    nested: dict[str, Any] = schema.pop("$defs", {})
+    return {**nested, model.__name__: schema}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -58,17 +87,18 @@ CURSOR = _query("cursor", {"type": "string"}, "the `next` of the previous page")
 TASK_PATH = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+@functools.cache  # built once, on the first request for it
 def document() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "receiver",
             "version": "0.1.0",
             "description": "MPS live-stream notifications, received.",
         },
         "components": {
-            "schemas": {"Error": ERROR},
+            "schemas": {"Error": ERROR, **_model_schemas(SubmitRequest)},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {
@@ -150,7 +180,15 @@ def document() -> dict[str, Any]:
                 "post": {
                     "security": secured,
                     "summary": "Start a task through ProcessLiveStream",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": OBJECT}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/SubmitRequest"},
+                                "example": SUBMIT_EXAMPLE,
+                            }
+                        },
+                    },
                     "responses": {
                         "201": _json("the task, submitted", OBJECT),
                         "409": _error(
@@ -158,6 +196,10 @@ def document() -> dict[str, Any]:
                         ),
                         "502": _error("MPS refused (AuthFailure.*, ...); the code is named"),
                         **MANAGEMENT_ERRORS,
+                        "503": _error(
+                            "the store is unavailable, submitting is not configured, or MPS's rate limit"
+                            " held after the retries"
+                        ),
                     },
                 }
             },

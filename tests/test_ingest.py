@@ -1,8 +1,9 @@
-"""The ingest use case on an in-memory store: group commit, outcomes, the summary line."""
+"""The ingest use case: group commit, outcomes, the summary line (in-memory store; dedup on SQLite)."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -10,6 +11,8 @@ from structlog.testing import capture_logs
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel, NotifyKeys, SignPolicy, Verdict
 from receiver.ingest import Ingestor
+from receiver.ports import EventQuery
+from receiver.stores.sqlite import SqliteStore
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
 from tests.fakes import MemoryStore
 
@@ -70,16 +73,23 @@ async def test_a_failed_commit_fails_every_waiter_in_it_and_the_next_batch_still
     assert result.outcome == "stored"
 
 
-async def test_the_same_notification_twice_is_stored_once_and_counted_as_a_duplicate() -> None:
-    store = MemoryStore()
-    ing = ingestor(store)
-    doc = signed(EOF_DOC)
-    first, second = await asyncio.gather(
-        ing.ingest(body(doc), Channel.HTTP), ing.ingest(body(doc), Channel.AMQP)
-    )
-    assert (first.outcome, second.outcome) == ("stored", "duplicate")
-    assert len(store.events) == 1
-    assert store.duplicates == {first.event.event_id: 1}
+async def test_the_same_notification_over_both_channels_is_stored_once_and_counted_as_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    # Dedup is the store's (a UNIQUE event id): run it against the real one, not the fake.
+    store = await SqliteStore.open(tmp_path / "dedup.db")
+    try:
+        ing = ingestor(store)  # type: ignore[arg-type]  # the real store, through the same port
+        doc = signed(EOF_DOC)
+        first, second = await asyncio.gather(
+            ing.ingest(body(doc), Channel.HTTP), ing.ingest(body(doc), Channel.AMQP)
+        )
+        assert (first.outcome, second.outcome) == ("stored", "duplicate")
+        assert first.event.event_id == second.event.event_id
+        [stored] = (await store.list_events(EventQuery())).items
+        assert (stored.event_id, stored.channel, stored.duplicates) == (first.event.event_id, "http", 1)
+    finally:
+        await store.aclose()
 
 
 async def test_invalid_and_unsigned_notifications_never_reach_the_store() -> None:
