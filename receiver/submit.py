@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import structlog
 from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from receiver.ports import Store
+from receiver.ports import Router, Store
 from receiver.tasks import Task, TaskState, new_id
 from receiver.wire import WireModel
 
@@ -101,8 +101,10 @@ async def submit(
     clock: Callable[[], float],
     *,
     on_recorded: Callable[[Task], Awaitable[None]] | None = None,
+    route: Router | None = None,
 ) -> Task:
-    """Record, call, record. Raises what the client raises (after recording the failure)."""
+    """Record, call, record. Raises what the client raises (after recording the failure).
+    ``route`` routes the orphans the task adopts, as ingest would have had the task been known."""
     now = clock()
     ref = new_id()
     context = request.session_context or f"{CONTEXT_PREFIX}{ref}"
@@ -117,15 +119,19 @@ async def submit(
         created_at=now,
         updated_at=now,
     )
-    await store.register_task(task)
+    await store.register_task(task, route)
     if on_recorded is not None:
         await on_recorded(task)
     try:
         task_id, request_id = await client.process_live_stream(request.mps_params(context))
     except Exception as exc:
-        await store.finish_submission(ref, task_id=None, request_id=None, error=f"submit failed: {exc}")
+        await store.finish_submission(
+            ref, task_id=None, request_id=None, error=f"submit failed: {exc}", now=clock()
+        )
         raise
-    task, adopted = await store.finish_submission(ref, task_id=task_id, request_id=request_id, error=None)
+    task, adopted = await store.finish_submission(
+        ref, task_id=task_id, request_id=request_id, error=None, now=clock(), route=route
+    )
     log.info(
         "task submitted", task_id=task_id, request_id=request_id, state=task.state.value, adopted=adopted
     )

@@ -16,6 +16,7 @@ from receiver.settings import MpsSettings
 from receiver.submit import SubmitRequest, submit
 from receiver.web import (
     CLOCK,
+    ROUTER,
     STORE,
     TASK_DEADLINE,
     BadParameterError,
@@ -63,7 +64,9 @@ async def submit_task(request: web.Request) -> web.Response:
             503, "not_configured", f"submitting is not configured: {request.app[MPS_PROBLEM]}"
         )
     try:
-        task = await submit(spec, request.app[STORE], client, request.app[CLOCK])
+        task = await submit(
+            spec, request.app[STORE], client, request.app[CLOCK], route=request.app.get(ROUTER)
+        )
     except MpsError as exc:
         return error_response(
             _status(exc.mps_code),

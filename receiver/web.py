@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -29,7 +28,7 @@ from receiver.errors import (
 from receiver.events import Channel
 from receiver.ingest import Ingestor
 from receiver.metrics import CONTENT_TYPE, Metrics, Snapshot
-from receiver.ports import EventQuery, Quarantined, Store
+from receiver.ports import EventQuery, Quarantined, Router, Store
 from receiver.tasks import Task, TaskState, new_id
 
 log = structlog.get_logger("receiver.web")
@@ -42,6 +41,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+ROUTER: web.AppKey[Router] = web.AppKey("router")  # set when sinks are configured
 TASK_DEADLINE = web.AppKey("task_deadline", float)  # seconds; 0 = tasks are never overdue
 
 _OK = b'{"code":0}'
@@ -115,7 +115,8 @@ async def receive_notification(request: web.Request) -> web.Response:
         return error_response(401, exc.code, exc.reason)
     except UnstorableError as exc:
         # Retrying cannot help: keep it for inspection and tell the sender so.
-        quarantined = Quarantined(Channel.HTTP.value, time.time(), exc.code, str(exc), None, body, {})
+        now = request.app[CLOCK]()
+        quarantined = Quarantined(Channel.HTTP.value, now, exc.code, str(exc), None, body, {})
         with contextlib.suppress(StoreUnavailableError):
             await request.app[STORE].quarantine(quarantined)
         return error_response(422, exc.code, str(exc))
@@ -182,7 +183,7 @@ async def register_task(request: web.Request) -> web.Response:
         updated_at=now,
     )
     try:
-        task, adopted = await request.app[STORE].register_task(task)
+        task, adopted = await request.app[STORE].register_task(task, request.app.get(ROUTER))
     except ConflictError as exc:
         return error_response(409, exc.code, str(exc), field="task_id")
     log.info("task registered", task_id=task.task_id, adopted_events=adopted, state=task.state.value)

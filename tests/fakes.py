@@ -57,7 +57,7 @@ class MemoryStore:
             out.append(Recorded(e.event_id, seq, False, transition.task, matched_by, transition.late))
         return out
 
-    async def register_task(self, task: Task) -> tuple[Task, int]:
+    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
         if any(t.task_id == task.task_id for t in self.tasks.values()):
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
         self.tasks[task.id] = replace(task)

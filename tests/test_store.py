@@ -335,7 +335,7 @@ async def test_quarantine_and_the_outbox_read_back_the_same_on_both_stores(store
     await store.settle_deliveries(
         [Settlement(claimed[0].id, DeliveryState.DEAD, 1, FROZEN_NOW, "x", FROZEN_NOW)]
     )
-    await store.set_sink_disabled("b", "gone")
+    await store.set_sink_disabled("b", "gone", now=FROZEN_NOW)
     stats = {s.sink: (s.pending, s.delivered, s.dead, s.disabled) for s in await store.sink_stats()}
     assert stats == {"a": (2, 0, 1, None), "b": (3, 0, 0, "gone")}
     assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW, dry_run=True) == 1
