@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter
@@ -110,7 +111,7 @@ class _Lane:
     busy: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # task key -> delivery in flight
     counts: Counter[str] = field(default_factory=Counter)
     disabled: str | None = None
-    changed_at: float = 0.0  # monotonic time this process last switched it (the store may lag it)
+    changed_at: float = 0.0  # monotonic time this process last switched it; inf while writing that
     runner: asyncio.Task[None] | None = None
 
 
@@ -212,10 +213,15 @@ class Dispatcher:
 
     async def enable(self, sink: str) -> None:
         """Switch a sink back on, in the store (for every process) and in this one at once."""
-        await self._store.set_sink_disabled(sink, None, now=self._clock())
         lane = self._lanes.get(sink)
         if lane is not None:
-            lane.changed_at = time.monotonic()
+            lane.changed_at = math.inf  # until the store has it, what it says is older than this
+        try:
+            await self._store.set_sink_disabled(sink, None, now=self._clock())
+        finally:
+            if lane is not None:
+                lane.changed_at = time.monotonic()
+        if lane is not None:
             self._switch_on(lane)
         log.info("sink re-enabled", sink=sink)
 
@@ -300,8 +306,10 @@ class Dispatcher:
             lane.wake.set()
         if isinstance(error, SinkGoneError):
             lane.disabled = str(error)
-            lane.changed_at = time.monotonic()
+            lane.changed_at = math.inf  # until the store has it, what it says is older than this
             log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
-            with contextlib.suppress(StoreUnavailableError):
-                await self._store.set_sink_disabled(lane.sink.name, lane.disabled, now=now)
-            lane.changed_at = time.monotonic()  # a read of the store begun before the write is stale
+            try:
+                with contextlib.suppress(StoreUnavailableError):
+                    await self._store.set_sink_disabled(lane.sink.name, lane.disabled, now=now)
+            finally:
+                lane.changed_at = time.monotonic()
