@@ -66,6 +66,13 @@ _UPDATE_TASK = (
 )
 
 
+async def _lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
+    """The lock ingest takes per TaskId, taken first as ingest does (then rows): an event of this
+    task committing meanwhile waits, then sees the task, so its outbox rows follow the adopted ones."""
+    if task_id is not None:
+        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", task_id)
+
+
 async def migrate(con: asyncpg.Connection) -> int:
     await con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
     async with con.transaction():
@@ -206,6 +213,7 @@ class PostgresStore:
 
     async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
         async def body(con: asyncpg.Connection) -> tuple[Task, int]:
+            await _lock_task_id(con, task.task_id)
             try:
                 await con.execute(
                     f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 18))})",
@@ -250,6 +258,7 @@ class PostgresStore:
         route: Router | None = None,
     ) -> tuple[Task, int]:
         async def body(con: asyncpg.Connection) -> tuple[Task, int]:
+            await _lock_task_id(con, task_id)
             row = await con.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE", ref)
             task = task_from_row(row)
             if error is not None:
