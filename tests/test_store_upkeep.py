@@ -3,6 +3,7 @@ stalls, the quarantine's bounds, redrive filters, adopted orphans routed, and th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from dataclasses import replace
@@ -11,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from receiver.app import maintain
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Quarantined, Settlement
 from receiver.routing import SinkFilter, router
+from receiver.settings import MaintenanceSettings
 from receiver.stores import sqlite_writer
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task, TaskState
@@ -222,3 +225,26 @@ async def test_the_sqlite_writers_session_context_cache_is_bounded(
         assert len(writer._by_context) + len(writer._by_task_id) + len(writer._tasks) <= 21
     finally:
         await s.aclose()
+
+
+# --- the maintenance pass -----------------------------------------------------------------------
+
+
+async def test_the_maintenance_pass_stalls_and_purges_by_the_injected_clock(store: Any) -> None:
+    now = FROZEN_NOW + 40 * 86400  # the app's clock: well past a 30-day window
+    await store.register_task(new_task("quiet"))
+    await store.quarantine(Quarantined("amqp", FROZEN_NOW, "too_large", "old", None, b"x", {}))
+    await store.quarantine(Quarantined("amqp", now - 60, "too_large", "recent", None, b"y", {}))
+    stop = asyncio.Event()
+    settings = MaintenanceSettings(interval=3600, stall_after=900, retention_days=30)
+    task = asyncio.create_task(maintain(store, settings, lambda: now, stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while [q.detail for q in (await store.list_quarantine(after=0, limit=10)).items] != ["recent"]:
+            assert asyncio.get_running_loop().time() < deadline, "the old quarantine row was never purged"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+    quiet = await store.get_task("quiet")
+    assert (quiet.state, quiet.updated_at) == (TaskState.STALLED, now)
