@@ -71,19 +71,27 @@ def build_dispatcher(
 async def maintain(
     store: Store, settings: MaintenanceSettings, clock: Callable[[], float], stop: asyncio.Event
 ) -> None:
-    """Now and then: mark quiet tasks stalled, purge what retention allows. Never raises; returns
+    """Now and then: mark quiet tasks stalled, purge what retention allows (payloads no delivery
+    still needs, delivered outbox rows, quarantine rows). Never raises; returns
     between passes once ``stop`` is set (never cancelled in the middle of one)."""
     while not stop.is_set():
         now = clock()
         try:
             if settings.stall_after:
-                stalled = await store.mark_stalled(now - settings.stall_after)
+                stalled = await store.mark_stalled(now - settings.stall_after, now=now)
                 if stalled:
                     log.warning("tasks stalled: no notification for too long", count=stalled)
             if settings.retention_days:
-                payloads, deliveries = await store.purge(now - settings.retention_days * 86400)
-                if payloads or deliveries:
-                    log.info("retention", payloads_dropped=payloads, deliveries_deleted=deliveries)
+                before = now - settings.retention_days * 86400
+                payloads, deliveries = await store.purge(before)
+                quarantined = await store.purge_quarantine(before)
+                if payloads or deliveries or quarantined:
+                    log.info(
+                        "retention",
+                        payloads_dropped=payloads,
+                        deliveries_deleted=deliveries,
+                        quarantine_deleted=quarantined,
+                    )
         except ReceiverError as exc:
             log.warning("maintenance pass failed; next pass retries", error=str(exc))
         with contextlib.suppress(TimeoutError):
@@ -117,6 +125,8 @@ def create_app(
     app[guards.BODY_TIMEOUT] = settings.http.body_timeout
     app[guards.GUARD] = guards.guard_for(settings)
     app[routes.CLOCK] = clock
+    if settings.sinks:  # adopted orphans are routed with the same filters as ingest
+        app[routes.ROUTER] = router([(s.name, s.filter) for s in settings.sinks])
     app[routes.TASK_DEADLINE] = settings.maintenance.task_deadline
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -198,7 +208,7 @@ def create_app(
         if not settings.http.split:
             routes.add_webhook(app)
         routes.add_management(app)
-        outbox_api.add_routes(app)
+        outbox_api.add_routes(app, [s.name for s in settings.sinks])
         masters = settings.verify.keys().master
         submit_api.add_routes(app, settings.mps, masters[0] if masters else None)
     return app

@@ -3,14 +3,18 @@
 Per sink: up to ``concurrency`` tasks in flight, one delivery per task at a time and in the order
 received (so ``ProcessEof`` goes after every earlier event of its task); retries on a schedule with
 jitter; a circuit breaker; after the last attempt the row is ``dead`` (kept, redrivable). A sink
-whose target answers 410 is switched off until re-enabled. Nothing here blocks ingest: rows wait
-in the store, and a restart picks them up where they were.
+whose target answers 410 is switched off until re-enabled; the store holds that switch, and every
+dispatcher reads it every ``poll_interval``, so a sink re-enabled through any process (or switched
+off by another replica's 410) is seen by all. A delivery its sink can never encode is dead at once,
+outside the breaker's count. Nothing here blocks ingest: rows wait in the store, and a restart
+picks them up where they were.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from receiver.documents import event_document
-from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError
+from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, UndeliverableError
 from receiver.group_commit import GroupCommit
 from receiver.ports import Delivery, DeliveryState, Settlement, Sink, Store
 
@@ -46,7 +50,7 @@ def settle(
     attempts = delivery.attempts + 1
     if error is None:
         return Settlement(delivery.id, DeliveryState.DELIVERED, attempts, now, None, now)
-    if attempts > len(policy.retry_schedule):
+    if attempts > len(policy.retry_schedule) or isinstance(error, UndeliverableError):
         return Settlement(delivery.id, DeliveryState.DEAD, attempts, now, str(error), now)
     wait = policy.retry_schedule[attempts - 1] * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
     if error.retry_after is not None:
@@ -79,6 +83,10 @@ class CircuitBreaker:
         self.opened_at = None
         self.trial = False
 
+    def abstained(self) -> None:
+        """The attempt never reached the target (it could not be encoded): it proves nothing."""
+        self.trial = False
+
     def failed(self, now: float) -> None:
         self.failures += 1
         self.trial = False
@@ -103,6 +111,7 @@ class _Lane:
     busy: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # task key -> delivery in flight
     counts: Counter[str] = field(default_factory=Counter)
     disabled: str | None = None
+    changed_at: float = 0.0  # monotonic time this process last switched it; inf while writing that
     runner: asyncio.Task[None] | None = None
 
 
@@ -128,6 +137,8 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._settler: GroupCommit[Settlement, None] = GroupCommit(self._settle_batch, max_batch=512)
         self._stopping = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
 
     async def _settle_batch(self, settlements: Sequence[Settlement]) -> list[None]:
         await self._store.settle_deliveries(settlements)
@@ -136,12 +147,41 @@ class Dispatcher:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        disabled = {s.sink: s.disabled for s in await self._store.sink_stats() if s.disabled}
+        disabled = await self._store.disabled_sinks()
         for name, lane in self._lanes.items():
             lane.disabled = disabled.get(name)
             if lane.disabled:
                 log.warning("sink is switched off; re-enable it to resume", sink=name, reason=lane.disabled)
             lane.runner = asyncio.create_task(self._run(lane), name=f"dispatch:{name}")
+        self._watcher = asyncio.create_task(self._watch_states(), name="dispatch:sink-states")
+
+    async def _watch_states(self) -> None:
+        """Follow the store's switches: another process may have re-enabled or switched off a sink."""
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=self._poll)
+            if self._stopping:
+                return
+            asked_at = time.monotonic()
+            try:
+                disabled = await self._store.disabled_sinks()
+            except StoreUnavailableError:
+                continue
+            for name, lane in self._lanes.items():
+                if lane.changed_at >= asked_at:
+                    continue  # switched here while we asked: the store may not have it yet
+                reason = disabled.get(name)
+                if lane.disabled is not None and reason is None:
+                    log.info("sink re-enabled elsewhere", sink=name)
+                    self._switch_on(lane)
+                elif lane.disabled is None and reason is not None:
+                    log.warning("sink switched off elsewhere", sink=name, reason=reason)
+                    lane.disabled = reason
+
+    def _switch_on(self, lane: _Lane) -> None:
+        lane.disabled = None
+        lane.breaker.succeeded()
+        lane.wake.set()
 
     def wake(self) -> None:
         """New outbox rows were committed: look now rather than at the next poll."""
@@ -150,7 +190,10 @@ class Dispatcher:
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self._stopping = True
+        self._stopped.set()
         self.wake()
+        if self._watcher is not None:
+            await self._watcher
         runners = [lane.runner for lane in self._lanes.values() if lane.runner is not None]
         # First, no new delivery starts: the runners leave their loop after the claim in hand.
         _, stuck = await asyncio.wait(runners, timeout=5) if runners else (set(), set())
@@ -169,12 +212,17 @@ class Dispatcher:
             log.info("sink closed", sink=lane.sink.name, **lane.counts)
 
     async def enable(self, sink: str) -> None:
-        await self._store.set_sink_disabled(sink, None)
+        """Switch a sink back on, in the store (for every process) and in this one at once."""
         lane = self._lanes.get(sink)
         if lane is not None:
-            lane.disabled = None
-            lane.breaker.succeeded()
-            lane.wake.set()
+            lane.changed_at = math.inf  # until the store has it, what it says is older than this
+        try:
+            await self._store.set_sink_disabled(sink, None, now=self._clock())
+        finally:
+            if lane is not None:
+                lane.changed_at = time.monotonic()
+        if lane is not None:
+            self._switch_on(lane)
         log.info("sink re-enabled", sink=sink)
 
     def sink(self, name: str) -> Sink:
@@ -233,6 +281,9 @@ class Dispatcher:
         if error is None:
             lane.breaker.succeeded()
             lane.counts["delivered"] += 1
+        elif isinstance(error, UndeliverableError):
+            lane.breaker.abstained()  # the target never saw it: no reason to stop sending the rest
+            lane.counts["undeliverable"] += 1
         else:
             lane.breaker.failed(now)
             lane.counts["failed"] += 1
@@ -255,6 +306,10 @@ class Dispatcher:
             lane.wake.set()
         if isinstance(error, SinkGoneError):
             lane.disabled = str(error)
+            lane.changed_at = math.inf  # until the store has it, what it says is older than this
             log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
-            with contextlib.suppress(StoreUnavailableError):
-                await self._store.set_sink_disabled(lane.sink.name, lane.disabled)
+            try:
+                with contextlib.suppress(StoreUnavailableError):
+                    await self._store.set_sink_disabled(lane.sink.name, lane.disabled, now=now)
+            finally:
+                lane.changed_at = time.monotonic()

@@ -99,3 +99,10 @@ class SinkGoneError(SinkError):
     """The target says it is gone for good (HTTP 410): the sink is switched off until re-enabled."""
 
     code = "sink_gone"
+
+
+class UndeliverableError(SinkError):
+    """This sink can never send this event (it cannot be encoded for the target): the delivery is
+    dead at once, and the sink's circuit breaker does not count it (the target did nothing wrong)."""
+
+    code = "undeliverable"

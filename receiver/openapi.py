@@ -302,7 +302,11 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
-                    "responses": {"200": _json("switched back on", OBJECT), **MANAGEMENT_ERRORS},
+                    "responses": {
+                        "200": _json("switched back on", OBJECT),
+                        "404": _error("no sink of that name is configured"),
+                        **MANAGEMENT_ERRORS,
+                    },
                 }
             },
             "/healthz": {"get": {"responses": {"200": _json("alive", OBJECT)}}},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
@@ -17,12 +17,14 @@ from receiver.web import (
     STORE,
     BadParameterError,
     cursor_param,
+    error_response,
     json_response,
     limit_param,
     time_param,
 )
 
 log = structlog.get_logger("receiver.outbox_api")
+SINK_NAMES: web.AppKey[frozenset[str]] = web.AppKey("sink_names")  # the configured sinks
 
 
 def _delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
@@ -116,16 +118,24 @@ async def list_sinks(request: web.Request) -> web.Response:
 
 
 async def enable_sink(request: web.Request) -> web.Response:
+    """Switch a sink back on in the store, which every dispatcher follows (this process's at once)."""
     name = request.match_info["name"]
+    configured = request.app[SINK_NAMES]
+    if name not in configured:
+        known = ", ".join(sorted(configured)) or "none configured"
+        return error_response(404, "unknown_sink", f"no sink named {name!r} (sinks: {known})", field="name")
     dispatcher = request.app.get(DISPATCHER)
     if dispatcher is not None:
         await dispatcher.enable(name)
     else:
-        await request.app[STORE].set_sink_disabled(name, None)
+        await request.app[STORE].set_sink_disabled(name, None, now=request.app[CLOCK]())
+    log.info("sink enabled", sink=name)
     return json_response({"sink": name, "enabled": True})
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, sink_names: Collection[str]) -> None:
+    names: frozenset[str] = frozenset(sink_names)
+    app[SINK_NAMES] = names
     app.router.add_get("/v1/deliveries", list_deliveries)
     app.router.add_post("/v1/deliveries/redrive", redrive)
     app.router.add_get("/v1/sinks", list_sinks)

@@ -46,9 +46,15 @@ class Quarantined:
     reason: str
     detail: str
     field: str | None
-    body: bytes
+    body: bytes  # as received less its Sign pair; read back, its first ``QUARANTINE_BODY_BYTES`` only
     meta: dict[str, Any]
     id: int | None = None
+    body_sha256: str | None = None  # of the whole body as kept (set by the store)
+    body_size: int | None = None  # bytes received (set by the store)
+
+
+# What the quarantine keeps of a body: enough to see what it was; anyone who can publish can fill it.
+QUARANTINE_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,27 +170,43 @@ class Store(Protocol):
         """
         ...
 
-    async def register_task(self, task: Task) -> tuple[Task, int]:
+    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
         """Insert a task and adopt the orphan events that match it; returns it and the adopted count.
 
+        Each adopted event is routed again with the task known (a ``task_labels`` filter can match
+        it now): a pending delivery is added for each sink ``route`` names that has none for it.
         Raises ``ConflictError`` if its ``task_id`` is already registered.
         """
         ...
 
     async def finish_submission(
-        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None
+        self,
+        ref: str,
+        *,
+        task_id: str | None,
+        request_id: str | None,
+        error: str | None,
+        now: float,
+        route: Router | None = None,
     ) -> tuple[Task, int]:
         """How the ProcessLiveStream call of a ``submitting`` task (our id ``ref``) ended: its TaskId
-        and RequestId (then ``submitted``, unless events already moved it on; orphans adopted), or
-        the error (then ``failed``)."""
+        and RequestId (then ``submitted``, unless events already moved it on; orphans adopted and
+        routed as ``register_task`` does), or the error (then ``failed``)."""
         ...
 
-    async def mark_stalled(self, before: float) -> int:
+    async def mark_stalled(self, before: float, *, now: float) -> int:
         """``submitted``/``running`` tasks with no notification since ``before`` become ``stalled``."""
         ...
 
     async def purge(self, before: float) -> tuple[int, int]:
-        """Drop raw payloads and delivered outbox rows older than ``before``; returns both counts."""
+        """Drop raw payloads and delivered outbox rows older than ``before``; returns both counts.
+
+        A payload a pending or dead delivery still needs stays until that delivery is delivered.
+        """
+        ...
+
+    async def purge_quarantine(self, before: float) -> int:
+        """Delete quarantine rows received before ``before``; returns how many."""
         ...
 
     async def task_counts(self) -> dict[str, int]: ...
@@ -230,8 +252,12 @@ class Store(Protocol):
 
     async def sink_stats(self) -> list[SinkStats]: ...
 
-    async def set_sink_disabled(self, sink: str, reason: str | None) -> None:
+    async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
         """Switch a sink off (with the reason) or, with ``None``, back on."""
+        ...
+
+    async def disabled_sinks(self) -> dict[str, str]:
+        """The sinks switched off, each with its reason: the truth every dispatcher follows."""
         ...
 
     async def ping(self) -> None:

@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_pascal
 
 from receiver.errors import InvalidRequestError
 from receiver.events import OWN_CONTEXT_PREFIX, derived_key
-from receiver.ports import Store
+from receiver.ports import Router, Store
 from receiver.tasks import Task, TaskState, new_id
 
 log = structlog.get_logger("receiver.submit")
@@ -145,11 +145,13 @@ async def submit(
     clock: Callable[[], float],
     *,
     master_key: str | None = None,
+    route: Router | None = None,
 ) -> Task:
     """Record, call, record. Raises what the client raises (after recording the failure).
 
     With a ``master_key``, the task gets a NotifyKey of its own, derived from it and the
     SessionContext receiver generates (``events.derived_key``): never stored, returned or logged.
+    ``route`` routes the orphans the task adopts, as ingest would have had the task been known.
     """
     if master_key is not None and request.task_notify_config.notify_key is not None:
         raise InvalidRequestError(
@@ -180,13 +182,17 @@ async def submit(
         created_at=now,
         updated_at=now,
     )
-    await store.register_task(task)
+    await store.register_task(task, route)
     try:
         task_id, request_id = await client.process_live_stream(request.mps_params(context, notify_key))
     except Exception as exc:
-        await store.finish_submission(ref, task_id=None, request_id=None, error=f"submit failed: {exc}")
+        await store.finish_submission(
+            ref, task_id=None, request_id=None, error=f"submit failed: {exc}", now=clock()
+        )
         raise
-    task, adopted = await store.finish_submission(ref, task_id=task_id, request_id=request_id, error=None)
+    task, adopted = await store.finish_submission(
+        ref, task_id=task_id, request_id=request_id, error=None, now=clock(), route=route
+    )
     log.info(
         "task submitted", task_id=task_id, request_id=request_id, state=task.state.value, adopted=adopted
     )

@@ -16,6 +16,7 @@ from receiver.settings import MpsSettings
 from receiver.submit import SubmitRequest, submit
 from receiver.web import (
     CLOCK,
+    ROUTER,
     STORE,
     TASK_DEADLINE,
     BadParameterError,
@@ -65,7 +66,12 @@ async def submit_task(request: web.Request) -> web.Response:
         )
     try:
         task = await submit(
-            spec, request.app[STORE], client, request.app[CLOCK], master_key=request.app[MASTER_KEY]
+            spec,
+            request.app[STORE],
+            client,
+            request.app[CLOCK],
+            master_key=request.app[MASTER_KEY],
+            route=request.app.get(ROUTER),
         )
     except InvalidRequestError as exc:
         raise BadParameterError(exc.field, exc.expected) from None

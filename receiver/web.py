@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ from receiver.events import Channel
 from receiver.guards import WEBHOOK_PATH
 from receiver.ingest import Ingestor
 from receiver.metrics import CONTENT_TYPE, Metrics, Snapshot
-from receiver.ports import EventQuery, Quarantined, Store
+from receiver.ports import EventQuery, Quarantined, Router, Store
 from receiver.responses import error_response as error_response  # re-exported for the API modules
 from receiver.responses import json_response as json_response
 from receiver.tasks import Task, TaskState, new_id
@@ -44,6 +43,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+ROUTER: web.AppKey[Router] = web.AppKey("router")  # set when sinks are configured
 TASK_DEADLINE = web.AppKey("task_deadline", float)  # seconds; 0 = tasks are never overdue
 
 _OK = b'{"code":0}'
@@ -120,7 +120,8 @@ async def receive_notification(request: web.Request) -> web.Response:
 
 async def _quarantine(request: web.Request, body: bytes, reason: str, detail: str, field: str | None) -> None:
     # Kept without its Sign pair: a quarantine row is read through the API.
-    kept = Quarantined(Channel.HTTP.value, time.time(), reason, detail, field, decoder.scrub(body), {})
+    now = request.app[CLOCK]()
+    kept = Quarantined(Channel.HTTP.value, now, reason, detail, field, decoder.scrub(body), {})
     with contextlib.suppress(StoreUnavailableError):
         await request.app[STORE].quarantine(kept)
 
@@ -163,7 +164,7 @@ async def register_task(request: web.Request) -> web.Response:
         updated_at=now,
     )
     try:
-        task, adopted = await request.app[STORE].register_task(task)
+        task, adopted = await request.app[STORE].register_task(task, request.app.get(ROUTER))
     except ConflictError as exc:
         return error_response(409, exc.code, str(exc), field="task_id")
     log.info("task registered", task_id=task.task_id, adopted_events=adopted, state=task.state.value)

@@ -52,7 +52,7 @@ class MemoryStore:
         self.tasks.update(plan.tasks)
         return plan.recorded(seqs)
 
-    async def register_task(self, task: Task) -> tuple[Task, int]:
+    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
         if any(t.task_id == task.task_id for t in self.tasks.values()):
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
         self.tasks[task.id] = replace(task)

@@ -85,7 +85,8 @@ async def test_quiet_tasks_become_stalled_and_the_next_notification_revives_them
         await store.register_task(new_task(EOF_DOC["TaskId"]))
         await store.register_task(new_task("busy-task"))
         await store.record_events([event(REVIEW, TaskId="busy-task", SessionContext="", at=FROZEN_NOW + 800)])
-        assert await store.mark_stalled(FROZEN_NOW + 500) == 1  # registered at t=1, never heard from
+        # registered at t=1, never heard from
+        assert await store.mark_stalled(FROZEN_NOW + 500, now=FROZEN_NOW + 500) == 1
         quiet = await store.get_task(EOF_DOC["TaskId"])
         assert quiet is not None
         assert quiet.state is TaskState.STALLED
@@ -117,9 +118,12 @@ async def test_retention_drops_old_payloads_and_delivered_rows_but_keeps_dead_le
         ]
         await store.settle_deliveries(settled)
         payloads, deliveries = await store.purge(FROZEN_NOW + 5_000)
-        assert (payloads, deliveries) == (3, 1)  # the old delivered one; the new delivered one stays
+        # Only the old delivered one loses its payload: the dead and pending ones still need theirs.
+        assert (payloads, deliveries) == (1, 1)
         kept = {e.session_id: e.raw for e in (await store.list_events(EventQuery())).items}
         assert kept["0"] == {}
+        assert kept["1"]["SessionId"] == "1"
+        assert kept["2"]["SessionId"] == "2"
         assert kept["new"]["SessionId"] == "new"
         left = [d.state for d in (await store.list_deliveries(DeliveryQuery(sink="s"))).items]
         assert sorted(left) == ["dead", "delivered", "pending"]

@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from receiver import events, sinks
 from receiver.documents import event_document
-from receiver.errors import ConfigError, SinkError, SinkGoneError
+from receiver.errors import ConfigError, SinkError, SinkGoneError, UndeliverableError
 from receiver.ports import Delivery, EventRecord
-from receiver.sinks.amqp import routing_key
-from receiver.sinks.http import HttpSink, retry_after
+from receiver.sinks.amqp import AmqpSink, encoded, routing_key
+from receiver.sinks.http import MAX_RESPONSE_BYTES, HttpSink, retry_after
 from receiver.sinks.jsonl import JsonlSink
 from receiver.tasks import MatchedBy
 from tests.conftest import event_of, example
@@ -153,6 +153,99 @@ async def test_http_sink_errors_do_not_carry_credentials_or_query_of_the_url() -
     assert "127.0.0.1:9/hook" in str(caught.value)
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_http_sink_never_follows_a_redirect_and_names_where_it_pointed(
+    aiohttp_server: ServerFactory, status: int
+) -> None:
+    internal: list[dict[str, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": "/internal?token=t0ken"})
+
+    async def inside(request: web.Request) -> web.Response:
+        internal.append(dict(request.headers))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_route("*", "/internal", inside)
+    server = await aiohttp_server(app)
+    sink = HttpSink.from_options(
+        "s", {"url": str(server.make_url("/hook")), "secret": SECRET, "headers": {"X-Api-Key": "k3y"}}
+    )
+    try:
+        with pytest.raises(SinkError) as caught:
+            await sink.deliver(*delivery(record()))
+    finally:
+        await sink.aclose()
+    assert internal == []  # neither the event nor its secret header went anywhere else
+    message = str(caught.value)
+    assert f"answered {status}" in message
+    assert f"127.0.0.1:{server.port}/internal" in message
+    assert "t0ken" not in message
+    assert not isinstance(caught.value, (SinkGoneError, UndeliverableError))
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_http_sink_reads_a_few_kib_of_an_answer_however_much_the_target_sends(
+    aiohttp_server: ServerFactory, status: int
+) -> None:
+    sent = 0
+    hung_up = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(status=status)
+        await resp.prepare(request)
+        try:
+            while True:  # a body that never ends: the sink must hang up, not buffer it
+                await resp.write(b"x" * 65536)
+                sent += 65536
+        except BaseException:
+            hung_up.set()
+            raise
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    server = await aiohttp_server(app)
+    sink = HttpSink.from_options("s", {"url": str(server.make_url("/hook")), "timeout": 5})
+    try:
+        if status == 200:
+            await asyncio.wait_for(sink.deliver(*delivery(record())), timeout=3)
+        else:
+            with pytest.raises(SinkError, match="answered 500"):
+                await asyncio.wait_for(sink.deliver(*delivery(record())), timeout=3)
+        await asyncio.wait_for(hung_up.wait(), timeout=3)
+    finally:
+        await sink.aclose()
+    assert MAX_RESPONSE_BYTES <= 4096
+    assert sent < 64 * 1024 * 1024  # what the socket buffers held, not what the target could send
+
+
+async def test_http_sink_calls_an_event_it_cannot_encode_undeliverable(aiohttp_server: ServerFactory) -> None:
+    hits: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(await request.read())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    sink = HttpSink.from_options("s", {"url": str(server.make_url("/hook"))})
+    d, document = delivery(record())
+    nested: dict[str, Any] = {}
+    for _ in range(300):  # deeper than JSON encoders go
+        nested = {"n": nested}
+    try:
+        with pytest.raises(UndeliverableError, match="cannot encode"):
+            await sink.deliver(d, {**document, "payload": nested})
+        await sink.deliver(d, document)  # the next one goes as usual
+    finally:
+        await sink.aclose()
+    assert len(hits) == 1
+
+
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
     assert retry_after("30", now) == 30.0
@@ -241,6 +334,133 @@ async def test_amqp_sink_publishes_confirmed_persistent_messages_to_the_topic_ex
     finally:
         await sink.aclose()
         await connection.close()
+
+
+def test_amqp_sink_refuses_what_no_broker_could_take() -> None:
+    too_long_type = event_document(record(NotificationType="T" * 300))
+    with pytest.raises(UndeliverableError, match="routing key is 310 bytes"):
+        encoded(too_long_type)
+    huge_task_id = event_document(record(TaskId="t" * 200_000))
+    with pytest.raises(UndeliverableError, match="x-task-id"):
+        encoded(huge_task_id)
+    message, key = encoded(event_document(record()))
+    assert (key, message.headers) == ("mps.AiReviewResult.block", {"x-task-id": record().task_id})
+
+
+@pytest.mark.amqp
+async def test_amqp_sink_survives_a_poison_event_and_keeps_publishing_on_its_connection() -> None:
+    exchange = f"test.events.{uuid.uuid4().hex[:8]}"
+    sink = sinks.build_sink("bus", "amqp", {"url": AMQP_URL, "exchange": exchange})
+    assert isinstance(sink, AmqpSink)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await sink.deliver(*delivery(record(SessionId="first")))  # declares the exchange
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key="mps.#")
+        with pytest.raises(UndeliverableError):
+            await sink.deliver(*delivery(record(TaskId="t" * 200_000)))
+        await sink.deliver(*delivery(record(SessionId="after")))
+        message = await queue.get(timeout=5)
+        await message.ack()
+        assert orjson.loads(message.body)["session_id"] == "after"
+        assert sink._connection is not None
+        assert not sink._connection.is_closed
+        await channel.exchange_delete(exchange)
+    finally:
+        await sink.aclose()
+        await connection.close()
+
+
+async def test_amqp_sink_with_no_broker_fails_the_delivery_promptly_and_retries_later() -> None:
+    port = _closed_port()
+    sink = sinks.build_sink("bus", "amqp", {"url": f"amqp://guest:guest@127.0.0.1:{port}/", "timeout": 2})
+    try:
+        for _ in range(2):  # each delivery tries again; none hangs
+            with pytest.raises(SinkError, match=r"publish to receiver\.events failed") as caught:
+                await asyncio.wait_for(sink.deliver(*delivery(record())), timeout=5)
+            assert not isinstance(caught.value, UndeliverableError)
+    finally:
+        await sink.aclose()
+
+
+@pytest.mark.amqp
+async def test_amqp_sink_fails_while_its_broker_is_away_and_delivers_once_it_is_back() -> None:
+    """The broker behind a TCP relay of our own: cutting the relay cuts only this sink's connection."""
+    exchange = f"test.events.{uuid.uuid4().hex[:8]}"
+    relay = _Relay()
+    await relay.start()
+    sink = sinks.build_sink(
+        "bus",
+        "amqp",
+        {"url": f"amqp://guest:guest@127.0.0.1:{relay.port}/", "exchange": exchange, "timeout": 2},
+    )
+    try:
+        await sink.deliver(*delivery(record(SessionId="before")))
+        await relay.stop()
+        with pytest.raises(SinkError):
+            await asyncio.wait_for(sink.deliver(*delivery(record(SessionId="during"))), timeout=10)
+        await relay.start()
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # the robust connection comes back on its own schedule
+            try:
+                await sink.deliver(*delivery(record(SessionId="after")))
+                break
+            except SinkError:
+                assert asyncio.get_running_loop().time() < deadline, (
+                    "never delivered after the broker came back"
+                )
+                await asyncio.sleep(0.2)
+    finally:
+        await sink.aclose()
+        await relay.stop()
+        cleanup = await aio_pika.connect(AMQP_URL)
+        async with cleanup:
+            await (await cleanup.channel()).exchange_delete(exchange)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once the socket is closed
+
+
+class _Relay:
+    """A TCP relay to the test broker on a fixed local port, which the test can cut and restore."""
+
+    def __init__(self) -> None:
+        self.port = _closed_port()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in self._writers:
+            w.close()
+        self._writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5672)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 # --- log ----------------------------------------------------------------------------------------

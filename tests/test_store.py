@@ -9,6 +9,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -333,9 +334,36 @@ async def test_quarantine_and_the_outbox_read_back_the_same_on_both_stores(store
     await store.settle_deliveries(
         [Settlement(claimed[0].id, DeliveryState.DEAD, 1, FROZEN_NOW, "x", FROZEN_NOW)]
     )
-    await store.set_sink_disabled("b", "gone")
+    await store.set_sink_disabled("b", "gone", now=FROZEN_NOW)
     stats = {s.sink: (s.pending, s.delivered, s.dead, s.disabled) for s in await store.sink_stats()}
     assert stats == {"a": (2, 0, 1, None), "b": (3, 0, 0, "gone")}
     assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW, dry_run=True) == 1
     assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW) == 1
     assert (await store.list_deliveries(DeliveryQuery(sink="a", state="dead"))).items == []
+
+
+async def test_a_task_of_our_own_adopts_no_orphan_that_lacks_its_context(store: Any) -> None:
+    ours = replace(new_task(None, session_context="receiver:0123"), state=TaskState.SUBMITTING)
+    await store.register_task(ours)
+    # Before MPS answered with its TaskId: one notification naming it without the context (a
+    # forgery with a static key, say), one with the context.
+    forged = event(EOF_DOC, TaskId="T-ours", SessionContext="", ProcessEofInfo={"ErrCode": 1, "Message": "x"})
+    genuine = event(REVIEW, TaskId="T-ours", SessionContext="receiver:0123")
+    [orphan] = await store.record_events([forged])
+    assert orphan.task is None
+    [matched] = await store.record_events([genuine])
+    assert matched.task is not None
+    task, adopted = await store.finish_submission(
+        ours.id, task_id="T-ours", request_id="r", error=None, now=FROZEN_NOW
+    )
+    assert adopted == 0
+    assert (task.state, task.event_count) == (TaskState.RUNNING, 1)
+    orphans = (await store.list_events(EventQuery(orphan=True))).items
+    assert [e.event_id for e in orphans] == [forged.event_id]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_migration_numbers_are_unique_so_none_is_skipped(dialect: str) -> None:
+    folder = Path(__file__).parent.parent / "receiver" / "stores" / "migrations" / dialect
+    numbers = [int(p.name.split("_", 1)[0]) for p in folder.glob("*.sql")]
+    assert sorted(numbers) == list(range(1, len(numbers) + 1))

@@ -4,6 +4,8 @@
 time, ``webhook-signature`` an HMAC-SHA256 over ``id.timestamp.body`` (the ``standardwebhooks``
 package). 2xx = delivered; 410 = the target is gone (the sink is switched off until re-enabled);
 anything else, a timeout or a network error = retry, after ``Retry-After`` when the target gives one.
+Redirects are never followed (a 3xx is a failure): a target must not be able to send the event and
+its secret headers somewhere else. At most ``MAX_RESPONSE_BYTES`` of an answer are read.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 from pydantic import AnyHttpUrl, Field, SecretStr
 from standardwebhooks.webhooks import Webhook
 
-from receiver.errors import SinkError, SinkGoneError
+from receiver.errors import SinkError, SinkGoneError, UndeliverableError
 from receiver.ports import Delivery
 from receiver.sinks.options import SinkOptions
+
+# What we read of an answer: enough to finish a small reply on a kept-alive connection, never a
+# body a hostile target makes huge (the rest is dropped with the connection).
+MAX_RESPONSE_BYTES = 4096
 
 
 class HttpOptions(SinkOptions):
@@ -68,21 +74,35 @@ class HttpSink:
         return cls(name, HttpOptions.model_validate(options))
 
     async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+        try:
+            payload = orjson.dumps(document)
+        except orjson.JSONEncodeError as exc:  # e.g. nested past orjson's depth: never sendable
+            raise UndeliverableError(f"cannot encode the event as JSON: {exc}") from exc
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        payload = orjson.dumps(document)
         now = datetime.now(UTC)
         event_id = document["event_id"]
         headers = {**self._headers, "webhook-id": event_id, "webhook-timestamp": str(int(now.timestamp()))}
         if self._signer is not None:
             headers["webhook-signature"] = self._signer.sign(event_id, now, payload.decode())
         try:
-            async with self._session.post(self.url, data=payload, headers=headers) as resp:
-                await resp.read()
+            async with self._session.post(
+                self.url, data=payload, headers=headers, allow_redirects=False
+            ) as resp:
+                await resp.content.read(MAX_RESPONSE_BYTES)
+                if not resp.content.at_eof():
+                    resp.close()  # more than we read: drop the connection rather than drain it
                 if 200 <= resp.status < 300:
                     return
                 if resp.status == 410:
                     raise SinkGoneError(f"{self._shown} answered 410 Gone")
+                if 300 <= resp.status < 400:
+                    location = resp.headers.get("Location")
+                    shown = redacted(urljoin(str(resp.url), location)) if location else "nowhere"
+                    raise SinkError(
+                        f"{self._shown} answered {resp.status} redirecting to {shown}; redirects are"
+                        " not followed: configure the final URL",
+                    )
                 raise SinkError(
                     f"{self._shown} answered {resp.status}",
                     retry_after=retry_after(resp.headers.get("Retry-After"), now),

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from receiver.errors import SinkError, SinkGoneError
+from receiver.errors import SinkError, SinkGoneError, UndeliverableError
 from receiver.ports import Delivery
 from receiver.sinks.options import SinkOptions
 
@@ -14,6 +14,7 @@ from receiver.sinks.options import SinkOptions
 class MemoryOptions(SinkOptions):
     fail_first: int = 0  # fail this many deliveries before taking any
     delay: float = 0.0  # seconds each delivery takes
+    undeliverable_types: frozenset[str] = frozenset()  # NotificationTypes it can never encode
 
 
 class MemorySink:
@@ -24,6 +25,7 @@ class MemorySink:
         self.attempts = 0
         self.fail_remaining = options.fail_first
         self.delay = options.delay
+        self.undeliverable_types = options.undeliverable_types
         self.gone = False
         self.retry_after: float | None = None
 
@@ -37,6 +39,8 @@ class MemorySink:
             await asyncio.sleep(self.delay)
         if self.gone:
             raise SinkGoneError("gone")
+        if document["notification_type"] in self.undeliverable_types:
+            raise UndeliverableError(f"cannot encode a {document['notification_type']}")
         if self.fail_remaining > 0:
             self.fail_remaining -= 1
             raise SinkError("told to fail", retry_after=self.retry_after)

@@ -10,8 +10,8 @@ work and a task's deliveries still go out one at a time, in order.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -64,6 +64,13 @@ _UPDATE_TASK = (
     " late_count = $11, updated_at = $13, first_event_at = $14, last_event_at = $15, ended_at = $16,"
     " request_id = $17, session_id = $3, session_context = $4, url = $5, labels = $6, created_at = $12 WHERE id = $1"
 )
+
+
+async def _lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
+    """The lock ingest takes per TaskId, taken first as ingest does (then rows): an event of this
+    task committing meanwhile waits, then sees the task, so its outbox rows follow the adopted ones."""
+    if task_id is not None:
+        await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", task_id)
 
 
 async def migrate(con: asyncpg.Connection) -> int:
@@ -217,8 +224,9 @@ class PostgresStore:
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def register_task(self, task: Task) -> tuple[Task, int]:
+    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
         async def body(con: asyncpg.Connection) -> tuple[Task, int]:
+            await _lock_task_id(con, task.task_id)
             try:
                 await con.execute(
                     f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 18))})",
@@ -226,27 +234,46 @@ class PostgresStore:
                 )
             except asyncpg.UniqueViolationError:
                 raise ConflictError(f"task_id {task.task_id!r} is already registered") from None
-            return await self._adopt(con, task)
+            return await self._adopt(con, task, task.updated_at, route)
 
         return await self._run(body)
 
-    async def _adopt(self, con: asyncpg.Connection, task: Task) -> tuple[Task, int]:
+    async def _adopt(
+        self, con: asyncpg.Connection, task: Task, now: float, route: Router | None
+    ) -> tuple[Task, int]:
+        """Attach the task's orphans (in the order received) and route each again, task known."""
         found = await con.fetch(pg(rows.ORPHANS_OF) + " FOR UPDATE", task.task_id or "", task.session_context)
-        orphans = [rows.Orphan(*tuple(r)) for r in found]
+        orphans = [
+            o for o in (rows.Orphan(*tuple(r)) for r in found) if tasks.adoptable(task, o.session_context)
+        ]
         for orphan in orphans:
             matched_by = tasks.adoption_match(task, orphan.session_context)
             transition = tasks.apply(task, orphan)
             task = transition.task
             await con.execute(pg(rows.ADOPT), task.id, matched_by.value, transition.late, orphan.seq)
+            if route is not None:
+                row = await con.fetchrow(pg(rows.EVENT_BY_SEQ), orphan.seq)
+                again = rows.routed_again(event_record(tuple(row)), task, route, now)
+                if again:
+                    await con.executemany(pg(rows.ROUTE_AGAIN), again)
+        if orphans:
+            # The orphans' times are older than the adoption: the task changed now, not back then.
+            task = replace(task, updated_at=max(task.updated_at, now))
         await con.execute(_UPDATE_TASK, *_task_row(task))
         return task, len(orphans)
 
     async def finish_submission(
-        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None
+        self,
+        ref: str,
+        *,
+        task_id: str | None,
+        request_id: str | None,
+        error: str | None,
+        now: float,
+        route: Router | None = None,
     ) -> tuple[Task, int]:
-        now = time.time()
-
         async def body(con: asyncpg.Connection) -> tuple[Task, int]:
+            await _lock_task_id(con, task_id)
             row = await con.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE", ref)
             task = task_from_row(row)
             if error is not None:
@@ -257,7 +284,7 @@ class PostgresStore:
                 other = await con.fetchval("SELECT id FROM tasks WHERE task_id = $1", task_id)
                 if other is not None and other != ref:
                     raise ConflictError(f"task_id {task_id!r} is already registered")
-            return await self._adopt(con, tasks.submitted(task, task_id, request_id, now))
+            return await self._adopt(con, tasks.submitted(task, task_id, request_id, now), now, route)
 
         return await self._run(body)
 
@@ -388,8 +415,13 @@ class PostgresStore:
 
         return await self._run(body, write=False)
 
-    async def set_sink_disabled(self, sink: str, reason: str | None) -> None:
-        now = time.time()
+    async def disabled_sinks(self) -> dict[str, str]:
+        async def body(con: asyncpg.Connection) -> dict[str, str]:
+            return {r[0]: r[1] for r in await con.fetch(rows.SINKS_DISABLED)}
+
+        return await self._run(body, write=False)
+
+    async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
         await self._run(
             lambda con: con.execute(
                 "INSERT INTO sink_state (sink, disabled_at, reason) VALUES ($1, $2, $3) ON CONFLICT (sink)"
@@ -403,19 +435,7 @@ class PostgresStore:
     # --- quarantine, maintenance, health ------------------------------------------------------------
 
     async def quarantine(self, entry: Quarantined) -> None:
-        await self._run(
-            lambda con: con.execute(
-                "INSERT INTO quarantine (channel, received_at, reason, detail, field, body, meta)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                entry.channel,
-                entry.received_at,
-                entry.reason,
-                entry.detail,
-                entry.field,
-                entry.body,
-                orjson.dumps(entry.meta).decode(),
-            )
-        )
+        await self._run(lambda con: con.execute(pg(rows.QUARANTINE_INSERT), *rows.quarantine_values(entry)))
 
     async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]:
         async def body(con: asyncpg.Connection) -> Page[Quarantined]:
@@ -425,12 +445,12 @@ class PostgresStore:
 
         return await self._run(body, write=False)
 
-    async def mark_stalled(self, before: float) -> int:
+    async def mark_stalled(self, before: float, *, now: float) -> int:
         result = await self._run(
             lambda con: con.execute(
                 "UPDATE tasks SET state = 'stalled', updated_at = $1 WHERE state IN ('submitted', 'running')"
                 " AND coalesce(last_event_at, created_at) < $2",
-                time.time(),
+                now,
                 before,
             )
         )
@@ -438,16 +458,8 @@ class PostgresStore:
 
     async def purge(self, before: float) -> tuple[int, int]:
         async def body(con: asyncpg.Connection) -> tuple[int, int]:
-            p = await con.execute(
-                "UPDATE events SET raw = '{}' WHERE seq IN (SELECT seq FROM events WHERE received_at < $1"
-                " AND raw <> '{}' LIMIT 1000)",
-                before,
-            )
-            d = await con.execute(
-                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = 'delivered'"
-                " AND delivered_at < $1 LIMIT 1000)",
-                before,
-            )
+            p = await con.execute(pg(rows.PURGE_PAYLOADS), before, 1000)
+            d = await con.execute(pg(rows.PURGE_DELIVERED), before, 1000)
             return int(p.split()[-1]), int(d.split()[-1])
 
         payloads = deliveries = 0
@@ -456,6 +468,15 @@ class PostgresStore:
             payloads, deliveries = payloads + p, deliveries + d
             if p < 1000 and d < 1000:
                 return payloads, deliveries
+
+    async def purge_quarantine(self, before: float) -> int:
+        total = 0
+        while True:
+            status = await self._run(lambda con: con.execute(pg(rows.QUARANTINE_PURGE), before, 1000))
+            n = int(str(status).split()[-1])
+            total += n
+            if n < 1000:
+                return total
 
     async def ping(self) -> None:
         await self._run(lambda con: con.execute("SELECT 1"), write=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,8 +11,18 @@ from typing import Any, Final
 
 import orjson
 
-from receiver.ports import DeliveryQuery, EventQuery, EventRecord, Quarantined, SinkStats
-from receiver.tasks import MatchedBy
+from receiver.events import Channel, Event, Verdict
+from receiver.findings import Finding
+from receiver.ports import (
+    QUARANTINE_BODY_BYTES,
+    DeliveryQuery,
+    EventQuery,
+    EventRecord,
+    Quarantined,
+    Router,
+    SinkStats,
+)
+from receiver.tasks import MatchedBy, Task
 
 DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 
@@ -22,6 +33,11 @@ ORPHANS_OF: Final = (
     " ORDER BY seq"
 )
 ADOPT: Final = "UPDATE events SET task_ref = ?, matched_by = ?, late = ? WHERE seq = ?"
+# An adopted event routed again, now that its task is known: only the sinks that lacked it.
+ROUTE_AGAIN: Final = (
+    "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at, updated_at)"
+    " VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (sink, event_seq) DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,34 @@ EVENT_COLUMNS = (
     "seq, event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
     " channel, received_at, verdict, late, duplicates, err_code, err_message, findings, raw, sign_key"
 )
+
+
+EVENT_BY_SEQ: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?"
+
+
+def stored_event(r: EventRecord) -> Event:
+    """A stored event as the router reads it (what ingest routed before it was stored)."""
+    return Event(
+        event_id=r.event_id,
+        task_id=r.task_id,
+        notification_type=r.notification_type,
+        session_id=r.session_id,
+        session_context=r.session_context,
+        channel=Channel(r.channel),
+        received_at=r.received_at,
+        verdict=Verdict(r.verdict),
+        findings=[Finding(**f) for f in r.findings],
+        raw=r.raw,
+        body=orjson.dumps(r.raw),
+        sign_key=r.sign_key,
+        err_code=r.err_code,
+        err_message=r.err_message,
+    )
+
+
+def routed_again(record: EventRecord, task: Task, route: Router, now: float) -> list[tuple[Any, ...]]:
+    """The ``ROUTE_AGAIN`` rows for one adopted event."""
+    return [(sink, record.seq, record.task_id, now, now, now) for sink in route(stored_event(record), task)]
 
 
 def delivery_filter(q: DeliveryQuery) -> tuple[str, list[Any]]:
@@ -123,13 +167,36 @@ def event_filter(q: EventQuery) -> tuple[str, list[Any]]:
 
 
 QUARANTINE_PAGE: Final = (
-    "SELECT id, channel, received_at, reason, detail, field, body, meta FROM quarantine"
-    " WHERE id > ? ORDER BY id LIMIT ?"
+    "SELECT id, channel, received_at, reason, detail, field, body, meta, body_sha256, body_size"
+    " FROM quarantine WHERE id > ? ORDER BY id LIMIT ?"
+)
+QUARANTINE_INSERT: Final = (
+    "INSERT INTO quarantine (channel, received_at, reason, detail, field, body, meta, body_sha256,"
+    " body_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+QUARANTINE_PURGE: Final = (
+    "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ? LIMIT ?)"
 )
 
 
+def quarantine_values(q: Quarantined) -> tuple[Any, ...]:
+    """The ``QUARANTINE_INSERT`` arguments: the body cut to its first 64 KiB, with the whole
+    body's sha256 and size (what a flood can cost is bounded; what it was can still be matched)."""
+    return (
+        q.channel,
+        q.received_at,
+        q.reason,
+        q.detail,
+        q.field,
+        q.body[:QUARANTINE_BODY_BYTES],
+        orjson.dumps(q.meta).decode(),
+        hashlib.sha256(q.body).hexdigest(),
+        len(q.body),
+    )
+
+
 def quarantine_record(r: Sequence[Any]) -> Quarantined:
-    """From ``id, channel, received_at, reason, detail, field, body, meta``."""
+    """From the columns of ``QUARANTINE_PAGE``."""
     return Quarantined(
         id=r[0],
         channel=r[1],
@@ -139,7 +206,21 @@ def quarantine_record(r: Sequence[Any]) -> Quarantined:
         field=r[5],
         body=bytes(r[6]),
         meta=orjson.loads(r[7]),
+        body_sha256=r[8],
+        body_size=r[9],
     )
+
+
+# Raw payloads past retention, except those a pending or dead delivery still has to send.
+PURGE_PAYLOADS: Final = (
+    "UPDATE events SET raw = '{}' WHERE seq IN (SELECT seq FROM events WHERE received_at < ?"
+    " AND raw <> '{}' AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq"
+    " AND d.state <> 'delivered') LIMIT ?)"
+)
+PURGE_DELIVERED: Final = (
+    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = 'delivered'"
+    " AND delivered_at < ? LIMIT ?)"
+)
 
 
 SINK_COUNTS: Final = "SELECT sink, state, count(*), min(created_at) FROM deliveries GROUP BY sink, state"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -233,24 +232,38 @@ class SqliteStore:
 
         return await self._read_safely(run)
 
-    async def set_sink_disabled(self, sink: str, reason: str | None) -> None:
-        await self._write_with(lambda w: w.set_sink_disabled(sink, reason, time.time()))
+    async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
+        await self._write_with(lambda w: w.set_sink_disabled(sink, reason, now))
+
+    async def disabled_sinks(self) -> dict[str, str]:
+        def run() -> dict[str, str]:
+            assert self._rcon is not None
+            return dict(self._rcon.execute(rows.SINKS_DISABLED).fetchall())
+
+        return await self._read_safely(run)
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def register_task(self, task: Task) -> tuple[Task, int]:
-        return await self._write_with(lambda w: w.register(task))
+    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
+        return await self._write_with(lambda w: w.register(task, route))
 
     async def finish_submission(
-        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None
+        self,
+        ref: str,
+        *,
+        task_id: str | None,
+        request_id: str | None,
+        error: str | None,
+        now: float,
+        route: Router | None = None,
     ) -> tuple[Task, int]:
-        now = time.time()
         return await self._write_with(
-            lambda w: w.finish_submission(ref, task_id=task_id, request_id=request_id, error=error, now=now)
+            lambda w: w.finish_submission(
+                ref, task_id=task_id, request_id=request_id, error=error, now=now, route=route
+            )
         )
 
-    async def mark_stalled(self, before: float) -> int:
-        now = time.time()
+    async def mark_stalled(self, before: float, *, now: float) -> int:
         return await self._write_with(lambda w: w.mark_stalled(before, now))
 
     async def purge(self, before: float) -> tuple[int, int]:
@@ -260,6 +273,14 @@ class SqliteStore:
             payloads, deliveries = payloads + p, deliveries + d
             if p < 1000 and d < 1000:
                 return payloads, deliveries
+
+    async def purge_quarantine(self, before: float) -> int:
+        total = 0
+        while True:  # in batches, as purge
+            n = await self._write_with(lambda w: w.purge_quarantine(before, 1000))
+            total += n
+            if n < 1000:
+                return total
 
     async def task_counts(self) -> dict[str, int]:
         def run() -> dict[str, int]:

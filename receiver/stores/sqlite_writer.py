@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -18,6 +19,7 @@ from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
+from receiver.stores import rows
 from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan
 from receiver.tasks import MatchedBy, Task, TaskState
 
@@ -137,7 +139,7 @@ class SqliteWriter:
         self._by_context.clear()
 
     def _publish(self) -> None:
-        if len(self._tasks) + len(self._by_task_id) > _CACHE_LIMIT:
+        if len(self._tasks) + len(self._by_task_id) + len(self._by_context) > _CACHE_LIMIT:
             self._forget()
         for task in self._added:
             self._by_context.pop(task.session_context, None)  # reloaded with the newcomer next time
@@ -340,39 +342,37 @@ class SqliteWriter:
         return n
 
     def purge(self, before: float, limit: int) -> tuple[int, int]:
-        """Drop the raw payload of events received before ``before`` (their normalized form stays),
-        and delivered outbox rows; dead letters stay until redriven or purged explicitly."""
+        """Drop the raw payload of events received before ``before`` (their normalized form stays)
+        unless a pending or dead delivery still needs it, and delivered outbox rows; dead letters
+        stay until redriven."""
 
         def run() -> tuple[int, int]:
-            payloads = self.con.execute(
-                "UPDATE events SET raw = '{}' WHERE seq IN (SELECT seq FROM events WHERE received_at < ?"
-                " AND raw <> '{}' LIMIT ?)",
-                (before, limit),
-            ).rowcount
-            deliveries = self.con.execute(
-                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE state = 'delivered'"
-                " AND delivered_at < ? LIMIT ?)",
-                (before, limit),
-            ).rowcount
+            payloads = self.con.execute(rows.PURGE_PAYLOADS, (before, limit)).rowcount
+            deliveries = self.con.execute(rows.PURGE_DELIVERED, (before, limit)).rowcount
             return int(payloads), int(deliveries)
 
         return self.transaction(run)
 
+    def purge_quarantine(self, before: float, limit: int) -> int:
+        purge = rows.QUARANTINE_PURGE
+        return self.transaction(lambda: int(self.con.execute(purge, (before, limit)).rowcount))
+
     # --- quarantine -------------------------------------------------------------------------------
 
     def quarantine(self, q: Quarantined) -> None:
-        self.transaction(
-            lambda: self.con.execute(
-                "INSERT INTO quarantine (channel, received_at, reason, detail, field, body, meta)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (q.channel, q.received_at, q.reason, q.detail, q.field, q.body, orjson.dumps(q.meta)),
-            )
-        )
+        self.transaction(lambda: self.con.execute(rows.QUARANTINE_INSERT, rows.quarantine_values(q)))
 
     # --- submissions ------------------------------------------------------------------------------
 
     def finish_submission(
-        self, ref: str, *, task_id: str | None, request_id: str | None, error: str | None, now: float
+        self,
+        ref: str,
+        *,
+        task_id: str | None,
+        request_id: str | None,
+        error: str | None,
+        now: float,
+        route: Router | None = None,
     ) -> tuple[Task, int]:
         """Record how a ``submitting`` task's ProcessLiveStream call ended, and adopt its orphans."""
 
@@ -386,16 +386,16 @@ class SqliteWriter:
                 if other is not None and other.id != task.id:
                     raise ConflictError(f"task_id {task_id!r} is already registered")
             task = self._staged[task.id] = tasks.submitted(task, task_id, request_id, now)
-            return self._adopt(task)
+            return self._adopt(task, now, route)
 
         return self.transaction(run)
 
     # --- registration -----------------------------------------------------------------------------
 
-    def register(self, task: Task) -> tuple[Task, int]:
-        return self.transaction(lambda: self._register(task))
+    def register(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
+        return self.transaction(lambda: self._register(task, route))
 
-    def _register(self, task: Task) -> tuple[Task, int]:
+    def _register(self, task: Task, route: Router | None) -> tuple[Task, int]:
         if task.task_id is not None and self._by_mps_task_id(task.task_id) is not None:
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
         self.con.execute(
@@ -421,15 +421,23 @@ class SqliteWriter:
             ),
         )
         self._added.append(task)
-        return self._adopt(task)
+        return self._adopt(task, task.updated_at, route)
 
-    def _adopt(self, task: Task) -> tuple[Task, int]:
+    def _adopt(self, task: Task, now: float, route: Router | None) -> tuple[Task, int]:
+        """Attach the task's orphans (in the order received) and route each again, task known."""
         found = self.con.execute(ORPHANS_OF, (task.task_id or "", task.session_context))
-        orphans = [Orphan(*r) for r in found]
+        orphans = [o for o in (Orphan(*r) for r in found) if tasks.adoptable(task, o.session_context)]
         for orphan in orphans:
             matched_by = tasks.adoption_match(task, orphan.session_context)
             transition = tasks.apply(task, orphan)
             task = transition.task
             self.con.execute(ADOPT, (task.id, matched_by.value, transition.late, orphan.seq))
+            if route is not None:
+                row = self.con.execute(rows.EVENT_BY_SEQ, (orphan.seq,)).fetchone()
+                again = rows.routed_again(rows.event_record(row), task, route, now)
+                self.con.executemany(rows.ROUTE_AGAIN, again)
+        if orphans:
+            # The orphans' times are older than the adoption: the task changed now, not back then.
+            task = replace(task, updated_at=max(task.updated_at, now))
         self._staged[task.id] = task
         return task, len(orphans)
