@@ -52,7 +52,7 @@ async def scrape(client: TestClient[Any, Any]) -> str:
 
 def test_a_fresh_registry_already_has_every_family_once() -> None:
     helps = families(Metrics().render().decode())
-    assert STORE_GAUGES <= set(helps)
+    assert set(helps) >= STORE_GAUGES
     assert "receiver_notify_key_matches_total" in helps
     assert set(helps.values()) == {1}
 
@@ -71,7 +71,7 @@ async def test_every_family_appears_once_after_many_deliveries(
     app = create_app(settings, clock=lambda: FROZEN_NOW)
     client = await aiohttp_client(app)
     before = families(await scrape(client))
-    assert STORE_GAUGES <= set(before), "the store gauges are there before the first delivery"
+    assert set(before) >= STORE_GAUGES, "the store gauges are there before the first delivery"
     assert set(before.values()) == {1}
 
     sent = 40
@@ -108,5 +108,5 @@ async def test_a_consume_only_process_shows_the_store_gauges(
     )
     client = await aiohttp_client(create_app(settings, clock=lambda: FROZEN_NOW, role="consume"))
     helps = families(await scrape(client))
-    assert STORE_GAUGES <= set(helps)
+    assert set(helps) >= STORE_GAUGES
     assert set(helps.values()) == {1}
