@@ -181,7 +181,7 @@ def create_app(
     if role == "serve":
         routes.add_routes(app)
         outbox_api.add_routes(app)
-        submit_api.add_routes(app, settings.mps)
+        submit_api.add_routes(app, settings.mps, settings.verify.keys())
     else:
         routes.add_probes(app)
     return app

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from receiver import wire
+from receiver import messages, wire
 from receiver.errors import InvalidNotificationError, SignatureError
 from receiver.findings import Finding, findings
 
@@ -115,7 +115,7 @@ def parse(raw: bytes | str) -> tuple[dict[str, Any], wire.Notification]:
         notification = wire.Notification.model_validate(document)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        expected = _EXPECTED.get(first["type"], first["msg"].lower())
+        expected = _EXPECTED.get(first["type"], messages.expected(first))
         if first["type"] == "string_too_long":
             expected = f"a string of at most {first.get('ctx', {}).get('max_length')} characters"
         got = None if first["type"] == "missing" else _describe(first.get("input"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import orjson
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from receiver import messages
 from receiver.documents import task_document
 from receiver.errors import ConfigError
 from receiver.mps import MpsClient, MpsError
@@ -27,6 +28,7 @@ from receiver.web import (
 log = structlog.get_logger("receiver.submit_api")
 MPS_CLIENT: web.AppKey[MpsClient | None] = web.AppKey("mps_client")
 MPS_PROBLEM = web.AppKey("mps_problem", str)
+NOTIFY_KEYS: web.AppKey[frozenset[str]] = web.AppKey("notify_keys")
 
 
 def _status(code: str) -> int:
@@ -55,8 +57,17 @@ async def submit_task(request: web.Request) -> web.Response:
         raise BadParameterError("body", f"a JSON object ({exc})") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise BadParameterError(_field_of(dict(first)), message.lower()) from None
+        raise BadParameterError(_field_of(dict(first)), messages.expected(first)) from None
+    keys = request.app[NOTIFY_KEYS]
+    if keys and spec.task_notify_config.notify_key not in keys:
+        # MPS signs with the task's NotifyKey; with verification on, a key we do not hold means a
+        # 401 for every notification of the task. Said, not refused: the keys may be rotating.
+        log.warning(
+            "submitted NotifyKey is not among verify.notify_keys: this task's notifications will be"
+            " refused as unsigned or wrongly signed unless that key is added",
+            notify_key_given=spec.task_notify_config.notify_key is not None,
+            session_id=spec.session_id,
+        )
     client = request.app[MPS_CLIENT]
     if client is None:
         return error_response(
@@ -76,7 +87,9 @@ async def submit_task(request: web.Request) -> web.Response:
     return json_response(task_document(task, now=now, deadline=request.app[TASK_DEADLINE]), 201)
 
 
-def add_routes(app: web.Application, settings: MpsSettings) -> None:
+def add_routes(app: web.Application, settings: MpsSettings, notify_keys: Collection[str] = ()) -> None:
+    app[NOTIFY_KEYS] = frozenset(notify_keys)
+
     async def mps_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             app[MPS_CLIENT] = MpsClient(settings)
@@ -85,6 +98,7 @@ def add_routes(app: web.Application, settings: MpsSettings) -> None:
         except ConfigError as exc:  # the service runs; only submitting is off, and says why
             app[MPS_CLIENT] = None
             app[MPS_PROBLEM] = str(exc)
+            log.warning("submitting is off: POST /v1/tasks/submit answers 503", reason=str(exc))
         yield
 
     app.cleanup_ctx.append(mps_ctx)
