@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 # Types whose pydantic message names a model class ("... instance of NotifyConfig") or reads badly
 # after "expected": said in the client's terms instead.
 _PHRASES = {
@@ -24,7 +26,7 @@ _PHRASES = {
     "dataclass_type": "an object",
     "is_instance_of": "an object",
     "dict_type": "an object",
-    "extra_forbidden": "no such member (not one of the documented names)",
+    "extra_forbidden": "a known member name (this one is not)",
 }
 
 
@@ -45,3 +47,15 @@ def expected(error: Mapping[str, Any]) -> str:
         return _PHRASES[kind]
     message = str(error.get("msg", "")).removeprefix("Value error, ")
     return message.removeprefix("Input should be ")
+
+
+def describe(exc: ValidationError) -> str:
+    """Every error of ``exc`` as ``where: expected ...``, joined: for start-up errors (settings, sink
+    options), where pydantic's own text would name our model classes and link to its docs."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"])
+        what = expected(error)
+        # A model-level check has no location; its message names the field itself.
+        parts.append(f"{where}: expected {what}" if where else what)
+    return "; ".join(parts)

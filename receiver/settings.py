@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from receiver import messages
 from receiver.dispatch import DEFAULT_SCHEDULE, SinkPolicy
 from receiver.emulator.api import EmulatorSettings
 from receiver.errors import ConfigError
@@ -266,16 +267,6 @@ def check_environment(environ: Mapping[str, str]) -> None:
             raise ConfigError(f"{name}: expected {kind}; got a value that is not JSON") from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """pydantic's errors as ``where: what`` lines, without the model's class name or input."""
-    lines = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{where}: {message}" if where else message)  # a model check names its field
-    return "; ".join(lines)
-
-
 def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it.
 
@@ -304,6 +295,6 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
     try:
         return Settings.model_validate(FromFile().model_dump())
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(messages.describe(exc)) from None
     except SettingsError as exc:
         raise ConfigError(f"{exc} (lists and tables in RECEIVER_* variables are JSON)") from None

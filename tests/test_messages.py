@@ -66,7 +66,7 @@ async def test_submit_validation_keeps_the_case_and_names_no_model_class(
     [
         ({"task_id": 5}, "task_id", "a string"),
         ({"task_id": "t", "labels": "room=5"}, "labels", "an object"),
-        ({"task_id": "t", "Labels": {}}, "Labels", "no such member (not one of the documented names)"),
+        ({"task_id": "t", "Labels": {}}, "Labels", "a known member name (this one is not)"),
         ({"task_id": "t", "session_id": "x" * 51}, "session_id", "a string of at most 50 characters"),
     ],
 )

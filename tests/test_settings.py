@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from receiver.errors import ConfigError
 from receiver.events import Channel, SignPolicy
 from receiver.settings import Settings, _env_names, load_settings
+from receiver.sinks import build_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,3 +216,22 @@ def test_the_shipped_config_lists_every_setting() -> None:
     assert sorted(setting_paths(Settings) - documented) == []
     shipped = load_settings(ROOT / "config" / "receiver.toml").model_dump(exclude={"sinks"})
     assert shipped == Settings().model_dump(exclude={"sinks"})  # the values shown are the defaults
+
+
+def test_setting_errors_name_the_setting_in_plain_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_HTTP__PORT", "eighty")
+    monkeypatch.setenv("RECEIVER_LOG__LEVEL", "loud")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert str(caught.value) == (
+        "http.port: expected an integer; log.level: expected 'debug', 'info', 'warning' or 'error'"
+    )
+
+
+def test_bad_sink_options_name_the_option_and_no_model_class() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_sink("alerts", "http", {"urll": "https://example.com/hook"})
+    assert str(caught.value) == (
+        "sinks.alerts: bad options for kind 'http': url: expected a value (the member is required);"
+        " urll: expected a known member name (this one is not)"
+    )
