@@ -32,7 +32,7 @@ from ingest_http import KEY, MIX, ROOT, TASKS, free_port, payloads
 from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
 
-AMQP_URL = os.environ.get("RECEIVER_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PREFETCH = 100
 
 

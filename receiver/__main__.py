@@ -1,10 +1,11 @@
-"""The command line: ``python -m receiver serve | migrate``."""
+"""The command line: ``receiver serve | consume | dispatch | migrate | emulate | submit | replay``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -47,7 +48,7 @@ def _serve(settings: Settings, role: Literal["serve", "consume", "dispatch"]) ->
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings, role=role)
+    app = create_app(settings, role=role)  # refuses impossible settings before anything listens
     app.on_startup.append(_settle_gc)
     asyncio.run(
         serve(
@@ -92,12 +93,35 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
 _REPLAY_FILTERS = ("sink", "state", "task", "type", "since", "until")
 
 
+# "1h" and "-1h" alike: a leading "-" would need --since=-1h, argparse takes it for an option.
+_AGO = re.compile(r"-?(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+WHEN_FORMATS = "unix seconds, ISO 8601 (2026-01-31T12:00:00Z), now, or a time ago (30m, 1h, 7d)"
+
+
 def _when(raw: str) -> float:
+    """A point in time for --since/--until; argparse names the option in the error."""
+    text = raw.strip()
+    if text == "now":
+        return time.time()
+    if ago := _AGO.fullmatch(text):
+        return time.time() - float(ago[1]) * _UNIT_SECONDS[ago[2]]
     try:
-        return float(raw)
+        return float(text)
     except ValueError:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {WHEN_FORMATS}; got {raw!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _label(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. room=42); got {raw!r}")
+    return key.strip(), value
 
 
 def _emulate(settings: Settings) -> None:
@@ -152,7 +176,7 @@ def _submit(settings: Settings, args: argparse.Namespace) -> int:
         for flag, name in (("session_id", "SessionId"), ("session_context", "SessionContext")):
             if getattr(args, flag):
                 body[name] = getattr(args, flag)
-        body["Labels"] = dict(label.split("=", 1) for label in args.label)
+        body["Labels"] = dict(args.label)
     headers = {"Content-Type": "application/json"}
     if settings.api.token is not None:
         headers["Authorization"] = f"Bearer {settings.api.token.get_secret_value()}"
@@ -177,23 +201,71 @@ async def _migrate(settings: Settings) -> None:
     structlog.get_logger("receiver").info("migrated", url=redact_url(settings.store.url))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="receiver", description=__doc__)
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, detail: str
+) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (in ``receiver --help``) and a fuller description."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}. {detail}",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="receiver",
+        description="Receive Tencent Cloud MPS live-stream notifications (webhook and AMQP), store them"
+        " once, deliver them to sinks.",
+        epilog="Settings come from the TOML file, overridden by RECEIVER_<SECTION>__<KEY> environment"
+        " variables (lists and tables as JSON). `receiver <command> --help` describes each command.",
+    )
     parser.add_argument(
         "--config",
         type=Path,
         default=None,
         help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists); RECEIVER_* variables override it",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "serve", help="run the webhook and the management API (and the consumer if amqp.url is set)"
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(
+        commands,
+        "serve",
+        "run the webhook and the management API (and the consumer if amqp.url is set)",
+        "Listens on http.host:http.port; runs the outbox dispatcher too unless dispatch_in_serve = false.",
     )
-    commands.add_parser("consume", help="run the AMQP consumer alone, with the health probes")
-    commands.add_parser("dispatch", help="run the outbox dispatcher alone, with the health probes")
-    commands.add_parser("migrate", help="create or upgrade the store's schema, then exit")
-    commands.add_parser("emulate", help="run the local MPS emulator (settings: [emulator])")
-    submit = commands.add_parser("submit", help="start a task through a running receiver (ProcessLiveStream)")
+    _command(
+        commands,
+        "consume",
+        "run the AMQP consumer alone, with the health probes",
+        "For worker replicas: needs amqp.url; serves /healthz, /readyz and /metrics only.",
+    )
+    _command(
+        commands,
+        "dispatch",
+        "run the outbox dispatcher alone, with the health probes",
+        "Delivers stored events to the sinks; run one per store, with dispatch_in_serve = false in serve.",
+    )
+    _command(
+        commands,
+        "migrate",
+        "create or upgrade the store's schema, then exit",
+        "Every command that opens the store migrates it too; this one does only that.",
+    )
+    _command(
+        commands,
+        "emulate",
+        "run the local MPS emulator (settings: [emulator])",
+        "Answers ProcessLiveStream (TC3-signed) on emulator.host:emulator.port and plays a scenario of"
+        " notifications to the task's NotifyUrl or queue.",
+    )
+    submit = _command(
+        commands,
+        "submit",
+        "start a task through a running receiver (ProcessLiveStream)",
+        "Posts to the receiver's /v1/tasks/submit, which records the task and calls MPS; prints the"
+        " task record. Give --url and one of --notify-url, --queue, --topic, or the whole request"
+        " with --json.",
+    )
     submit.add_argument("--server", help="the receiver's base URL (default: from http.host and http.port)")
     submit.add_argument("--json", help="a file with the full request (ProcessLiveStream names, plus Labels)")
     submit.add_argument("--url", help="the live stream URL (rtmp://, srt://, https:// ...)")
@@ -202,14 +274,26 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--queue", help="NotifyType TDMQ-CMQ, CmqModel Queue: the QueueName")
     target.add_argument("--topic", help="NotifyType TDMQ-CMQ, CmqModel Topic: the TopicName")
     submit.add_argument("--region", default="gz", help="CmqRegion (default gz)")
-    submit.add_argument("--notify-key", help="NotifyKey: MPS signs notifications with it")
+    submit.add_argument(
+        "--notify-key", help="NotifyKey: MPS signs notifications with it (one of verify.notify_keys)"
+    )
     for flag in ("review", "recognition", "analysis", "quality", "subtitles"):
         submit.add_argument(f"--{flag}", type=int, metavar="DEFINITION", help=f"the {flag} template id")
     submit.add_argument("--session-id", help="SessionId (dedup, <= 50 chars, 7 days)")
     submit.add_argument("--session-context", help="SessionContext (default: one receiver generates)")
-    submit.add_argument("--label", action="append", default=[], help="k=v, kept on the task record")
-    replay = commands.add_parser(
-        "replay", help="make deliveries pending again (redrive dead ones, replay delivered)"
+    submit.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="KEY=VALUE",
+        help="kept on the task record (repeat for several)",
+    )
+    replay = _command(
+        commands,
+        "replay",
+        "make deliveries pending again (redrive dead ones, replay delivered)",
+        "Filters combine; --dry-run counts what would change. A running dispatcher sends them.",
     )
     replay.add_argument("--sink", help="only this sink")
     replay.add_argument(
@@ -217,9 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     replay.add_argument("--task", help="only this MPS TaskId")
     replay.add_argument("--type", help="only this NotificationType")
-    replay.add_argument("--since", type=_when, help="events received at or after (unix seconds or ISO 8601)")
-    replay.add_argument("--until", type=_when, help="events received before (unix seconds or ISO 8601)")
+    replay.add_argument(
+        "--since", type=_when, metavar="WHEN", help=f"events received at or after: {WHEN_FORMATS}"
+    )
+    replay.add_argument("--until", type=_when, metavar="WHEN", help=f"events received before: {WHEN_FORMATS}")
     replay.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)

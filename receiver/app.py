@@ -52,6 +52,7 @@ def build_ingestor(
         route=router(sinks) if sinks else None,
         on_recorded=on_recorded,
         observe=metrics.observe_ingest if metrics else None,
+        observe_key=metrics.observe_key_match if metrics else None,
     )
 
 
@@ -209,8 +210,7 @@ def create_app(
             routes.add_webhook(app)
         routes.add_management(app)
         outbox_api.add_routes(app, [s.name for s in settings.sinks])
-        masters = settings.verify.keys().master
-        submit_api.add_routes(app, settings.mps, masters[0] if masters else None)
+        submit_api.add_routes(app, settings.mps, settings.verify.keys())
     return app
 
 

@@ -35,16 +35,45 @@ class Metrics:
             ["sink", "outcome"],
             registry=self.registry,
         )
-
-    def observe_ingest(self, channel: str, outcome: str, seconds: float) -> None:
-        self.notifications.labels(channel, outcome).inc()
-        self.ingest_seconds.labels(channel).observe(seconds)
-
-    def observe_delivery(self, sink: str, outcome: str) -> None:
-        self.deliveries.labels(sink, outcome).inc()
-
+        self.key_matches = Counter(
+            "receiver_notify_key_matches",
+            "Notifications whose Sign matched, by key (derived, or static:<index> in verify.notify_keys)",
+            ["key"],
+            registry=self.registry,
+        )
+        # The store's gauges, refreshed by the /metrics handler before each render. Registered once
+        # here, so they are there before the first delivery and in processes that never deliver.
         self.snapshot = Snapshot()
         self.registry.register(_SnapshotCollector(lambda: self.snapshot))
+        # labels() takes a lock and hashes its arguments on every call: look each child up once.
+        self._ingest: dict[tuple[str, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
+        self._delivery: dict[tuple[str, str], Callable[[], None]] = {}
+        self._key: dict[str, Callable[[], None]] = {}
+
+    def observe_ingest(self, channel: str, outcome: str, seconds: float) -> None:
+        children = self._ingest.get((channel, outcome))
+        if children is None:
+            children = (
+                self.notifications.labels(channel, outcome).inc,
+                self.ingest_seconds.labels(channel).observe,
+            )
+            self._ingest[(channel, outcome)] = children
+        count, observe = children
+        count()
+        observe(seconds)
+
+    def observe_delivery(self, sink: str, outcome: str) -> None:
+        inc = self._delivery.get((sink, outcome))
+        if inc is None:
+            inc = self._delivery[(sink, outcome)] = self.deliveries.labels(sink, outcome).inc
+        inc()
+
+    def observe_key_match(self, key: str) -> None:
+        """Count which key a verified notification matched, so an old key can be seen to fall out of use."""
+        inc = self._key.get(key)
+        if inc is None:
+            inc = self._key[key] = self.key_matches.labels(key).inc
+        inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

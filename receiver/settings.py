@@ -6,18 +6,24 @@ so they never show in a repr or a log line.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
+from receiver import messages
 from receiver.dispatch import DEFAULT_SCHEDULE, SinkPolicy
 from receiver.emulator.api import EmulatorSettings
 from receiver.errors import ConfigError
@@ -232,11 +238,89 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
+    @model_validator(mode="after")
+    def _sink_names_unique(self) -> Settings:
+        # Two sinks of one name would each get every event: the outbox keys deliveries by name.
+        names = [s.name for s in self.sinks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"sinks: names must be unique, {', '.join(map(repr, twice))} given more than once"
+            )
+        return self
 
-def load_settings(config_file: Path | None = None) -> Settings:
-    """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it."""
+
+ENV_PREFIX = "RECEIVER_"
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The types an annotation allows, ``None`` left out (``X | None`` is X)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [a for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for a in _unwrap(annotation):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _json_kind(annotation: Any) -> str | None:
+    """What JSON pydantic-settings expects for a field set from one variable (None: a plain value)."""
+    for a in _unwrap(annotation):
+        origin = get_origin(a) or a
+        if origin in (list, tuple, set, frozenset):
+            return 'a JSON array, e.g. ["a", "b"]'
+        if origin is dict:
+            return 'a JSON object, e.g. {"key": "value"}'
+        if isinstance(origin, type) and issubclass(origin, BaseModel):
+            return "a JSON object of the section's settings (or one variable per setting, with __)"
+    return None
+
+
+def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> Iterator[tuple[str, Any]]:
+    """Every variable that names a setting: ``RECEIVER_SINKS``, ``RECEIVER_HTTP``, ``RECEIVER_HTTP__PORT``."""
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        yield env, field.annotation
+        nested = _model_of(field.annotation)
+        if nested is not None:
+            yield from _env_names(nested, f"{env}__")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a ``RECEIVER_*`` variable that names no setting (a typo would be ignored otherwise),
+    and a list or table given as a plain string (pydantic-settings wants JSON there)."""
+    valid = dict(_env_names(Settings))
+    for name, value in sorted(environ.items()):
+        upper = name.upper()  # pydantic-settings reads names case-insensitively
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if upper not in valid:
+            near = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"{name}: no such setting{hint}")
+        kind = _json_kind(valid[upper])
+        if kind is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            # The value is not shown: it may be a secret (notify keys, sink options).
+            raise ConfigError(f"{name}: expected {kind}; got a value that is not JSON") from None
+
+
+def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it.
+
+    ``environ`` is what is checked for unknown ``RECEIVER_*`` names (default: ``os.environ``, which
+    pydantic-settings reads).
+    """
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
+    check_environment(os.environ if environ is None else environ)
 
     class FromFile(Settings):
         @classmethod
@@ -253,8 +337,9 @@ def load_settings(config_file: Path | None = None) -> Settings:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
             return tuple(sources)
 
-    settings = Settings.model_validate(FromFile().model_dump())
-    names = [s.name for s in settings.sinks]
-    if len(names) != len(set(names)):
-        raise ConfigError(f"sinks: names must be unique, got {names}")
-    return settings
+    try:
+        return Settings.model_validate(FromFile().model_dump())
+    except ValidationError as exc:
+        raise ConfigError(messages.describe(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"{exc} (lists and tables in RECEIVER_* variables are JSON)") from None

@@ -9,8 +9,10 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from receiver import messages
 from receiver.documents import task_document
 from receiver.errors import ConfigError, InvalidRequestError
+from receiver.events import NotifyKeys
 from receiver.mps import MpsClient, MpsError
 from receiver.settings import MpsSettings
 from receiver.submit import SubmitRequest, submit
@@ -29,6 +31,7 @@ MPS_CLIENT: web.AppKey[MpsClient | None] = web.AppKey("mps_client")
 MPS_PROBLEM = web.AppKey("mps_problem", str)
 # The master key that signs new tasks (the first of verify.master_keys), or None.
 MASTER_KEY: web.AppKey[str | None] = web.AppKey("master_key")
+NOTIFY_KEYS: web.AppKey[frozenset[str]] = web.AppKey("notify_keys")  # the static ones
 
 
 def _status(code: str) -> int:
@@ -57,8 +60,18 @@ async def submit_task(request: web.Request) -> web.Response:
         raise BadParameterError("body", f"a JSON object ({exc})") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise BadParameterError(_field_of(dict(first)), message.lower()) from None
+        raise BadParameterError(_field_of(dict(first)), messages.expected(first)) from None
+    keys = request.app[NOTIFY_KEYS]
+    # With a master key the task gets a key of its own, derived: none is expected in the request.
+    if keys and request.app[MASTER_KEY] is None and spec.task_notify_config.notify_key not in keys:
+        # MPS signs with the task's NotifyKey; with verification on, a key we do not hold means a
+        # 401 for every notification of the task. Said, not refused: the keys may be rotating.
+        log.warning(
+            "submitted NotifyKey is not among verify.notify_keys: this task's notifications will be"
+            " refused as unsigned or wrongly signed unless that key is added",
+            notify_key_given=spec.task_notify_config.notify_key is not None,
+            session_id=spec.session_id,
+        )
     client = request.app[MPS_CLIENT]
     if client is None:
         return error_response(
@@ -87,8 +100,10 @@ async def submit_task(request: web.Request) -> web.Response:
     return json_response(task_document(task, now=now, deadline=request.app[TASK_DEADLINE]), 201)
 
 
-def add_routes(app: web.Application, settings: MpsSettings, master_key: str | None = None) -> None:
-    app[MASTER_KEY] = master_key
+def add_routes(app: web.Application, settings: MpsSettings, keys: NotifyKeys | None = None) -> None:
+    keys = keys or NotifyKeys()
+    app[MASTER_KEY] = keys.master[0] if keys.master else None
+    app[NOTIFY_KEYS] = frozenset(keys.static)
 
     async def mps_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -98,6 +113,7 @@ def add_routes(app: web.Application, settings: MpsSettings, master_key: str | No
         except ConfigError as exc:  # the service runs; only submitting is off, and says why
             app[MPS_CLIENT] = None
             app[MPS_PROBLEM] = str(exc)
+            log.warning("submitting is off: POST /v1/tasks/submit answers 503", reason=str(exc))
         yield
 
     app.cleanup_ctx.append(mps_ctx)

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from receiver import decoder, openapi
+from receiver import decoder, messages, openapi
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.documents import event_document, iso, task_document
@@ -150,7 +150,7 @@ async def register_task(request: web.Request) -> web.Response:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadParameterError(field, first["msg"].lower()) from None
+        raise BadParameterError(field, messages.expected(first)) from None
     now = request.app[CLOCK]()
     task = Task(
         id=new_id(),

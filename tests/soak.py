@@ -40,7 +40,7 @@ from receiver import events
 from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
 
-AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 KEY = "soak-notify-key"
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "tests" / "data" / "examples"

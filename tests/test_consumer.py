@@ -29,7 +29,7 @@ from tests.conftest import (
     signed,
 )
 
-AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 pytestmark = pytest.mark.amqp
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.postgres
 
 
 async def run(url: str) -> str:
-    env = {**os.environ, "RECEIVER_TEST_PG_URL": url}
+    env = {**os.environ, "TEST_PG_URL": url}
     process = await asyncio.create_subprocess_exec(
         str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from receiver.errors import ConfigError
 from receiver.events import Channel, SignPolicy
-from receiver.settings import load_settings
+from receiver.settings import Settings, _env_names, load_settings
+from receiver.sinks import build_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +65,7 @@ def test_per_channel_policy_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_keys_and_missing_files_are_errors(tmp_path: Path) -> None:
     config = tmp_path / "r.toml"
     config.write_text("[http]\nprot = 1\n")
-    with pytest.raises(ValueError, match="prot"):
+    with pytest.raises(ConfigError, match="prot"):
         load_settings(config)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
@@ -70,10 +74,164 @@ def test_unknown_keys_and_missing_files_are_errors(tmp_path: Path) -> None:
 def test_a_misspelt_key_does_not_show_its_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "r.toml"
     config.write_text('[verify]\nnotify_key = "SUPERSECRETKEY"\n')
-    with pytest.raises(ValueError, match="notify_key") as caught:
+    with pytest.raises(ConfigError, match="notify_key") as caught:
         load_settings(config)
     assert "SUPERSECRETKEY" not in str(caught.value)
     monkeypatch.setenv("RECEIVER_API__TOKENN", "leaky-token")
-    with pytest.raises(ValueError, match="tokenn") as env_caught:
+    with pytest.raises(ConfigError, match="RECEIVER_API__TOKENN") as env_caught:
         load_settings(None)
     assert "leaky-token" not in str(env_caught.value)
+
+
+# --- the environment ---------------------------------------------------------------------------
+
+
+def test_two_sinks_of_one_name_are_refused_by_the_model_itself() -> None:
+    sinks = [{"name": "a", "kind": "log"}, {"name": "a", "kind": "memory"}, {"name": "b", "kind": "log"}]
+    with pytest.raises(ValidationError, match="sinks: names must be unique, 'a' given more than once"):
+        Settings.model_validate({"sinks": sinks})
+
+
+def test_two_sinks_of_one_name_from_the_environment_are_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECEIVER_SINKS", '[{"name": "a", "kind": "log"}, {"name": "a", "kind": "log"}]')
+    with pytest.raises(ConfigError, match="names must be unique") as caught:
+        load_settings(None)
+    assert "FromFile" not in str(caught.value)  # no model class name in what the user reads
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("RECEIVER_SINK", "RECEIVER_SINKS"),
+        ("RECEIVER_SNIKS", "RECEIVER_SINKS"),
+        ("receiver_sink", "RECEIVER_SINKS"),  # pydantic-settings reads names in any case
+        ("RECEIVER_HTTP__PROT", "RECEIVER_HTTP__PORT"),
+        ("RECEIVER_HTTP__PORT__X", "RECEIVER_HTTP__PORT"),
+        ("RECEIVER_DISPATCH_POLL_INTERVALL", "RECEIVER_DISPATCH_POLL_INTERVAL"),
+        ("RECEIVER_EMULATOR__SCENARIO__RATES", "RECEIVER_EMULATOR__SCENARIO__RATE"),
+    ],
+)
+def test_an_unknown_receiver_variable_is_refused_with_the_nearest_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, nearest: str
+) -> None:
+    monkeypatch.setenv(name, "[]")
+    with pytest.raises(ConfigError, match=f"^{name}: no such setting; did you mean {nearest}\\?$"):
+        load_settings(None)
+
+
+def test_nested_and_section_variables_that_name_settings_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_HTTP__PORT", "9001")
+    monkeypatch.setenv("RECEIVER_EMULATOR__SCENARIO__RATE", "7")
+    monkeypatch.setenv("RECEIVER_LOG", '{"level": "debug"}')
+    monkeypatch.setenv("RECEIVER_DISPATCH_IN_SERVE", "false")
+    monkeypatch.setenv("OTHER_THING", "not ours")
+    s = load_settings(None)
+    assert (s.http.port, s.emulator.scenario.rate, s.log.level, s.dispatch_in_serve) == (
+        9001,
+        7,
+        "debug",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("RECEIVER_VERIFY__NOTIFY_KEYS", 'expected a JSON array, e.g. ["a", "b"]'),
+        ("RECEIVER_SINKS", "expected a JSON array"),
+        ("RECEIVER_EMULATOR__SCENARIO__MIX", 'expected a JSON object, e.g. {"key": "value"}'),
+        ("RECEIVER_HTTP", "expected a JSON object of the section's settings"),
+    ],
+)
+def test_a_list_given_as_a_plain_string_says_json_is_expected(
+    monkeypatch: pytest.MonkeyPatch, name: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, "plain-secret-value")
+    with pytest.raises(ConfigError, match=f"^{name}: {re.escape(expected)}") as caught:
+        load_settings(None)
+    assert "plain-secret-value" not in str(caught.value)
+
+
+def test_the_variables_our_own_scripts_and_tests_set_are_settings() -> None:
+    """The unknown-name check would refuse them: helper variables of tests and bench are not RECEIVER_*."""
+    known = {name for name, _ in _env_names(Settings)}
+    deliberate = {"RECEIVER_API__TOKENN", "RECEIVER_HTTP__PROT", "RECEIVER_HTTP__PORT__X", "RECEIVER_A__B"}
+    files = [ROOT / "Makefile", ROOT / "Dockerfile", ROOT / "README.md"]
+    for folder in ("bench", "scripts", "deploy", ".ci", "config", "tests"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    used = {
+        (name, path.name)
+        for path in files
+        if path.name != "test_settings.py"
+        for name in re.findall(r"RECEIVER_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="ignore"))
+    }
+    assert used
+    assert [(n, f) for n, f in sorted(used) if n not in known | deliberate] == []
+
+
+# --- config/receiver.toml ----------------------------------------------------------------------
+
+
+def documented_keys(text: str) -> set[str]:
+    """Dotted keys set or shown commented out: ``http.port``, ``sinks.filter.types``, ``dispatch_in_serve``"""
+    keys: set[str] = set()
+    table = ""
+    for raw in text.splitlines():
+        line = raw.strip().lstrip("#").strip()
+        if header := re.fullmatch(r"\[\[?\s*([\w.]+)\s*\]\]?", line):
+            table = header.group(1)
+            parts = table.split(".")
+            keys.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+            continue
+        if member := re.match(r"(\w+)\s*=\s*(.*)", line):
+            key = f"{table}.{member.group(1)}" if table else member.group(1)
+            keys.add(key)
+            value = member.group(2)
+            if value.startswith("{"):  # an inline table: its keys too
+                keys.update(f"{key}.{inner}" for inner in re.findall(r"(\w+)\s*=", value))
+    return keys
+
+
+def setting_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    paths: set[str] = set()
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.add(path)
+        annotation = field.annotation
+        inner = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            paths |= setting_paths(inner, f"{path}.")
+    return paths
+
+
+def test_documented_keys_reads_what_it_should() -> None:
+    text = '# top = 1\n[a]\nb = 2\n# c = 3\n# [[d]]\n# e = { f = 1, g = "x" }\n'
+    assert documented_keys(text) == {"top", "a", "a.b", "a.c", "d", "d.e", "d.e.f", "d.e.g"}
+
+
+def test_the_shipped_config_lists_every_setting() -> None:
+    documented = documented_keys((ROOT / "config" / "receiver.toml").read_text())
+    assert sorted(setting_paths(Settings) - documented) == []
+    shipped = load_settings(ROOT / "config" / "receiver.toml").model_dump(exclude={"sinks"})
+    assert shipped == Settings().model_dump(exclude={"sinks"})  # the values shown are the defaults
+
+
+def test_setting_errors_name_the_setting_in_plain_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECEIVER_HTTP__PORT", "eighty")
+    monkeypatch.setenv("RECEIVER_LOG__LEVEL", "loud")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert str(caught.value) == (
+        "http.port: expected an integer; log.level: expected 'debug', 'info', 'warning' or 'error'"
+    )
+
+
+def test_bad_sink_options_name_the_option_and_no_model_class() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_sink("alerts", "http", {"urll": "https://example.com/hook"})
+    assert str(caught.value) == (
+        "sinks.alerts: bad options for kind 'http': url: expected a value (the member is required);"
+        " urll: expected a known member name (this one is not)"
+    )

@@ -29,7 +29,7 @@ from receiver.tasks import MatchedBy
 from tests.conftest import event_of, example
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-AMQP_URL = os.environ.get("RECEIVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 
 

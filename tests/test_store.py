@@ -47,7 +47,7 @@ def new_task(task_id: str | None = "T1", session_context: str = "", **kw: Any) -
     )
 
 
-PG_URL = os.environ.get("RECEIVER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture

@@ -491,3 +491,17 @@ async def test_an_event_the_store_can_never_take_is_422_and_quarantined(
         assert '"poison"' in kept["body"]
     finally:
         await store.aclose()
+
+
+async def test_the_metrics_count_which_key_verified_each_notification(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    # Rotation: the old key's count stops growing once MPS signs with the new one.
+    configured = settings(tmp_path, notify_keys=["k-new", NOTIFY_KEY])
+    client = await aiohttp_client(create_app(configured, clock=lambda: FROZEN_NOW))
+    assert (await post(client, signed(REVIEW)))[0] == 200
+    assert (await post(client, signed({**REVIEW, "SessionId": "2"}, key="k-new")))[0] == 200
+    assert (await post(client, signed({**REVIEW, "SessionId": "3"}, key="k-new")))[0] == 200
+    scrape = await (await client.get("/metrics")).text()
+    assert 'receiver_notify_key_matches_total{key="static:1"} 1.0' in scrape
+    assert 'receiver_notify_key_matches_total{key="static:0"} 2.0' in scrape

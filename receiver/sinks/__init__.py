@@ -7,6 +7,9 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from pydantic import ValidationError
+
+from receiver import messages
 from receiver.errors import ConfigError
 from receiver.ports import Sink
 
@@ -57,5 +60,7 @@ def build_sink(name: str, kind: str, options: Mapping[str, Any]) -> Sink:
         return factory_for(kind)(name, options)
     except ConfigError:
         raise
+    except ValidationError as exc:  # said in the options' terms, not pydantic's (no class names)
+        raise ConfigError(f"sinks.{name}: bad options for kind {kind!r}: {messages.describe(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"sinks.{name}: bad options for kind {kind!r}: {exc}") from exc

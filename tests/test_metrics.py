@@ -1,0 +1,112 @@
+"""The /metrics scrape as Prometheus reads it: every family once, store gauges from the first scrape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from receiver import web as routes
+from receiver.app import create_app
+from receiver.metrics import Metrics
+from receiver.settings import Settings
+from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.test_consumer import AMQP_URL, Broker, broker  # noqa: F401 (broker is a fixture)
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+REVIEW = example("03-AiReviewResult-Image.constructed.json")
+STORE_GAUGES = {
+    "receiver_sink_backlog",
+    "receiver_sink_dead",
+    "receiver_sink_oldest_undelivered_seconds",
+    "receiver_tasks",
+    "receiver_amqp_messages",
+}
+
+
+def families(text: str) -> Counter[str]:
+    """How many times each family's ``# HELP`` line appears; ``# TYPE`` lines must match them one for one."""
+    helps: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helps[line.split()[2]] += 1
+        elif line.startswith("# TYPE "):
+            types[line.split()[2]] += 1
+    assert helps == types
+    list(text_string_to_metric_families(text))  # and Prometheus can read it
+    return helps
+
+
+async def scrape(client: TestClient[Any, Any]) -> str:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return await resp.text()
+
+
+def test_a_fresh_registry_already_has_every_family_once() -> None:
+    helps = families(Metrics().render().decode())
+    assert set(helps) >= STORE_GAUGES
+    assert "receiver_notify_key_matches_total" in helps
+    assert set(helps.values()) == {1}
+
+
+async def test_every_family_appears_once_after_many_deliveries(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/m.db"},
+            "verify": {"notify_keys": [NOTIFY_KEY]},
+            "sinks": [{"name": "ok", "kind": "memory"}],
+            "dispatch_poll_interval": 0.02,
+        }
+    )
+    app = create_app(settings, clock=lambda: FROZEN_NOW)
+    client = await aiohttp_client(app)
+    before = families(await scrape(client))
+    assert set(before) >= STORE_GAUGES, "the store gauges are there before the first delivery"
+    assert set(before.values()) == {1}
+
+    sent = 40
+    for n in range(sent):
+        resp = await client.post("/v1/notifications", data=body(signed({**REVIEW, "SessionId": f"s{n}"})))
+        assert resp.status == 200
+    delivered = 'receiver_sink_deliveries_total{outcome="delivered",sink="ok"}'
+    deadline = asyncio.get_running_loop().time() + 10
+    settled = 'receiver_sink_backlog{sink="ok"} 0.0'  # counted before the store marks it delivered
+    while f"{delivered} {float(sent)}" not in (text := await scrape(client)) or settled not in text:
+        assert asyncio.get_running_loop().time() < deadline, text
+        await asyncio.sleep(0.02)
+    app[routes.METRICS].observe_key_match("static:0")
+
+    after = families(await scrape(client))
+    assert set(after.values()) == {1}, {k: v for k, v in after.items() if v != 1}
+    assert set(before) <= set(after)
+    text = await scrape(client)
+    assert 'receiver_notify_key_matches_total{key="static:0"} 1.0' in text
+
+
+@pytest.mark.amqp
+async def test_a_consume_only_process_shows_the_store_gauges(
+    aiohttp_client: ClientFactory,
+    tmp_path: Path,
+    broker: Broker,  # noqa: F811
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/c.db"},
+            "verify": {"notify_keys": [NOTIFY_KEY]},
+            "amqp": {"url": AMQP_URL, "queue": broker.queue},
+        }
+    )
+    client = await aiohttp_client(create_app(settings, clock=lambda: FROZEN_NOW, role="consume"))
+    helps = families(await scrape(client))
+    assert set(helps) >= STORE_GAUGES
+    assert set(helps.values()) == {1}
