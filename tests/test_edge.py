@@ -41,6 +41,7 @@ def settings(tmp_path: Path, **http: Any) -> Settings:
             "store": {"url": f"sqlite:///{tmp_path}/edge.db", "busy_timeout_ms": 100},
             "verify": {"notify_keys": [NOTIFY_KEY]},
             "http": http,
+            "sinks": [{"name": "s1", "kind": "memory"}],  # the sink the enable route names
         }
     )
 
