@@ -271,7 +271,7 @@ async def test_jsonl_sink_appends_one_line_per_event_and_rotates_by_size(tmp_pat
     sink = JsonlSink.from_options("file", {"path": str(path), "max_bytes": 6000, "keep": 2})
     recs = [record(SessionId=f"s-{i}") for i in range(12)]
     try:
-        await asyncio.gather(*(sink.deliver(*delivery(r)) for r in recs[:4]))  # concurrent; fsyncs counted in test_sink_loading.py
+        await asyncio.gather(*(sink.deliver(*delivery(r)) for r in recs[:4]))  # concurrently
         for r in recs[4:]:
             await sink.deliver(*delivery(r))
     finally:
