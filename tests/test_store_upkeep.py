@@ -42,7 +42,7 @@ async def test_retention_keeps_the_payload_of_a_dead_letter_and_redrive_sends_it
     await store.purge(LATER)  # long past the window
     assert await store.redrive(DeliveryQuery(sink="s"), now=LATER) == 1
     [again] = await store.claim_deliveries("s", now=LATER, limit=10, busy_keys=set())
-    assert again.event.raw == REVIEW
+    assert again.event.raw == {k: v for k, v in REVIEW.items() if k not in ("Timestamp", "Sign")}
 
 
 async def test_retention_drops_delivered_rows_and_their_payloads_but_not_pending_ones(store: Any) -> None:
