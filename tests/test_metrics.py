@@ -12,7 +12,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver import web as routes
 from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.settings import Settings
