@@ -292,7 +292,7 @@ async def run(
     ]
     amqp = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=0.5)
     channel = await amqp.channel()
-    await declare_topology(channel, AmqpSettings(queue=queue))
+    await declare_topology(amqp, channel, AmqpSettings(queue=queue))
     for receiver in fleet:
         await receiver.start()
 
