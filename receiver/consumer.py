@@ -204,6 +204,7 @@ class AmqpConsumer:
         """
         self._stopping = True
         await self._cancel_consumer()
+        log.info("consumer stopping: no new deliveries", in_hand=len(self._inflight))
         finished = returned = 0
         if self._inflight:
             done, pending = await asyncio.wait(set(self._inflight), timeout=self._settings.shutdown_timeout)
@@ -238,8 +239,10 @@ class AmqpConsumer:
     async def _cancel_consumer(self) -> None:
         tag, self._consumer_tag = self._consumer_tag, None
         if tag is not None and self._queue is not None and self.connected:
-            with contextlib.suppress(Exception):
+            try:
                 await self._queue.cancel(tag)
+            except Exception as exc:  # the channel is gone, and the consumer with it
+                log.warning("could not cancel the consumer", error=repr(exc))
 
     # --- one delivery -------------------------------------------------------------------------
 
