@@ -35,6 +35,5 @@ async def connections_named(prefix: str) -> dict[str, str]:
 async def close_connections_named(prefix: str, reason: str = "test: forced close") -> int:
     """Close (as a broker failure would) only the connections whose name starts with ``prefix``."""
     named = await connections_named(prefix)
-    for pid in named.values():
-        await rabbitmqctl("close_connection", pid, reason)
+    await asyncio.gather(*(rabbitmqctl("close_connection", pid, reason) for pid in named.values()))
     return len(named)

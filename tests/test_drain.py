@@ -84,7 +84,9 @@ class Receiver:
         deadline = time.monotonic() + timeout
         while not check():
             if self.proc.poll() is not None:
-                raise AssertionError(f"exited ({self.proc.returncode}) waiting for {what}:\n{self.log.read_text()}")
+                raise AssertionError(
+                    f"exited ({self.proc.returncode}) waiting for {what}:\n{self.log.read_text()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.02)
@@ -219,7 +221,9 @@ def test_sigterm_with_deliveries_in_hand_commits_or_returns_each_none_lost_none_
 
             first.wait_until(all_in_hand_and_checked, "the prefetch window held against the store")
             first.proc.send_signal(signal.SIGTERM)
-            first.wait_until(lambda: _logged(first, "consumer stopping: no new deliveries"), "the consumer to be stopping")
+            first.wait_until(
+                lambda: _logged(first, "consumer stopping: no new deliveries"), "the consumer to be stopping"
+            )
             if store_back_in_time:
                 release()
             assert first.proc.wait(timeout=30) == 0, first.log.read_text()[-3000:]
