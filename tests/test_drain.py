@@ -40,7 +40,7 @@ REVIEW = example("03-AiReviewResult-Image.constructed.json")
 
 
 def live(session: str) -> dict[str, Any]:
-    return signed({**REVIEW, "SessionId": session}, key=KEY, timestamp=int(time.time()) + 3600)
+    return signed({**REVIEW, "SessionId": session}, key=KEY, timestamp=int(time.time()) + 600)  # as MPS
 
 
 class Receiver:
@@ -166,6 +166,7 @@ def test_sigterm_lets_an_http_request_waiting_on_a_locked_store_finish_then_exit
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
+            server.proc.wait()
     lines = server.lines()
     summaries = [e for e in lines if e["event"] == "notification"]
     assert [(e["outcome"], e["event_id"]) for e in summaries] == [("stored", events.event_id(doc))]
@@ -230,6 +231,7 @@ def test_sigterm_with_deliveries_in_hand_commits_or_returns_each_none_lost_none_
     finally:
         if first.proc.poll() is None:
             first.proc.kill()
+            first.proc.wait()
     [drained] = [e for e in first.lines() if e["event"] == "consumer drained"]
     [stopped] = [e for e in first.lines() if e["event"] == "consumer stopped"]
     stored_then = _stored(tmp_path)
@@ -252,6 +254,7 @@ def test_sigterm_with_deliveries_in_hand_commits_or_returns_each_none_lost_none_
     finally:
         if second.proc.poll() is None:
             second.proc.kill()
+            second.proc.wait()
     stored = _stored(tmp_path)
     assert set(stored) == {events.event_id(d) for d in docs}  # none lost
     assert sum(stored.values()) == 0  # none committed and then delivered again
