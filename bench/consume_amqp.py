@@ -39,7 +39,7 @@ PREFETCH = 100
 async def fill(queue: str, templates: list[bytes], n: int, run: str) -> None:
     async with await aio_pika.connect(AMQP_URL) as connection:
         channel = await connection.channel()
-        await declare_topology(channel, AmqpSettings(queue=queue))
+        await declare_topology(connection, channel, AmqpSettings(queue=queue))
         for start in range(0, n, 1000):
             await asyncio.gather(
                 *(

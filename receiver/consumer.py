@@ -13,7 +13,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
+import os
+import re
+import shlex
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -21,6 +26,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
@@ -62,8 +68,53 @@ def decode_body(body: bytes) -> bytes:
     return decoded if decoded.lstrip()[:1] == b"{" else body
 
 
+def policy_command(settings: AmqpSettings) -> str:
+    """The ``rabbitmqctl`` command that bounds the dead-letter queue (``set_policy`` needs no restart)."""
+    pattern = "^" + re.escape(settings.dead_letter_queue) + "$"
+    definition = json.dumps(
+        {"max-length": settings.dead_letter_max_length or 100_000, "overflow": "drop-head"}
+    )
+    return (
+        f"rabbitmqctl set_policy --apply-to queues {shlex.quote(settings.dead_letter_queue + '.bound')}"
+        f" {shlex.quote(pattern)} {shlex.quote(definition)}"
+    )
+
+
+async def declare_dead_letter_queue(
+    connection: AbstractConnection, settings: AmqpSettings, dlx: AbstractExchange
+) -> bool:
+    """Create the dead-letter queue bounded by ``x-max-length``, or keep the one that exists.
+
+    RabbitMQ refuses (PRECONDITION_FAILED, closing the channel) to redeclare an existing queue with
+    an argument it was not declared with, so a queue from an older receiver, or one declared with
+    another bound, is used as it is: a policy bounds it (``policy_command``). Each attempt runs on
+    a channel of its own, so the refusal never closes the consumer's channel. Returns whether the
+    queue carries our bound.
+    """
+    name = settings.dead_letter_queue
+    arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+    if settings.dead_letter_max_length:
+        arguments["x-max-length"] = settings.dead_letter_max_length  # overflow: drop-head, the oldest
+    bounded = True
+    try:
+        async with connection.channel(publisher_confirms=False) as probe:
+            await probe.declare_queue(name, durable=True, arguments=arguments)
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        bounded = False
+    async with connection.channel(publisher_confirms=False) as side:
+        queue = await side.declare_queue(name, passive=True)
+        await queue.bind(dlx.name, routing_key=settings.consumed_queue)
+    if not bounded:
+        log.warning(
+            "the dead-letter queue exists with other arguments and is used as it is; bound it with a policy",
+            queue=name,
+            command=policy_command(settings),
+        )
+    return bounded
+
+
 async def declare_topology(
-    channel: AbstractChannel, settings: AmqpSettings
+    connection: AbstractConnection, channel: AbstractChannel, settings: AmqpSettings
 ) -> tuple[AbstractQueue, AbstractExchange]:
     """Declare (idempotently) the queue we consume, its dead-letter exchange and queue, and for the
     topic model the topic exchange with our queue bound to it. Returns the queue and the DLX."""
@@ -71,10 +122,9 @@ async def declare_topology(
     dlx = await channel.declare_exchange(
         settings.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    dead = await channel.declare_queue(
-        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
-    await dead.bind(dlx, routing_key=queue_name)
+    await declare_dead_letter_queue(connection, settings, dlx)
+    # Arguments here are fixed for good: a new one would make every existing queue refuse the
+    # declaration. Anything added later goes through a policy (see policy_command).
     queue = await channel.declare_queue(
         queue_name,
         durable=True,
@@ -123,6 +173,10 @@ class AmqpConsumer:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.counts: Counter[str] = Counter()
+        # Named, so that the broker's operators (and our tests) can tell this connection apart.
+        self.connection_name = (
+            settings.connection_name or f"receiver-consumer-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -132,12 +186,12 @@ class AmqpConsumer:
             self._settings.url.get_secret_value(),
             heartbeat=self._settings.heartbeat,
             reconnect_interval=self._settings.reconnect_interval,
-            client_properties={"connection_name": "receiver"},
+            client_properties={"connection_name": self.connection_name},
         )
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._channel = await self._connection.channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self._settings.prefetch)
-        self._queue, self._dlx = await declare_topology(self._channel, self._settings)
+        self._queue, self._dlx = await declare_topology(self._connection, self._channel, self._settings)
         await self._consume()
         log.info(
             "consuming",
@@ -145,19 +199,28 @@ class AmqpConsumer:
             model=self._settings.model,
             prefetch=self._settings.prefetch,
             dead_letter_queue=self._settings.dead_letter_queue,
+            connection_name=self.connection_name,
         )
 
     async def stop(self) -> None:
-        """Stop taking deliveries, let the ones in hand finish (bounded), then close."""
+        """Stop taking deliveries, let the ones in hand finish (bounded), then close.
+
+        Deliveries held while the store is down keep being retried during the drain (the resumer
+        keeps pinging, without consuming again), so a store that comes back within the timeout
+        gets them committed and acknowledged; the rest are left unacknowledged for redelivery.
+        """
         self._stopping = True
         await self._cancel_consumer()
-        if self._resumer is not None:
-            self._resumer.cancel()
+        log.info("consumer stopping: no new deliveries", in_hand=len(self._inflight))
+        finished = returned = 0
         if self._inflight:
             done, pending = await asyncio.wait(set(self._inflight), timeout=self._settings.shutdown_timeout)
             for task in pending:
                 task.cancel()  # unacknowledged: the broker gives them to another consumer
-            log.info("consumer drained", finished=len(done), returned_to_queue=len(pending))
+            finished, returned = len(done), len(pending)
+        if self._resumer is not None:
+            self._resumer.cancel()
+        log.info("consumer drained", finished=finished, returned_to_queue=returned)
         if self._connection is not None:
             await self._connection.close()
         log.info("consumer stopped", **self.counts)
@@ -173,6 +236,7 @@ class AmqpConsumer:
         return "paused: store unavailable" if not self._store_ok.is_set() else "consuming"
 
     async def _on_reconnect(self, *_: Any) -> None:
+        self.counts["reconnects"] += 1
         log.warning("broker connection re-established; consuming resumes", **self.counts)
 
     async def _consume(self) -> None:
@@ -182,8 +246,10 @@ class AmqpConsumer:
     async def _cancel_consumer(self) -> None:
         tag, self._consumer_tag = self._consumer_tag, None
         if tag is not None and self._queue is not None and self.connected:
-            with contextlib.suppress(Exception):
+            try:
                 await self._queue.cancel(tag)
+            except Exception as exc:  # the channel is gone, and the consumer with it
+                log.warning("could not cancel the consumer", error=repr(exc))
 
     # --- one delivery -------------------------------------------------------------------------
 
@@ -200,6 +266,14 @@ class AmqpConsumer:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         self.counts["consumed"] += 1
         if len(message.body) > self._max_body:
+            # Never reaches ingest, so this is the notification's summary line (as the webhook's).
+            log.warning(
+                "notification",
+                channel="amqp",
+                outcome="too_large",
+                limit=self._max_body,
+                size=len(message.body),
+            )
             await self._dead_letter(message, "too_large", f"body over {self._max_body} bytes", None)
             return
         body = decode_body(message.body)
@@ -223,6 +297,7 @@ class AmqpConsumer:
             except StoreUnavailableError:
                 # Hold the message (no nack: a requeue would spend its delivery limit) and pause.
                 self._pause()
+                self.counts["held_retries"] += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.store_retry_max)
                 continue
@@ -290,8 +365,9 @@ class AmqpConsumer:
             await self._settle(message.reject(requeue=False))
         else:
             await self._settle(message.ack())
+        # No line of its own: the notification's one summary line (from ingest, or the too-large line
+        # above) already says why; the count shows in /readyz and /metrics.
         self.counts["rejected"] += 1
-        log.warning("notification dead-lettered", channel="amqp", reason=reason, detail=detail, field=field)
 
     # --- store down: pause and resume -------------------------------------------------------------
 
@@ -306,6 +382,7 @@ class AmqpConsumer:
         await self._cancel_consumer()
         delay = 0.1
         while True:
+            self.counts["store_checks"] += 1
             try:
                 await self._store.ping()
             except StoreUnavailableError:

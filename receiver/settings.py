@@ -133,6 +133,11 @@ class AmqpSettings(Section):
     reconnect_interval: float = Field(default=2.0, gt=0)
     store_retry_max: float = Field(default=30.0, gt=0)  # longest pause between store checks when it is down
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    # Bounds the dead-letter queue (oldest dropped first) when receiver creates it; an existing queue
+    # is left as it is (RabbitMQ refuses to redeclare a queue with a new argument): use a policy.
+    dead_letter_max_length: int = Field(default=100_000, ge=0)  # 0: no argument, a policy only
+    # The name the broker shows for the consumer's connection; None: receiver-consumer-<pid>-<random>.
+    connection_name: str | None = Field(default=None, min_length=1, max_length=255)
 
     @property
     def consumed_queue(self) -> str:

@@ -39,6 +39,7 @@ from aiohttp import web
 from receiver import events
 from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
+from tests.amqp_broker import close_connections_named
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 KEY = "soak-notify-key"
@@ -66,7 +67,8 @@ class Report:
     seconds: float
     faults: Counter[str]
     lost: int
-    stored_twice: int
+    unexpected: int  # stored but never sent
+    task_count_mismatches: dict[str, tuple[int, int]]  # task -> (sent, event_count the store says)
     duplicates_absorbed: int
     not_delivered: int
     sink_duplicates: int
@@ -78,7 +80,12 @@ class Report:
     @property
     def ok(self) -> bool:
         return not (
-            self.lost or self.stored_twice or self.not_delivered or self.order_violations or self.problems
+            self.lost
+            or self.unexpected
+            or self.task_count_mismatches
+            or self.not_delivered
+            or self.order_violations
+            or self.problems
         )
 
     def table(self) -> str:
@@ -88,7 +95,11 @@ class Report:
             ("run time", f"{self.seconds:.0f} s"),
             ("faults injected", faults),
             ("lost (must be 0)", str(self.lost)),
-            ("stored twice (must be 0)", str(self.stored_twice)),
+            ("stored but never sent (must be 0)", str(self.unexpected)),
+            (
+                "tasks whose event count differs from what was sent (must be 0)",
+                str(len(self.task_count_mismatches)),
+            ),
             ("repeats absorbed as duplicates", f"{self.duplicates_absorbed:,}"),
             ("stored but never delivered to the sink (must be 0)", str(self.not_delivered)),
             ("sink duplicates (at least once)", f"{self.sink_duplicates:,}"),
@@ -104,6 +115,8 @@ class Receiver:
 
     def __init__(self, work: Path, queue: str, sink_url: str, store_url: str, name: str = "r") -> None:
         self.port = free_port()
+        # The broker fault closes only connections with this prefix: the broker is shared.
+        self.connection_name = f"soak-{queue}-receiver-{name}"
         self.work = work
         self.name = name
         self.env = {
@@ -114,6 +127,7 @@ class Receiver:
             "RECEIVER_VERIFY__NOTIFY_KEYS": orjson.dumps([KEY]).decode(),
             "RECEIVER_AMQP__URL": AMQP_URL,
             "RECEIVER_AMQP__QUEUE": queue,
+            "RECEIVER_AMQP__CONNECTION_NAME": self.connection_name,
             "RECEIVER_AMQP__STORE_RETRY_MAX": "0.5",
             "RECEIVER_AMQP__RECONNECT_INTERVAL": "0.5",
             "RECEIVER_LOG__FORMAT": "json",
@@ -195,6 +209,17 @@ def templates() -> list[dict[str, Any]]:
     return [orjson.loads((EXAMPLES / n).read_bytes()) for n in names]
 
 
+async def register_tasks(port: int, task_ids: list[str]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for task_id in task_ids:
+            async with http.post(
+                f"http://127.0.0.1:{port}/v1/tasks",
+                data=orjson.dumps({"task_id": task_id}),
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                assert r.status in (200, 201), (r.status, await r.text())
+
+
 def make(i: int, tasks: int, bases: list[dict[str, Any]]) -> dict[str, Any]:
     doc = dict(bases[i % len(bases)])
     ts = int(time.time()) + 600  # as MPS signs: valid for 10 minutes
@@ -229,17 +254,18 @@ class Store:
         finally:
             lite.close()
 
-    async def stored_twice(self) -> int:
-        sql = "SELECT count(*) FROM (SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1) AS t"
+    async def task_event_counts(self) -> dict[str, int]:
+        """What the store counted per task (``tasks.event_count``): one per event stored, never per repeat."""
+        sql = "SELECT task_id, event_count FROM tasks"
         if self.postgres_url:
             con = await asyncpg.connect(self.postgres_url)
             try:
-                return int(await con.fetchval(sql))
+                return {r[0]: int(r[1]) for r in await con.fetch(sql)}
             finally:
                 await con.close()
-        lite = sqlite3.connect(self.db)
+        lite = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
         try:
-            return int(lite.execute(sql).fetchone()[0])
+            return {r[0]: int(r[1]) for r in lite.execute(sql)}
         finally:
             lite.close()
 
@@ -274,6 +300,7 @@ async def run(
     replicas: int = 1,
     postgres_url: str | None = None,
     faults_enabled: bool = True,
+    register: bool = True,
 ) -> Report:
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="receiver-soak-"))
@@ -290,11 +317,16 @@ async def run(
         Receiver(work, queue, f"http://127.0.0.1:{sink_port}/hook", store.url, name=str(k))
         for k in range(replicas)
     ]
-    amqp = await aio_pika.connect_robust(AMQP_URL, reconnect_interval=0.5)
+    amqp = await aio_pika.connect_robust(
+        AMQP_URL, reconnect_interval=0.5, client_properties={"connection_name": f"soak-{queue}-publisher"}
+    )
     channel = await amqp.channel()
-    await declare_topology(channel, AmqpSettings(queue=queue))
+    await declare_topology(amqp, channel, AmqpSettings(queue=queue))
     for receiver in fleet:
         await receiver.start()
+    task_ids = [f"soak-task-{t}" for t in range(tasks)]
+    if register:  # then the store counts each task's events, and the report checks the counts
+        await register_tasks(fleet[0].port, task_ids)
 
     bases = templates()
     accepted: dict[str, int] = {}  # event id -> sequence number, for what was answered 200 / confirmed
@@ -333,11 +365,17 @@ async def run(
             except Exception:  # the broker connection was dropped: the robust connection comes back
                 await asyncio.sleep(0.2)
 
+    closing: list[asyncio.Task[int]] = []
+
     async def inject() -> None:
         kinds = list(FAULTS)
-        while sending:
+
+        def more() -> bool:  # until the sending ends, and each kind has happened once (a slow host)
+            return sending or any(faults[k] == 0 for k in kinds)
+
+        while more():
             await asyncio.sleep(fault_every * rng.uniform(0.5, 1.5))
-            if not sending:
+            if not more():
                 return
             kind = kinds[faults.total() % len(kinds)] if faults.total() < len(kinds) else rng.choice(kinds)
             faults[kind] += 1
@@ -347,11 +385,9 @@ async def run(
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
                 await victim.start()
             elif kind == "broker":
-                proc = await asyncio.create_subprocess_exec(
-                    "rabbitmqctl", "close_all_connections", "soak fault", stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )  # fmt: skip
-                await proc.wait()
+                # Only this run's own connections (receivers and publisher): the broker is shared.
+                # In the background: rabbitmqctl takes seconds, the other faults need not wait.
+                closing.append(asyncio.create_task(close_connections_named(f"soak-{queue}-", "soak fault")))
             elif kind == "store":
                 await store.make_unavailable(rng.uniform(1.0, 3.0))
             else:
@@ -375,8 +411,9 @@ async def run(
                 again.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
     sending = False
-    injector.cancel()
-    await asyncio.gather(injector, return_exceptions=True)
+    await injector  # returns once each kind of fault has been injected
+
+    await asyncio.gather(*closing)
     for receiver in fleet:
         if receiver.proc is not None and receiver.proc.poll() is not None:
             await receiver.start()
@@ -401,6 +438,14 @@ async def run(
     await runner.cleanup()
 
     lost = len(set(accepted) - set(stored))
+    unexpected = len(set(stored) - set(accepted))
+    sent_per_task = Counter(f"soak-task-{i % tasks}" for i in accepted.values())
+    counted = await store.task_event_counts() if register else {}
+    mismatches = {  # without registered tasks there is no count to check
+        t: (sent_per_task[t], counted.get(t, 0))
+        for t in task_ids
+        if register and sent_per_task[t] != counted.get(t, 0)
+    }
     first_arrival: dict[str, int] = {}
     for position, (event_id, _, _, _) in enumerate(target.arrivals):
         first_arrival.setdefault(event_id, position)
@@ -418,7 +463,8 @@ async def run(
         seconds=time.monotonic() - started,
         faults=faults,
         lost=lost,
-        stored_twice=0,  # event_id is unique in the store: a second row cannot exist (counted below instead)
+        unexpected=unexpected,
+        task_count_mismatches=mismatches,
         duplicates_absorbed=sum(d for _, _, d in stored.values()),
         not_delivered=len(set(stored) - {a[0] for a in target.arrivals}),
         sink_duplicates=len(target.arrivals) - len(first_arrival),
@@ -431,8 +477,6 @@ async def run(
         lag_ms=(percentile(lag, 50), percentile(lag, 99), max(lag, default=float("nan"))),
         problems=problems,
     )
-    # Stored twice, checked from the data rather than assumed: rows per event id.
-    report.stored_twice = await store.stored_twice()
     async with await aio_pika.connect(AMQP_URL) as cleanup:
         ch = await cleanup.channel()
         for q in (queue, f"{queue}.dead"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -76,8 +75,8 @@ class Broker:
         return out
 
 
-@pytest.fixture
-async def broker() -> AsyncIterator[Broker]:
+@pytest.fixture(name="broker")
+async def broker_fixture() -> AsyncIterator[Broker]:
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
     b = Broker(connection, channel)
@@ -225,61 +224,6 @@ async def test_topic_model_consumes_what_is_published_to_the_topic(
     assert ready.status == 200
     assert state["amqp"]["state"] == "consuming"
     assert state["amqp"]["acked"] == 5
-
-
-async def test_store_unavailable_nothing_acked_nothing_lost_and_consumption_resumes(
-    consumer_app: TestClient[Any, Any], broker: Broker, tmp_path: Path
-) -> None:
-    blocker = sqlite3.connect(tmp_path / "receiver.db", isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        for i in range(60):
-            await broker.publish(body(signed({**REVIEW, "SessionId": f"held-{i}"})))
-
-        async def paused() -> bool:
-            state = await (await consumer_app.get("/readyz")).json()
-            return "paused" in state.get("amqp", {}).get("state", "")
-
-        await eventually(paused)
-        await asyncio.sleep(0.5)  # let the held deliveries retry a few times against the locked store
-        state = await (await consumer_app.get("/readyz")).json()
-        assert state["amqp"].get("acked", 0) == 0
-        assert await broker.depth(f"{broker.queue}.dead") == 0
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
-    await eventually(await count_is(consumer_app, 60))
-    assert await broker.depth(broker.queue) == 0
-    assert await broker.depth(f"{broker.queue}.dead") == 0
-    state = await (await consumer_app.get("/readyz")).json()
-    assert state["amqp"]["state"] == "consuming"
-
-
-async def test_connections_forcibly_closed_by_the_broker_are_recovered(
-    consumer_app: TestClient[Any, Any], broker: Broker
-) -> None:
-    await broker.publish(body(signed({**REVIEW, "SessionId": "before"})))
-    await eventually(await count_is(consumer_app, 1))
-    closer = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "close_all_connections", "test: forced close", stdout=asyncio.subprocess.DEVNULL
-    )
-    assert await closer.wait() == 0
-
-    async def reconnected() -> bool:
-        return (await consumer_app.get("/readyz")).status == 200
-
-    await eventually(reconnected)
-    publisher = await aio_pika.connect(AMQP_URL)  # ours was closed too
-    try:
-        channel = await publisher.channel()
-        for i in range(10):
-            await channel.default_exchange.publish(
-                aio_pika.Message(body(signed({**REVIEW, "SessionId": f"after-{i}"}))),
-                routing_key=broker.queue,
-            )
-        await eventually(await count_is(consumer_app, 11))
-    finally:
-        await publisher.close()
 
 
 async def test_a_body_over_the_limit_is_dead_lettered_as_too_large(

@@ -93,7 +93,9 @@ def queue() -> Iterator[str]:
 async def publish_all(queue: str, payloads: list[bytes]) -> None:
     async with await aio_pika.connect(AMQP_URL) as connection:
         channel = await connection.channel()  # publisher confirms: each publish returns once confirmed
-        await declare_topology(channel, AmqpSettings(queue=queue))  # as the consumer will declare it
+        await declare_topology(
+            connection, channel, AmqpSettings(queue=queue)
+        )  # as the consumer will declare it
         for start in range(0, len(payloads), 500):
             await asyncio.gather(
                 *(
