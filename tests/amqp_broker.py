@@ -3,8 +3,60 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shlex
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+class Broker:
+    """A publishing connection plus the names used by one test (all deleted afterwards)."""
+
+    def __init__(
+        self, connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.queue = f"test.mps.{uuid.uuid4().hex[:10]}"
+
+    async def publish(self, payload: bytes, *, exchange: str = "", routing_key: str | None = None) -> None:
+        target = self.channel.default_exchange if not exchange else await self.channel.get_exchange(exchange)
+        await target.publish(
+            aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=self.queue if routing_key is None else routing_key,
+        )
+
+    async def depth(self, name: str) -> int:
+        declared = await self.channel.declare_queue(name, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+    async def drain(self, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        queue = await self.channel.declare_queue(name, passive=True)
+        out = []
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            out.append(message)
+        return out
+
+
+async def broker_session() -> AsyncIterator[Broker]:
+    """A ``Broker`` for one test, its queues and exchanges deleted afterwards (the ``broker`` fixture)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    b = Broker(connection, channel)
+    yield b
+    await connection.close()
+    async with await aio_pika.connect(AMQP_URL) as cleaner:  # ours may have been closed by a test
+        cleanup = await cleaner.channel()
+        for name in (b.queue, f"{b.queue}.dead", f"{b.queue}.receiver", f"{b.queue}.receiver.dead"):
+            await cleanup.queue_delete(name)
+        for name in (b.queue, f"{b.queue}.dlx", f"{b.queue}.receiver.dlx"):
+            await cleanup.exchange_delete(name)
+
 
 # A connection's client properties as rabbitmqctl prints them: [{"connection_name","..."},...]
 _NAME = re.compile(r'\{"connection_name","((?:[^"\\]|\\.)*)"\}')

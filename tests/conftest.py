@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from receiver import decoder, events
 from receiver.events import Channel, Check, Event, expected_sign
+from tests.amqp_broker import Broker, broker_session
 
 EXAMPLES = Path(__file__).parent / "data" / "examples"
 NOTIFY_KEY = "mpsDemoNotifyKey2025"  # the key the spec's examples are signed with
@@ -60,6 +62,13 @@ def event_of(
     return events.normalize(
         decoder.strip_sign(data), notification, channel=channel, received_at=at, check=check
     )
+
+
+@pytest.fixture(name="broker")
+async def broker_fixture() -> AsyncIterator[Broker]:
+    """A publishing connection to the real broker and a fresh queue name, cleaned up afterwards."""
+    async for b in broker_session():
+        yield b
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -18,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from receiver.app import create_app
 from receiver.consumer import REASON_HEADER, decode_body
 from receiver.settings import Settings
+from tests.amqp_broker import AMQP_URL, Broker
 from tests.conftest import (
     FROZEN_NOW,
     NOTIFICATION_FILES,
@@ -28,7 +26,6 @@ from tests.conftest import (
     signed,
 )
 
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 pytestmark = pytest.mark.amqp
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -44,50 +41,6 @@ def settings(tmp_path: Path, queue: str, **amqp: Any) -> Settings:
             "amqp": {"url": AMQP_URL, "queue": queue, "topic": queue, "prefetch": 20, **amqp},
         }
     )
-
-
-class Broker:
-    """A publishing connection plus the names used by one test (all deleted afterwards)."""
-
-    def __init__(
-        self, connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel
-    ) -> None:
-        self.connection = connection
-        self.channel = channel
-        self.queue = f"test.mps.{uuid.uuid4().hex[:10]}"
-
-    async def publish(self, payload: bytes, *, exchange: str = "", routing_key: str | None = None) -> None:
-        target = self.channel.default_exchange if not exchange else await self.channel.get_exchange(exchange)
-        await target.publish(
-            aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=self.queue if routing_key is None else routing_key,
-        )
-
-    async def depth(self, name: str) -> int:
-        declared = await self.channel.declare_queue(name, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-
-    async def drain(self, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-        queue = await self.channel.declare_queue(name, passive=True)
-        out = []
-        while (message := await queue.get(fail=False, no_ack=True)) is not None:
-            out.append(message)
-        return out
-
-
-@pytest.fixture(name="broker")
-async def broker_fixture() -> AsyncIterator[Broker]:
-    connection = await aio_pika.connect(AMQP_URL)
-    channel = await connection.channel()
-    b = Broker(connection, channel)
-    yield b
-    await connection.close()
-    async with await aio_pika.connect(AMQP_URL) as cleaner:  # ours may have been closed by a test
-        cleanup = await cleaner.channel()
-        for name in (b.queue, f"{b.queue}.dead", f"{b.queue}.receiver", f"{b.queue}.receiver.dead"):
-            await cleanup.queue_delete(name)
-        for name in (b.queue, f"{b.queue}.dlx", f"{b.queue}.receiver.dlx"):
-            await cleanup.exchange_delete(name)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:

@@ -17,13 +17,11 @@ from structlog.testing import capture_logs
 from receiver.app import create_app
 from receiver.consumer import policy_command
 from receiver.web import CONSUMER
-from tests.amqp_broker import close_connections_named, connections_named, rabbitmqctl
+from tests.amqp_broker import Broker, close_connections_named, connections_named, rabbitmqctl
 from tests.conftest import FROZEN_NOW, body, signed
 from tests.test_consumer import (
     REVIEW,
-    Broker,
     ClientFactory,
-    broker_fixture,  # noqa: F401 (the fixture "broker")
     count_is,
     events_of,
     eventually,

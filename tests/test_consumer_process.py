@@ -20,8 +20,8 @@ import pytest
 from receiver import events
 from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
+from tests.amqp_broker import AMQP_URL
 from tests.conftest import body, example, signed
-from tests.test_consumer import AMQP_URL
 from tests.test_process import free_port
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]

@@ -29,8 +29,8 @@ import orjson
 import pytest
 
 from receiver import events
+from tests.amqp_broker import AMQP_URL
 from tests.conftest import body, example, signed
-from tests.test_consumer import AMQP_URL
 from tests.test_consumer_process import publish_all, queue_depth
 from tests.test_process import free_port
 

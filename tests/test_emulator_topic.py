@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from receiver.emulator.notify import Notifier
-from tests.test_consumer import AMQP_URL
+from tests.amqp_broker import AMQP_URL
 from tests.test_loop import check_every_notification_arrived, emulator, receiver, request, submit, until_ended
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

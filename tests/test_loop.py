@@ -18,9 +18,9 @@ from receiver.emulator import EmulatorSettings, create_emulator
 from receiver.emulator.api import EMULATOR
 from receiver.emulator.scenario import Scenario, plan
 from receiver.settings import Settings
+from tests.amqp_broker import AMQP_URL
 from tests.conftest import body as body_of
 from tests.conftest import signed
-from tests.test_consumer import AMQP_URL
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[..., Awaitable[TestServer]]

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver.app import create_app
 from receiver.metrics import Metrics
 from receiver.settings import Settings
+from tests.amqp_broker import AMQP_URL, Broker
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
-from tests.test_consumer import AMQP_URL, Broker, broker  # noqa: F401 (broker is a fixture)
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 REVIEW = example("03-AiReviewResult-Image.constructed.json")
@@ -95,7 +95,7 @@ async def test_every_family_appears_once_after_many_deliveries(
 async def test_a_consume_only_process_shows_the_store_gauges(
     aiohttp_client: ClientFactory,
     tmp_path: Path,
-    broker: Broker,  # noqa: F811
+    broker: Broker,
 ) -> None:
     settings = Settings.model_validate(
         {
