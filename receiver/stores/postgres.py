@@ -88,34 +88,6 @@ async def migrate(con: asyncpg.Connection) -> int:
     return int(current)
 
 
-_INSERT_EVENTS = (
-    "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
-    " channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
-    " SELECT event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context, channel,"
-    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
-    " $9::float8[], $10::text[], $11::bool[], $12::int8[], $13::text[], $14::text[], $15::text[], $16::text[])"
-    " WITH ORDINALITY AS u(event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key, ord)"
-    " ORDER BY ord RETURNING event_id, seq"
-)
-_INSERT_DELIVERIES = (
-    "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at, updated_at)"
-    " SELECT sink, seq, task_key, 'pending', at, at, at FROM unnest($1::text[], $2::int8[], $3::text[], $4::float8[])"
-    " WITH ORDINALITY AS u(sink, seq, task_key, at, ord) ORDER BY ord"
-)
-
-
-def _event_columns(step: tasks.Step) -> tuple[Any, ...]:
-    e = step.event
-    return (
-        e.event_id, e.task_id, step.task.id if step.task else None,
-        step.matched_by.value if step.matched_by else None, e.notification_type, e.session_id,
-        e.session_context, e.channel.value, e.received_at, e.verdict.value, step.late, e.err_code,
-        e.err_message, orjson.dumps(e.findings).decode(), e.body.decode(), e.sign_key,
-    )  # fmt: skip
-
-
 class PostgresStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -174,51 +146,66 @@ class PostgresStore:
                 "SELECT count(pg_advisory_xact_lock(hashtext(t))) FROM (SELECT t FROM unnest($1::text[]) AS t ORDER BY t) AS keys",
                 task_ids,
             )
-            # Under those locks, which of the batch's ids are stored cannot change.
-            stored = {
-                r["event_id"]: tasks.StoredEvent(
-                    r["seq"],
-                    r["task_ref"],
-                    MatchedBy(r["matched_by"]) if r["matched_by"] else None,
-                    r["late"],
-                )
-                for r in await con.fetch(
-                    "SELECT event_id, seq, task_ref, matched_by, late FROM events WHERE event_id = ANY($1::text[])",
-                    list({e.event_id for e in events}),
-                )
-            }
-            refs = sorted({s.task_ref for s in stored.values() if s.task_ref is not None})
             rows = await con.fetch(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE session_context = ANY($1::text[])"
-                " OR task_id = ANY($2::text[]) OR id = ANY($3::text[]) ORDER BY id FOR UPDATE",
+                " OR task_id = ANY($2::text[]) ORDER BY id FOR UPDATE",
                 contexts,
                 task_ids,
-                refs,
             )
-            plan = tasks.plan(events, tasks.Known({r[0]: task_from_row(r) for r in rows}, stored), route)
-            seqs = {event_id: row.seq for event_id, row in stored.items()}
-            new = plan.new
-            if new:
-                # One statement for the events, one for their deliveries: seqs follow the batch's order.
-                columns = [list(c) for c in zip(*(_event_columns(s) for s in new), strict=True)]
-                inserted = await con.fetch(_INSERT_EVENTS, *columns)
-                seqs.update({r["event_id"]: r["seq"] for r in inserted})
-                outbox = [
-                    (sink, seqs[s.event.event_id], s.event.task_id, s.event.received_at)
-                    for s in new
-                    for sink in s.sinks
+            known = {r[0]: task_from_row(r) for r in rows}
+            changed: dict[str, Task] = {}
+            out = []
+            for e in events:
+                current = [changed.get(ref, t) for ref, t in known.items()]
+                by_context = [
+                    t for t in current if e.session_context and t.session_context == e.session_context
                 ]
-                if outbox:
-                    await con.execute(_INSERT_DELIVERIES, *(list(c) for c in zip(*outbox, strict=True)))
-            repeats = [(s.event.received_at, s.event.event_id) for s in plan.steps if s.duplicate]
-            if repeats:
-                await con.executemany(
-                    "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = $1 WHERE event_id = $2",
-                    repeats,
-                )
-            if plan.tasks:
-                await con.executemany(_UPDATE_TASK, [_task_row(t) for t in plan.tasks.values()])
-            return plan.recorded(seqs)
+                by_task_id = next((t for t in current if t.task_id == e.task_id), None)
+                found = tasks.match(e, by_context[:16], None if len(by_context) == 1 else by_task_id)
+                transition = None if found is None else tasks.apply(found[0], e)
+                seq = await con.fetchval(
+                    "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
+                    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                    e.event_id, e.task_id, found[0].id if found else None, found[1].value if found else None,
+                    e.notification_type, e.session_id, e.session_context, e.channel.value, e.received_at,
+                    e.verdict.value, transition.late if transition else False, e.err_code, e.err_message,
+                    orjson.dumps(e.findings).decode(), e.body.decode(), e.sign_key,
+                )  # fmt: skip
+                if seq is None:  # already stored (maybe by another replica a moment ago): count it there
+                    dup = await con.fetchrow(
+                        "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = $1 WHERE event_id = $2"
+                        " RETURNING seq, task_ref, matched_by, late",
+                        e.received_at,
+                        e.event_id,
+                    )
+                    task = None
+                    if dup["task_ref"] is not None:
+                        task = changed.get(dup["task_ref"]) or known.get(dup["task_ref"])
+                        if task is None:
+                            row = await con.fetchrow(
+                                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", dup["task_ref"]
+                            )
+                            task = task_from_row(row)
+                    matched = MatchedBy(dup["matched_by"]) if dup["matched_by"] else None
+                    out.append(Recorded(e.event_id, dup["seq"], True, task, matched, bool(dup["late"])))
+                    continue
+                new_task = transition.task if transition else None
+                if route is not None and (sinks := route(e, new_task)):
+                    await con.executemany(
+                        "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at,"
+                        " updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
+                        [(sink, seq, e.task_id, e.received_at) for sink in sinks],
+                    )
+                if found is None or transition is None:
+                    out.append(Recorded(e.event_id, seq, False, None, None, False))
+                    continue
+                changed[transition.task.id] = transition.task
+                out.append(Recorded(e.event_id, seq, False, transition.task, found[1], transition.late))
+            if changed:
+                await con.executemany(_UPDATE_TASK, [_task_row(t) for t in changed.values()])
+            return out
 
         return await self._run(body)
 
