@@ -235,10 +235,18 @@ _SIGNING = re.compile(
 )
 
 
-def strip_sign(body: bytes, *, max_depth: int = 1) -> bytes:
+def strip_sign(body: bytes, *, max_depth: int = 1, head: wire.Head | None = None) -> bytes:
     """The notification without its top-level ``Timestamp`` and ``Sign`` members, cut out of the
     bytes: nothing else is re-encoded. A captured pair forges notifications; it is not passed on.
-    ``max_depth=2`` also cuts them out of a ``{"Response": ...}`` wrapper."""
+    ``max_depth=2`` also cuts them out of a ``{"Response": ...}`` wrapper.
+
+    With the ``head`` read from these bytes, the members are found by their known values (a few
+    ``bytes.find``): the hot path. Anything unusual (escapes, odd spacing, the same text twice)
+    falls back to finding them by nesting depth."""
+    if head is not None and max_depth == 1:
+        fast = _strip_known(body, head)
+        if fast is not None:
+            return fast
     starts = [
         (m.start(), m.end())
         for m in _SIGNING.finditer(body)
@@ -249,6 +257,56 @@ def strip_sign(body: bytes, *, max_depth: int = 1) -> bytes:
         cut_from, cut_to = _member_span(body, start, end)
         body = body[:cut_from] + body[cut_to:]
     return body
+
+
+class _Pair(msgspec.Struct):
+    Timestamp: Any = msgspec.UNSET
+    Sign: Any = msgspec.UNSET
+
+
+_PAIR = msgspec.json.Decoder(_Pair)
+
+
+def _strip_known(body: bytes, head: wire.Head) -> bytes | None:
+    """Cut the members whose exact text the head tells, or None when that is not certain."""
+    spans = []
+    ts, sign = head.timestamp, head.sign
+    if ts is not None:
+        span = _find_once(body, b'"Timestamp":%d' % ts, b'"Timestamp": %d' % ts)
+        if span is None or body[span[1] : span[1] + 1].isdigit():
+            return None
+        spans.append(span)
+    elif b'"Timestamp":null' in body or b'"Timestamp": null' in body:
+        return None  # a null member: rare, let the careful path cut it
+    if sign is not None:
+        value = sign.encode()
+        span = _find_once(body, b'"Sign":"%s"' % value, b'"Sign": "%s"' % value)
+        if span is None:
+            return None
+        spans.append(span)
+    elif b'"Sign":null' in body or b'"Sign": null' in body:
+        return None
+    if len(spans) == 2 and spans[0][0] < spans[1][0]:
+        spans.reverse()  # the later member first, so the earlier one's position still holds
+    for start, end in spans:
+        cut_from, cut_to = _member_span(body, start, end)
+        body = body[:cut_from] + body[cut_to:]
+    # What was cut must be the top-level pair: check it is gone (a skim of the top level).
+    left = _PAIR.decode(body)
+    if left.Timestamp is not msgspec.UNSET or left.Sign is not msgspec.UNSET:
+        return None
+    return body
+
+
+def _find_once(body: bytes, tight: bytes, spaced: bytes) -> tuple[int, int] | None:
+    """Where a member's exact text stands (its first place). Inside a string the text cannot
+    match (quotes are escaped there); a nested copy cut by mistake leaves the top-level member,
+    which the caller's final skim sees, and then nothing of this cut is kept."""
+    at = body.find(tight)
+    if at >= 0:
+        return at, at + len(tight)
+    at = body.find(spaced)
+    return None if at < 0 else (at, at + len(spaced))
 
 
 def _depth_at(body: bytes, pos: int) -> int | None:

@@ -111,7 +111,11 @@ class Ingestor:
                 exc.signed = True
                 raise
             event = events.normalize(
-                decoder.strip_sign(body), notification, channel=channel, received_at=received_at, check=check
+                decoder.strip_sign(body, head=head),
+                notification,
+                channel=channel,
+                received_at=received_at,
+                check=check,
             )
             summary["event_id"] = event.event_id
             summary["verdict"] = check.verdict.value

@@ -58,9 +58,10 @@ def event_of(
 ) -> Event:
     """The event ingest would make of these bytes (a document is encoded first), Sign check aside."""
     data = decoder.unwrap(raw if isinstance(raw, bytes) else body(raw))
-    notification = decoder.read_notification(data, decoder.read_head(data))
+    head = decoder.read_head(data)
+    notification = decoder.read_notification(data, head)
     return events.normalize(
-        decoder.strip_sign(data), notification, channel=channel, received_at=at, check=check
+        decoder.strip_sign(data, head=head), notification, channel=channel, received_at=at, check=check
     )
 
 

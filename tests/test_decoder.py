@@ -186,9 +186,36 @@ def test_the_top_level_pair_is_cut_out_of_the_bytes_and_nothing_else_changes() -
     ],
 )
 def test_cutting_keeps_valid_json_wherever_the_pair_stands(raw: bytes) -> None:
-    kept = decoder.strip_sign(raw)
-    doc = orjson.loads(kept)
-    assert doc == {k: v for k, v in orjson.loads(raw).items() if k not in ("Timestamp", "Sign")}
+    expected = {k: v for k, v in orjson.loads(raw).items() if k not in ("Timestamp", "Sign")}
+    assert orjson.loads(decoder.strip_sign(raw)) == expected
+    head = msgspec.json.decode(raw, type=Loose)  # the head ingest would have read
+    assert orjson.loads(decoder.strip_sign(raw, head=head)) == expected  # type: ignore[arg-type]
+
+
+class Loose(msgspec.Struct, rename="pascal"):
+    """Just the members ``strip_sign`` reads off a head (the cases above have no TaskId)."""
+
+    timestamp: int | None = None
+    sign: str | None = None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # The same member text twice (nested too), a value written with an escape, a null member,
+        # the pair only nested: the fast path must not guess; what is kept is right all the same.
+        b'{"Sign":"ab","X":{"Sign":"ab"},"Timestamp":5}',
+        b'{"Sign":"\\u0061b","Timestamp":5}',
+        b'{"Sign":null,"Timestamp":5}',
+        b'{"X":{"Sign":"ab","Timestamp":5}}',
+        b'{"Timestamp":50,"X":{"Timestamp":5}}',
+    ],
+)
+def test_the_fast_cut_never_guesses(raw: bytes) -> None:
+    head = msgspec.json.decode(raw, type=Loose)
+    kept = orjson.loads(decoder.strip_sign(raw, head=head))  # type: ignore[arg-type]
+    doc = orjson.loads(raw)
+    assert kept == {k: v for k, v in doc.items() if k not in ("Timestamp", "Sign")}
 
 
 def test_refused_bodies_are_scrubbed_too_json_or_not() -> None:
