@@ -140,8 +140,11 @@ def test_schemathesis_finds_no_server_error_and_every_answer_matches_the_documen
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--max-time",
             "25",  # seconds: the suite has a budget
+            # One worker: Python 3.11.7's AST constructor keeps its recursion depth per interpreter,
+            # and hypothesis parsing lambdas in two threads at once trips "AST constructor recursion
+            # depth mismatch" (CPython gh-106905), a crash of the fuzzer, not a finding.
             "--workers",
-            "2",
+            "1",
             "--seed",
             "20261125",
             "--generation-database",
