@@ -326,8 +326,11 @@ class PostgresStore:
                 "UPDATE deliveries SET lease_until = $2 + $4 WHERE id IN (SELECT d.id FROM deliveries d"
                 " WHERE d.sink = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2"
                 " AND (d.lease_until IS NULL OR d.lease_until < $2) AND d.task_key <> ALL($5::text[])"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.sink = d.sink AND p.task_key = d.task_key"
-                " AND p.state = 'pending' AND p.id < d.id)"
+                # The head of its task's line: one index probe per candidate. (A NOT EXISTS over earlier
+                # pending rows was planned as a scan of the sink's whole backlog per candidate while the
+                # table's statistics were young: quadratic, and the soak's dispatchers fell minutes behind.)
+                " AND d.id = (SELECT min(p.id) FROM deliveries p WHERE p.sink = d.sink AND p.task_key = d.task_key"
+                " AND p.state = 'pending')"
                 " ORDER BY d.id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id",
                 sink, now, limit, LEASE_SECONDS, list(busy_keys),
             )  # fmt: skip
