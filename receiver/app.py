@@ -179,6 +179,7 @@ def create_app(
             app[routes.STORE],
             settings.amqp,
             max_body_bytes=settings.http.max_body_bytes,
+            clock=clock,
         )
         await consumer.start()
         app[routes.CONSUMER] = consumer

@@ -20,6 +20,7 @@ import shlex
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -157,11 +158,13 @@ class AmqpConsumer:
         settings: AmqpSettings,
         *,
         max_body_bytes: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._ingestor = ingestor
         self._store = store
         self._settings = settings
         self._max_body = max_body_bytes
+        self._clock = clock  # the app's: quarantine rows carry the same time as everything else
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -335,7 +338,7 @@ class AmqpConsumer:
             await self._store.quarantine(
                 Quarantined(
                     channel=Channel.AMQP.value,
-                    received_at=time.time(),
+                    received_at=self._clock(),
                     reason=reason,
                     detail=detail,
                     field=field,

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
 from receiver.consumer import REASON_HEADER, decode_body
+from receiver.documents import iso
 from receiver.settings import Settings
 from tests.amqp_broker import AMQP_URL, Broker
 from tests.conftest import (
@@ -191,3 +192,13 @@ async def test_a_body_over_the_limit_is_dead_lettered_as_too_large(
     await eventually(lambda: _depth_is(broker, f"{broker.queue}.dead", 1))
     [dead] = await broker.drain(f"{broker.queue}.dead")
     assert (dead.headers or {})[REASON_HEADER] == "too_large"
+
+
+async def test_a_quarantine_row_from_the_queue_carries_the_apps_clock(
+    consumer_app: TestClient[Any, Any], broker: Broker, clock: list[float]
+) -> None:
+    clock[0] = FROZEN_NOW + 12.5  # the app's clock, not the wall clock
+    await broker.publish(b"{ not json")
+    await eventually(lambda: _depth_is(broker, f"{broker.queue}.dead", 1))
+    [row] = (await (await consumer_app.get("/v1/quarantine")).json())["items"]
+    assert row["received_at"] == iso(FROZEN_NOW + 12.5)
