@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 
@@ -56,6 +56,22 @@ async def broker_session() -> AsyncIterator[Broker]:
             await cleanup.queue_delete(name)
         for name in (b.queue, f"{b.queue}.dlx", f"{b.queue}.receiver.dlx"):
             await cleanup.exchange_delete(name)
+
+
+def queue_for_a_process(prefix: str) -> Iterator[str]:
+    """A fresh queue name for a receiver process to declare; its queues and exchange deleted after
+    (the body of a synchronous ``queue`` fixture)."""
+    name = f"{prefix}.{uuid.uuid4().hex[:10]}"
+    yield name
+
+    async def cleanup() -> None:
+        async with await aio_pika.connect(AMQP_URL) as connection:
+            channel = await connection.channel()
+            for q in (name, f"{name}.dead"):
+                await channel.queue_delete(q)
+            await channel.exchange_delete(f"{name}.dlx")
+
+    asyncio.run(cleanup())
 
 
 # A connection's client properties as rabbitmqctl prints them: [{"connection_name","..."},...]

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from receiver import events
 from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
-from tests.amqp_broker import AMQP_URL
+from tests.amqp_broker import AMQP_URL, queue_for_a_process
 from tests.conftest import body, example, signed
 from tests.test_process import free_port
 
@@ -77,17 +76,7 @@ def wait_until(check: object, timeout: float, what: str, proc: ConsumerProcess) 
 
 @pytest.fixture
 def queue() -> Iterator[str]:
-    name = f"test.kill.{uuid.uuid4().hex[:10]}"
-    yield name
-
-    async def cleanup() -> None:
-        async with await aio_pika.connect(AMQP_URL) as connection:
-            channel = await connection.channel()
-            for q in (name, f"{name}.dead"):
-                await channel.queue_delete(q)
-            await channel.exchange_delete(f"{name}.dlx")
-
-    asyncio.run(cleanup())
+    yield from queue_for_a_process("test.kill")
 
 
 async def publish_all(queue: str, payloads: list[bytes]) -> None:

@@ -18,18 +18,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import orjson
 import pytest
 
 from receiver import events
-from tests.amqp_broker import AMQP_URL
+from tests.amqp_broker import AMQP_URL, queue_for_a_process
 from tests.conftest import body, example, signed
 from tests.test_consumer_process import publish_all, queue_depth
 from tests.test_process import free_port
@@ -182,17 +180,7 @@ def _read(conn: http.client.HTTPConnection) -> tuple[int, bytes]:
 
 @pytest.fixture
 def queue() -> Iterator[str]:
-    name = f"test.drain.{uuid.uuid4().hex[:10]}"
-    yield name
-
-    async def cleanup() -> None:
-        async with await aio_pika.connect(AMQP_URL) as connection:
-            channel = await connection.channel()
-            for q in (name, f"{name}.dead"):
-                await channel.queue_delete(q)
-            await channel.exchange_delete(f"{name}.dlx")
-
-    asyncio.run(cleanup())
+    yield from queue_for_a_process("test.drain")
 
 
 @pytest.mark.amqp
