@@ -260,6 +260,21 @@ class Store(Protocol):
         """The sinks switched off, each with its reason: the truth every dispatcher follows."""
         ...
 
+    # --- leases -------------------------------------------------------------------------------
+
+    async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool:
+        """Take the lease ``name`` for ``holder`` until ``now + ttl``, or renew it; True if ``holder``
+        holds it now. Free, expired (``expires_at <= now``) or already ``holder``'s: taken."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if ``holder`` holds it (another may take it at once)."""
+        ...
+
+    async def lease_holder(self, name: str) -> tuple[str, float] | None:
+        """Who holds the lease and until when (expired or not), or None."""
+        ...
+
     async def ping(self) -> None:
         """Return if the store can take a write now; raise ``StoreUnavailableError`` if not."""
         ...

@@ -248,3 +248,23 @@ async def test_the_maintenance_pass_stalls_and_purges_by_the_injected_clock(stor
         await task
     quiet = await store.get_task("quiet")
     assert (quiet.state, quiet.updated_at) == (TaskState.STALLED, now)
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+
+async def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: Any) -> None:
+    assert await store.lease_holder("dispatch") is None
+    assert await store.hold_lease("dispatch", "a", ttl=10, now=FROZEN_NOW)
+    assert not await store.hold_lease("dispatch", "b", ttl=10, now=FROZEN_NOW + 5)
+    assert await store.hold_lease("dispatch", "a", ttl=10, now=FROZEN_NOW + 5)  # renewed to +15
+    assert not await store.hold_lease("dispatch", "b", ttl=10, now=FROZEN_NOW + 14)
+    assert await store.lease_holder("dispatch") == ("a", FROZEN_NOW + 15)
+    assert await store.hold_lease("dispatch", "b", ttl=10, now=FROZEN_NOW + 15)  # a's has expired
+    assert not await store.hold_lease("dispatch", "a", ttl=10, now=FROZEN_NOW + 16)
+    await store.release_lease("dispatch", "a")  # not a's to give up: nothing changes
+    assert await store.lease_holder("dispatch") == ("b", FROZEN_NOW + 25)
+    await store.release_lease("dispatch", "b")
+    assert await store.lease_holder("dispatch") is None
+    assert await store.hold_lease("dispatch", "a", ttl=10, now=FROZEN_NOW + 17)
+    assert await store.hold_lease("maintenance", "b", ttl=10, now=FROZEN_NOW + 17)  # leases are apart

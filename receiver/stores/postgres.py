@@ -468,6 +468,20 @@ class PostgresStore:
             if n < 1000:
                 return total
 
+    # --- leases -------------------------------------------------------------------------------
+
+    async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool:
+        sql = pg(rows.HOLD_LEASE)
+        row = await self._run(lambda con: con.fetchrow(sql, name, holder, now + ttl, now))
+        return row is not None
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._run(lambda con: con.execute(pg(rows.RELEASE_LEASE), name, holder))
+
+    async def lease_holder(self, name: str) -> tuple[str, float] | None:
+        row = await self._run(lambda con: con.fetchrow(pg(rows.LEASE_HOLDER), name), write=False)
+        return None if row is None else (row[0], float(row[1]))
+
     async def ping(self) -> None:
         await self._run(lambda con: con.execute("SELECT 1"), write=False)
 

@@ -226,6 +226,15 @@ PURGE_DELIVERED: Final = (
 SINK_COUNTS: Final = "SELECT sink, state, count(*), min(created_at) FROM deliveries GROUP BY sink, state"
 SINKS_DISABLED: Final = "SELECT sink, reason FROM sink_state WHERE disabled_at IS NOT NULL"
 
+# Take the lease, or renew it, when it is free, expired or already ours; RETURNING says if we hold it.
+HOLD_LEASE: Final = (
+    "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+    " SET holder = excluded.holder, expires_at = excluded.expires_at"
+    " WHERE leases.holder = excluded.holder OR leases.expires_at <= ? RETURNING holder"
+)
+RELEASE_LEASE: Final = "DELETE FROM leases WHERE name = ? AND holder = ?"
+LEASE_HOLDER: Final = "SELECT holder, expires_at FROM leases WHERE name = ?"
+
 
 def sink_stats(counts: Sequence[Sequence[Any]], disabled: Sequence[Sequence[Any]]) -> list[SinkStats]:
     """Per sink, from the rows of ``SINK_COUNTS`` and ``SINKS_DISABLED``."""

@@ -352,6 +352,22 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"sqlite: {exc}") from exc
 
+    # --- leases -------------------------------------------------------------------------------
+
+    async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool:
+        return await self._write_with(lambda w: w.hold_lease(name, holder, ttl, now))
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._write_with(lambda w: w.release_lease(name, holder))
+
+    async def lease_holder(self, name: str) -> tuple[str, float] | None:
+        def run() -> tuple[str, float] | None:
+            assert self._rcon is not None
+            row = self._rcon.execute(rows.LEASE_HOLDER, (name,)).fetchone()
+            return None if row is None else (row[0], float(row[1]))
+
+        return await self._read_safely(run)
+
     async def ping(self) -> None:
         # Readiness means "can take a write": take the write lock and let it go.
         await self._write_with(lambda w: w.transaction(lambda: None))

@@ -325,6 +325,16 @@ class SqliteWriter:
             )
         )
 
+    # --- leases -------------------------------------------------------------------------------
+
+    def hold_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        return self.transaction(
+            lambda: self.con.execute(rows.HOLD_LEASE, (name, holder, now + ttl, now)).fetchone() is not None
+        )
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.transaction(lambda: self.con.execute(rows.RELEASE_LEASE, (name, holder)))
+
     # --- maintenance ------------------------------------------------------------------------------
 
     def mark_stalled(self, before: float, now: float) -> int:
