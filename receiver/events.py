@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -170,27 +171,65 @@ def verify_sign(
 _VOLATILE = frozenset({"Timestamp", "Sign", "RequestId"})
 
 
-_CONTAINERS = (dict, list)
+_EMPTY_LIST = re.compile(rb"\[\s*\]")
 
 
 def _pruned(value: Any) -> Any:
-    # Absent, null and [] mean the same on the wire, so they must give the same identity too.
-    # (Scalars are returned in place, not recursed into: this runs on every notification.)
+    """``value`` without the members that are null or ``[]`` (at any depth): absent, null and
+    ``[]`` mean the same on the wire, so they must give the same identity too.
+
+    Copy on write: a dict or list with nothing to drop is returned as it is, and only the
+    containers on the way to a dropped member are rebuilt (this runs on every notification)."""
     if type(value) is dict:
-        return {
-            k: _pruned(v) if type(v) in _CONTAINERS else v
-            for k, v in value.items()
-            if v is not None and v != []
-        }
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            t = type(v)
+            if v is None or (t is list and not v):
+                if out is None:
+                    out = _prefix(value, k)
+                continue
+            if t is dict or t is list:
+                kept = _pruned(v)
+                if kept is not v and out is None:
+                    out = _prefix(value, k)
+                v = kept
+            if out is not None:
+                out[k] = v
+        return value if out is None else out
     if type(value) is list:
-        return [_pruned(v) if type(v) in _CONTAINERS else v for v in value]
+        copied: list[Any] | None = None
+        for i, v in enumerate(value):
+            t = type(v)
+            if t is dict or t is list:
+                kept = _pruned(v)
+                if kept is not v and copied is None:
+                    copied = value[:i]
+                v = kept
+            if copied is not None:
+                copied.append(v)
+        return value if copied is None else copied
     return value
 
 
-def event_id(document: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the notification without its volatile members."""
-    body = {k: v for k, v in document.items() if k not in _VOLATILE}
-    canonical = orjson.dumps(_pruned(body), option=orjson.OPT_SORT_KEYS)
+def _prefix(value: dict[str, Any], stop: str) -> dict[str, Any]:
+    """The members of ``value`` before ``stop``, in order."""
+    out = {}
+    for k, v in value.items():
+        if k == stop:
+            break
+        out[k] = v
+    return out
+
+
+def event_id(document: dict[str, Any], body: bytes | None = None) -> str:
+    """sha256 of the canonical JSON of the notification without its volatile members.
+
+    ``body``, the bytes ``document`` was read from, lets the pruning be skipped when they hold
+    no ``null`` and no ``[]`` at all (then there is nothing to prune)."""
+    top = {k: v for k, v in document.items() if k not in _VOLATILE}
+    if body is None or b"null" in body or _EMPTY_LIST.search(body):
+        top = _pruned(top)
+    canonical = orjson.dumps(top, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -209,7 +248,7 @@ def normalize(
     eof = notification.process_eof_info
     document = orjson.loads(body)
     try:
-        identity = event_id(document)
+        identity = event_id(document, body)
     except orjson.JSONEncodeError as exc:  # not reached: the nesting was bounded on the way in
         raise InvalidNotificationError("body", "JSON that can be stored", got=str(exc)) from None
     return Event(

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from receiver import decoder, events, wire
+from receiver import decoder, events, logs, wire
 from receiver.errors import (
     InvalidNotificationError,
     NotLiveError,
@@ -27,6 +27,14 @@ from receiver.group_commit import GroupCommit
 from receiver.ports import Recorded, Router, Store
 
 log = structlog.get_logger("receiver.ingest")
+# The summary line's level by outcome; any other outcome is an error.
+_LEVEL = {
+    "stored": "info",
+    "duplicate": "info",
+    "not_live": "info",
+    "invalid": "warning",
+    "unauthorized": "warning",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +161,7 @@ class Ingestor:
             summary["duration_ms"] = round(elapsed * 1000, 3)
             if self._observe is not None:
                 self._observe(channel.value, outcome, elapsed)
-            if outcome in ("stored", "duplicate", "not_live"):
-                log.info("notification", **summary)
-            elif outcome in ("invalid", "unauthorized"):
-                log.warning("notification", **summary)
-            else:
-                log.error("notification", **summary)
+            logs.line(log, "receiver.ingest", _LEVEL.get(outcome, "error"), "notification", summary)
 
     async def drain(self) -> None:
         await self._group.drain()

@@ -1,10 +1,20 @@
 """``configure_logging``: one pipeline for structlog and the standard library (aiohttp, asyncio,
-aio-pika): JSON lines off a terminal, readable on one, the same keys on every line."""
+aio-pika): JSON lines off a terminal, readable on one, the same keys on every line.
+
+JSON lines are buffered while the event loop runs and written once per pass of the loop (one
+``write(2)`` for every line of the pass), in the order they were logged; off the loop they are
+written at once. ``line()`` is the cheap way to log the one summary line per notification.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
+import threading
+import time
+from collections.abc import Mapping
 from typing import Any, BinaryIO, Literal, TextIO
 
 import orjson
@@ -22,14 +32,136 @@ def _dumps(obj: object, **kw: object) -> str:
     return orjson.dumps(obj, **kw).decode()  # type: ignore[arg-type]
 
 
-class _NamedBytesLogger(structlog.BytesLogger):
-    """structlog's fastest logger, plus the name given to ``get_logger`` (for the ``logger`` key)."""
+class LineWriter:
+    """Whole lines to a binary stream: held while the event loop runs and written together when
+    the loop's current pass ends; written at once when no loop runs in this thread."""
 
-    __slots__ = ("name",)
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the flush is scheduled
 
-    def __init__(self, file: BinaryIO, name: str) -> None:
-        super().__init__(file)
+    def write(self, line: bytes) -> None:
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            with self._lock:  # other threads log too
+                self._lines.append(line)  # the flush already scheduled takes it
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._lines.append(line)
+            if loop is None:
+                self._write_out()
+                return
+            self._loop = loop
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._loop = None
+            self._write_out()
+
+    def _write_out(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self._stream.write(b"".join(lines))
+                self._stream.flush()
+            except ValueError:  # closed under us (the interpreter shutting down): nowhere to go
+                pass
+
+
+class _NamedBytesLogger:
+    """The logger behind structlog: rendered lines to the ``LineWriter``, plus the name given to
+    ``get_logger`` (for the ``logger`` key)."""
+
+    __slots__ = ("_lines", "name")
+
+    def __init__(self, lines: LineWriter, name: str) -> None:
+        self._lines = lines
         self.name = name
+
+    def msg(self, message: bytes) -> None:
+        self._lines.write(message + b"\n")
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Standard-library records, formatted by the shared processors, through the same writer."""
+
+    def __init__(self, lines: LineWriter) -> None:
+        super().__init__()
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.write(self.format(record).encode() + b"\n")
+        except Exception:
+            self.handleError(record)
+
+
+# What ``line()`` writes to: set by ``configure_logging`` for JSON lines on a binary stream.
+_fast: LineWriter | None = None
+_fast_level = logging.INFO
+_second = -1
+_second_text = ""
+
+
+def _now_iso() -> str:
+    """As structlog's ISO stamper (UTC, microseconds, ``Z``), with the seconds part cached."""
+    global _second, _second_text
+    now = time.time()
+    whole = int(now)
+    if whole != _second:
+        _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second_text}.{int((now - whole) * 1_000_000):06d}Z"
+
+
+def line(logger: Any, name: str, level: str, event: str, fields: Mapping[str, Any]) -> None:
+    """One line, as ``logger.<level>(event, **fields)`` would write it, at a fraction of the cost
+    when the lines are JSON: the same keys (bound context, ``event``, ``level``, ``logger``,
+    ``timestamp``), encoded once, buffered with the others."""
+    writer = _fast
+    if writer is None:
+        getattr(logger, level)(event, **fields)
+        return
+    if _LEVELS[level] < _fast_level:
+        return
+    out = dict(fields)
+    out["event"] = event
+    for key, value in structlog.contextvars.get_contextvars().items():  # as merge_contextvars does
+        out.setdefault(key, value)
+    out["level"] = level
+    out["logger"] = name
+    out["timestamp"] = _now_iso()
+    writer.write(orjson.dumps(out, default=repr) + b"\n")
+
+
+def flush() -> None:
+    """Write out the lines held for the end of the loop's pass (tests, shutdown)."""
+    if _lines is not None:
+        _lines.flush()
+
+
+def unconfigure() -> None:
+    """Back to structlog's defaults (tests): lines held are written, ``line()`` goes through structlog."""
+    global _fast, _lines
+    flush()
+    _fast = _lines = None
+    structlog.reset_defaults()
+
+
+_lines: LineWriter | None = None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    flush()
 
 
 class _NamedPrintLogger(structlog.PrintLogger):
@@ -72,15 +204,23 @@ def configure_logging(
     def named(factory: type[Any], file: object) -> Any:
         return lambda *args: factory(file, str(args[0]) if args else "receiver")
 
+    global _fast, _fast_level, _lines
+    flush()
+    _fast = _lines = None
     processors: list[Processor]
+    handler: logging.Handler
     if not console and hasattr(out, "buffer"):
-        # orjson writes bytes straight to the binary stream: the cheapest line per notification.
+        # orjson writes bytes, buffered for the loop's pass: the cheapest line per notification.
+        _lines = _fast = LineWriter(out.buffer)
+        _fast_level = _LEVELS[level]
         fast: Processor = structlog.processors.JSONRenderer(orjson.dumps)
         processors = [*shared, structlog.processors.format_exc_info, fast]
-        factory = named(_NamedBytesLogger, out.buffer)
+        factory = named(_NamedBytesLogger, _lines)
+        handler = _LineHandler(_lines)
     else:
         processors = [*shared, *tail]
         factory = named(_NamedPrintLogger, out)
+        handler = logging.StreamHandler(out)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -89,7 +229,6 @@ def configure_logging(
     )
     # Standard-library records go through the same processors and renderer, so every line has
     # the same format and keys (timestamp, level, event, logger) and the bound context.
-    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -256,6 +256,32 @@ def test_event_id_does_not_depend_on_key_order_or_null_versus_absent_members() -
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        b'{"TaskId": "T", "A": {"B": [ ], "C": 1}}',  # an empty list, spaced
+        b'{"TaskId": "T", "A": {"B": null, "C": 1}}',
+        b'{"TaskId": "T", "A": {"C": 1, "D": [{"E": [], "F": 2}]}, "G": [[]]}',
+    ],
+)
+def test_event_id_from_the_bytes_is_the_canonical_one_whatever_they_hold(text: bytes) -> None:
+    # Given the bytes, the pruning is skipped when they hold nothing to prune; never otherwise.
+    doc = orjson.loads(text)
+    assert events.event_id(doc, text) == events.event_id(doc)
+    compact = orjson.loads(text.replace(b"[ ]", b"[]"))
+    assert events.event_id(doc, text) == events.event_id(compact, orjson.dumps(compact))
+
+
+def test_pruning_leaves_what_it_need_not_touch_as_it_is() -> None:
+    kept = {"A": [1, {"B": 2}], "C": {"D": "x"}}
+    assert events._pruned(kept) is kept
+    doc = {"A": [1, {"B": None}], "C": {"D": "x"}, "E": []}
+    pruned = events._pruned(doc)
+    assert pruned == {"A": [1, {}], "C": {"D": "x"}}
+    assert pruned["C"] is doc["C"]  # untouched on the way: not copied
+    assert doc == {"A": [1, {"B": None}], "C": {"D": "x"}, "E": []}  # the input is never changed
+
+
+@pytest.mark.parametrize(
     "change",
     [
         lambda d: d.__setitem__("TaskId", d["TaskId"] + "x"),

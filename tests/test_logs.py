@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import orjson
 import pytest
 import structlog
 
+from receiver import logs
 from receiver.logs import configure_logging
 from tests.test_process import Server, servers  # noqa: F401 (servers is a fixture)
 
@@ -42,7 +44,7 @@ def restored_logging() -> Iterator[None]:
         root.addHandler(h)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
-    structlog.reset_defaults()
+    logs.unconfigure()
     structlog.contextvars.clear_contextvars()
 
 
@@ -108,3 +110,50 @@ def test_the_served_app_logs_access_lines_as_json_when_asked(
     assert "/healthz?probe=access" in access[0]["event"]
     assert access[0]["level"] == "info"
     assert any(line["logger"].startswith("receiver") and line["event"] == "starting" for line in lines)
+
+
+def test_the_summary_line_has_the_keys_and_format_of_every_other_line(restored_logging: None) -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # kept: it closes raw when dropped
+    configure_logging("json", "info", stream)
+    structlog.contextvars.bind_contextvars(message_id="m-1")
+    log = structlog.get_logger("receiver.ingest")
+    fields = {"channel": "http", "outcome": "stored", "duration_ms": 0.5, "orphan": False}
+    log.info("notification", **fields)
+    logs.line(log, "receiver.ingest", "info", "notification", fields)
+    logs.line(log, "receiver.ingest", "debug", "notification", fields)  # below the level: dropped
+    slow, fast = json_lines(raw.getvalue().decode())
+    assert slow.keys() == fast.keys()
+    assert list(fast) == list(slow)  # the same order of keys too
+    assert {k: v for k, v in fast.items() if k != "timestamp"} == {
+        k: v for k, v in slow.items() if k != "timestamp"
+    }
+    for stamp in (slow["timestamp"], fast["timestamp"]):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+    gap = datetime.fromisoformat(fast["timestamp"]) - datetime.fromisoformat(slow["timestamp"])
+    assert timedelta(0) <= gap < timedelta(seconds=5)
+
+
+class CountingStream(io.BytesIO):
+    writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        return super().write(data)
+
+
+async def test_lines_of_one_loop_pass_go_out_in_one_write_in_order(restored_logging: None) -> None:
+    raw = CountingStream()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    configure_logging("json", "info", stream)
+    log = structlog.get_logger("receiver.test")
+    log.info("first")
+    logs.line(log, "receiver.test", "info", "second", {})
+    logging.getLogger("asyncio").warning("third")
+    assert raw.getvalue() == b""  # held until the loop's pass ends
+    await asyncio.sleep(0)
+    assert raw.writes == 1
+    assert [line["event"] for line in json_lines(raw.getvalue().decode())] == ["first", "second", "third"]
+    log.info("fourth")
+    logs.flush()  # shutdown and tests need not wait for the loop
+    assert json_lines(raw.getvalue().decode())[-1]["event"] == "fourth"

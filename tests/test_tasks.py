@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from receiver import tasks
@@ -235,3 +235,24 @@ def test_the_plan_keeps_a_task_of_our_own_to_its_context() -> None:
     ours = task(session_context="receiver:abc")
     p = tasks.plan([ev(1), ev(2, context="receiver:abc")], tasks.Known({ours.id: ours}, {}))
     assert [s.task is None for s in p.steps] == [True, False]
+
+
+def test_an_event_changes_only_what_it_advances_and_keeps_every_other_field() -> None:
+    # Every field set to something no default would give: a field apply() forgot would come back
+    # as its default (or fail to build) and differ here.
+    before = task(
+        session_id="s",
+        session_context="ctx",
+        labels={"tenant": "a"},
+        state=TaskState.RUNNING,
+        err_code=7,
+        err_message="earlier",
+        event_count=3,
+        late_count=2,
+        first_event_at=2.0,
+        last_event_at=3.0,
+        ended_at=None,
+        request_id="req-1",
+    )
+    after = tasks.apply(before, Happened(received_at=9.0)).task
+    assert after == replace(before, event_count=4, last_event_at=9.0, updated_at=9.0)

@@ -35,7 +35,13 @@ from receiver.ports import (
     SinkStats,
 )
 from receiver.stores import rows
-from receiver.stores.rows import DELIVERIES_WITH_EVENTS, EVENT_COLUMNS, delivery_filter, event_record
+from receiver.stores.rows import (
+    DELIVERIES_WITH_EVENTS,
+    EVENT_COLUMNS,
+    delivery_filter,
+    encode_findings,
+    event_record,
+)
 from receiver.stores.sqlite_writer import TASK_COLUMNS, task_from_row
 from receiver.tasks import MatchedBy, Task, TaskState
 
@@ -171,7 +177,7 @@ class PostgresStore:
                     e.event_id, e.task_id, found[0].id if found else None, found[1].value if found else None,
                     e.notification_type, e.session_id, e.session_context, e.channel.value, e.received_at,
                     e.verdict.value, transition.late if transition else False, e.err_code, e.err_message,
-                    orjson.dumps(e.findings).decode(), e.body.decode(), e.sign_key,
+                    encode_findings(e.findings).decode(), e.body.decode(), e.sign_key,
                 )  # fmt: skip
                 if seq is None:  # already stored (maybe by another replica a moment ago): count it there
                     dup = await con.fetchrow(

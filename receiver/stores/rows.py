@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
+import msgspec
 import orjson
 
 from receiver.events import Channel, Event, Verdict
@@ -23,6 +24,9 @@ from receiver.ports import (
     SinkStats,
 )
 from receiver.tasks import MatchedBy, Task
+
+# Findings as stored: the same JSON as orjson's, in about half the time (msgspec knows dataclasses).
+encode_findings: Final = msgspec.json.Encoder().encode
 
 DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 

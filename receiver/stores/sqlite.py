@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -60,6 +61,11 @@ class SqliteStore:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer_side: SqliteWriter | None = None
         self._rcon: sqlite3.Connection | None = None
+        # Settlements wait here for the next ingest transaction, rather than pay for one of their
+        # own (and its fsync) while ingest keeps the writer busy.
+        self._recording = 0  # record_events calls running or waiting for the writer
+        self._settle_queue: deque[tuple[Sequence[Settlement], asyncio.Future[None]]] = deque()
+        self._settle_flush: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -135,7 +141,28 @@ class SqliteStore:
     # --- ingest ---------------------------------------------------------------------------------
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
-        return await self._write_with(lambda w: w.record(events, route))
+        taken: list[tuple[Sequence[Settlement], asyncio.Future[None]]] = []
+
+        def run(w: SqliteWriter) -> list[Recorded]:
+            queue = self._settle_queue
+            while queue:  # deque: safe to take from on this thread while the loop appends
+                taken.append(queue.popleft())
+            return w.record(events, route, [s for batch, _ in taken for s in batch])
+
+        self._recording += 1
+        try:
+            result = await self._write_with(run)
+        except BaseException:
+            self._settle_queue.extendleft(reversed(taken))  # not committed: they wait for the next one
+            raise
+        finally:
+            self._recording -= 1
+            if self._recording == 0 and self._settle_queue:
+                self._flush_settlements_soon()
+        for _, done in taken:
+            if not done.done():
+                done.set_result(None)
+        return result
 
     # --- the outbox -----------------------------------------------------------------------------
 
@@ -171,7 +198,37 @@ class SqliteStore:
         return await self._read_safely(run)
 
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
-        await self._write_with(lambda w: w.settle(settlements))
+        """Committed with the ingest transaction running or waiting, if there is one; else at once."""
+        if not self._recording:
+            await self._write_with(lambda w: w.settle(settlements))
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_queue.append((settlements, done))
+        await done
+
+    def _flush_settlements_soon(self) -> None:
+        if self._settle_flush is None or self._settle_flush.done():
+            self._settle_flush = asyncio.create_task(self._flush_settlements())
+
+    async def _flush_settlements(self) -> None:
+        """The ingest transaction they waited for is done and no other is coming: commit them alone."""
+        while self._settle_queue and not self._recording:
+            taken = list(self._settle_queue)
+            self._settle_queue.clear()
+            settlements = [s for batch, _ in taken for s in batch]
+            try:
+                await self._write_with(partial(SqliteWriter.settle, settlements=settlements))
+            except BaseException as exc:
+                failure = exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(repr(exc))
+                for _, done in taken:
+                    if not done.done():
+                        done.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for _, done in taken:
+                if not done.done():
+                    done.set_result(None)
 
     async def list_deliveries(self, query: DeliveryQuery) -> Page[DeliveryRow]:
         where, args = delivery_filter(query)

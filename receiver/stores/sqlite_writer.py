@@ -20,7 +20,7 @@ from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
 from receiver.stores import rows
-from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan
+from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan, encode_findings
 from receiver.tasks import MatchedBy, Task, TaskState
 
 R = TypeVar("R")
@@ -59,9 +59,26 @@ def _event_row(seq: int, step: tasks.Step) -> tuple[Any, ...]:
         step.late,
         e.err_code,
         e.err_message,
-        orjson.dumps(e.findings),
+        encode_findings(e.findings),
         e.body.decode(),
         e.sign_key,
+    )
+
+
+def _task_update(t: Task) -> tuple[Any, ...]:
+    return (
+        t.task_id,
+        t.state.value,
+        t.err_code,
+        t.err_message,
+        t.event_count,
+        t.late_count,
+        t.updated_at,
+        t.first_event_at,
+        t.last_event_at,
+        t.ended_at,
+        t.request_id,
+        t.id,
     )
 
 
@@ -119,8 +136,8 @@ class SqliteWriter:
             self._data_version = version
         try:
             result = body()
-            for task in self._staged.values():
-                self._write_task(task)
+            if self._staged:
+                con.executemany(_UPDATE_TASK, [_task_update(t) for t in self._staged.values()])
             con.execute("COMMIT")
         except BaseException as exc:
             self._staged.clear()
@@ -191,29 +208,19 @@ class SqliteWriter:
             self._by_context[context] = refs
         return [self._task(ref) for ref in refs]
 
-    def _write_task(self, t: Task) -> None:
-        self.con.execute(
-            _UPDATE_TASK,
-            (
-                t.task_id,
-                t.state.value,
-                t.err_code,
-                t.err_message,
-                t.event_count,
-                t.late_count,
-                t.updated_at,
-                t.first_event_at,
-                t.last_event_at,
-                t.ended_at,
-                t.request_id,
-                t.id,
-            ),
-        )
-
     # --- ingest -----------------------------------------------------------------------------------
 
-    def record(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
-        return self.transaction(lambda: self._record(events, route))
+    def record(
+        self, events: Sequence[Event], route: Router | None = None, settlements: Sequence[Settlement] = ()
+    ) -> list[Recorded]:
+        """Record a batch of events; the dispatcher's settlements waiting for the writer ride along."""
+
+        def run() -> list[Recorded]:
+            if settlements:
+                self._settle(settlements)
+            return self._record(events, route)
+
+        return self.transaction(run)
 
     def _record(self, events: Sequence[Event], route: Router | None) -> list[Recorded]:
         """Load what the plan needs, plan the batch in the core, write the plan in a few statements.
@@ -281,16 +288,17 @@ class SqliteWriter:
     # --- the outbox -------------------------------------------------------------------------------
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        self.transaction(
-            lambda: self.con.executemany(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
-                " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
-                " WHERE id = ?",
-                [
-                    (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.state, x.at, x.id)
-                    for x in settlements
-                ],
-            )
+        self.transaction(lambda: self._settle(settlements))
+
+    def _settle(self, settlements: Sequence[Settlement]) -> None:
+        self.con.executemany(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
+            " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
+            " WHERE id = ?",
+            [
+                (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.state, x.at, x.id)
+                for x in settlements
+            ],
         )
 
     def redrive_chunk(
