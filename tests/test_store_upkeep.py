@@ -24,6 +24,7 @@ from tests.conftest import FROZEN_NOW
 from tests.test_store import EOF_DOC, REVIEW, event, new_task
 
 store = test_store.store  # the fixture: each test runs on SQLite and on PostgreSQL
+sqlite_store = test_store.sqlite_store
 
 LATER = FROZEN_NOW + 10_000
 
@@ -268,3 +269,65 @@ async def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: Any
     assert await store.lease_holder("dispatch") is None
     assert await store.hold_lease("dispatch", "a", ttl=10, now=FROZEN_NOW + 17)
     assert await store.hold_lease("maintenance", "b", ttl=10, now=FROZEN_NOW + 17)  # leases are apart
+
+
+# --- settlements ride with ingest ----------------------------------------------------------------
+
+
+async def test_settlements_made_while_ingest_writes_commit_with_it_not_alone(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = router([("log", SinkFilter())])
+    await sqlite_store.record_events([event(REVIEW, SessionId="first")], route)
+    page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", limit=10))
+    (first,) = page.items
+    transactions = 0
+    real = sqlite_writer.SqliteWriter.transaction
+
+    def counted(self: Any, body: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return real(self, body)
+
+    monkeypatch.setattr(sqlite_writer.SqliteWriter, "transaction", counted)
+    batch = [event(REVIEW, SessionId=f"s-{i}") for i in range(200)]
+    ingest = asyncio.create_task(sqlite_store.record_events(batch, route))
+    await asyncio.sleep(0)  # the ingest transaction is on the writer thread (or waiting for it)
+    settled = Settlement(first.id, DeliveryState.DELIVERED, 1, FROZEN_NOW, None, FROZEN_NOW)
+    await sqlite_store.settle_deliveries([settled])
+    await ingest
+    assert transactions == 1  # one commit (one fsync) for both
+    page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.DELIVERED, limit=10))
+    assert [d.id for d in page.items] == [first.id]
+    # With no ingest to ride with, a settlement is committed at once, on its own.
+    page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.PENDING, limit=1))
+    (second,) = page.items
+    await sqlite_store.settle_deliveries([replace(settled, id=second.id)])
+    assert transactions == 2
+
+
+async def test_a_failed_ingest_transaction_keeps_the_settlements_that_rode_with_it(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = router([("log", SinkFilter())])
+    await sqlite_store.record_events([event(REVIEW, SessionId="first")], route)
+    (first,) = (await sqlite_store.list_deliveries(DeliveryQuery(sink="log", limit=10))).items
+    real = sqlite_writer.SqliteWriter._record
+    calls = 0
+
+    def failing_once(self: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, *args)
+
+    monkeypatch.setattr(sqlite_writer.SqliteWriter, "_record", failing_once)
+    ingest = asyncio.create_task(sqlite_store.record_events([event(REVIEW, SessionId="second")], route))
+    await asyncio.sleep(0)
+    settled = Settlement(first.id, DeliveryState.DELIVERED, 1, FROZEN_NOW, None, FROZEN_NOW)
+    await sqlite_store.settle_deliveries([settled])  # committed alone once the ingest failed
+    with pytest.raises(Exception, match="disk I/O"):
+        await ingest
+    page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.DELIVERED, limit=10))
+    assert [d.id for d in page.items] == [first.id]
