@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Literal
 
 import structlog
@@ -16,11 +16,11 @@ from receiver import web as routes
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
-from receiver.events import Channel
+from receiver.events import Channel, Event
 from receiver.ingest import Ingestor
 from receiver.listeners import Listener
 from receiver.metrics import Metrics
-from receiver.ports import Store
+from receiver.ports import Recorded, Store
 from receiver.redact import redact_url
 from receiver.routing import router
 from receiver.settings import MaintenanceSettings, Settings
@@ -34,7 +34,7 @@ def build_ingestor(
     settings: Settings,
     store: Store,
     clock: Callable[[], float] = time.time,
-    on_recorded: Callable[[], None] | None = None,
+    on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
     metrics: Metrics | None = None,
 ) -> Ingestor:
     verify = settings.verify
@@ -153,7 +153,7 @@ def create_app(
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher = app.get(routes.DISPATCHER)
         ingestor = build_ingestor(
-            settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None, metrics
+            settings, app[routes.STORE], clock, dispatcher.committed if dispatcher else None, metrics
         )
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():

@@ -17,18 +17,25 @@ import contextlib
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 
 from receiver.documents import event_document
 from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, UndeliverableError
+from receiver.events import Event
 from receiver.group_commit import GroupCommit
-from receiver.ports import Delivery, DeliveryState, Settlement, Sink, Store
+from receiver.ports import Delivery, DeliveryState, EventRecord, Recorded, Settlement, Sink, Store
 
 log = structlog.get_logger("receiver.dispatch")
+
+_builtins = msgspec.to_builtins  # findings as the store gives them back: plain dicts
+
+# Deliveries of one task claimed at once and sent in a row (one claim and one settlement for all).
+LINE = 64
 
 # Seconds to wait before attempt 2, 3, ...: about seven and a half hours in all, then dead.
 DEFAULT_SCHEDULE = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
@@ -100,6 +107,53 @@ class CircuitBreaker:
         return "half-open" if self.trial else "open"
 
 
+class RecentEvents:
+    """The events this process committed last, kept a little while so that the dispatcher sends
+    them without reading them back; the outbox stays the truth (a miss reads the store).
+
+    Only events matched to a task are kept: an orphan may be adopted meanwhile, and then its
+    stored row, not the copy, says so."""
+
+    def __init__(self, limit: int = 2048) -> None:
+        self._limit = limit
+        self._items: OrderedDict[int, tuple[Event, Recorded]] = OrderedDict()
+
+    def add(self, events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
+        items = self._items
+        for event, r in zip(events, recorded, strict=True):
+            if not r.duplicate and r.task is not None:
+                items[r.seq] = (event, r)
+        while len(items) > self._limit:
+            items.popitem(last=False)
+
+    def get(self, seq: int) -> EventRecord | None:
+        found = self._items.get(seq)
+        if found is None:
+            return None
+        e, r = found
+        assert r.task is not None  # only matched events are kept
+        return EventRecord(
+            seq=r.seq,
+            event_id=e.event_id,
+            task_id=e.task_id,
+            task_ref=r.task.id,
+            matched_by=r.matched_by,
+            notification_type=e.notification_type,
+            session_id=e.session_id,
+            session_context=e.session_context,
+            channel=e.channel.value,
+            received_at=e.received_at,
+            verdict=e.verdict.value,
+            late=r.late,
+            duplicates=0,
+            err_code=e.err_code,
+            err_message=e.err_message,
+            findings=_builtins(e.findings),
+            raw=e.raw,
+            sign_key=e.sign_key,
+        )
+
+
 @dataclass(slots=True)
 class _Lane:
     """The dispatcher's state for one sink."""
@@ -136,6 +190,7 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._settler: GroupCommit[Settlement, None] = GroupCommit(self._settle_batch, max_batch=512)
+        self._recent = RecentEvents()
         self._stopping = False
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -187,6 +242,11 @@ class Dispatcher:
         """New outbox rows were committed: look now rather than at the next poll."""
         for lane in self._lanes.values():
             lane.wake.set()
+
+    def committed(self, events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
+        """Ingest in this process committed these: keep them to send, and look now."""
+        self._recent.add(events, recorded)
+        self.wake()
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self._stopping = True
@@ -248,19 +308,27 @@ class Dispatcher:
             now = self._clock()
             free = lane.policy.concurrency - len(lane.busy)
             if free > 0 and lane.disabled is None and lane.breaker.allows(now):
-                limit = 1 if lane.breaker.trial else free
+                trial = lane.breaker.trial
                 try:
                     deliveries = await self._store.claim_deliveries(
-                        lane.sink.name, now=now, limit=limit, busy_keys=set(lane.busy)
+                        lane.sink.name,
+                        now=now,
+                        limit=1 if trial else free,
+                        busy_keys=set(lane.busy),
+                        per_key=1 if trial else LINE,
+                        known=self._recent.get,
                     )
                 except StoreUnavailableError as exc:
                     log.warning("store unavailable to the dispatcher", sink=lane.sink.name, error=str(exc))
                     deliveries = []
-                if not deliveries and lane.breaker.trial:
+                if not deliveries and trial:
                     lane.breaker.trial = False  # nothing to try yet: the next pass may take the trial
+                lines: dict[str, list[Delivery]] = {}
                 for delivery in deliveries:
-                    lane.busy[delivery.task_key] = asyncio.create_task(self._deliver(lane, delivery))
-                claimed = len(deliveries)
+                    lines.setdefault(delivery.task_key, []).append(delivery)
+                for key, line in lines.items():
+                    lane.busy[key] = asyncio.create_task(self._deliver_line(lane, key, line))
+                claimed = len(lines)
             if self._stopping:
                 return
             if claimed and len(lane.busy) < lane.policy.concurrency:
@@ -268,7 +336,54 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lane.wake.wait(), timeout=self._poll)
 
-    async def _deliver(self, lane: _Lane, delivery: Delivery) -> None:
+    async def _deliver_line(self, lane: _Lane, key: str, line: Sequence[Delivery]) -> None:
+        """One task's deliveries, in order, one at a time; settled together at the end (the key
+        stays busy until then, so nothing of this task is claimed again meanwhile). The line
+        stops at the first delivery that must wait for a retry: every later one waits behind it."""
+        outcomes: list[Settlement] = []
+        gone: SinkGoneError | None = None
+        try:
+            for delivery in line:
+                if outcomes and (self._stopping or lane.disabled is not None or lane.breaker.opened_at):
+                    break  # the rest stay pending, as they were
+                error = await self._attempt(lane, delivery)
+                outcome = settle(delivery, error, lane.policy, self._clock(), self._rng)
+                outcomes.append(outcome)
+                if outcome.state == DeliveryState.DEAD:
+                    lane.counts["dead"] += 1
+                    if self._observe is not None:
+                        self._observe(lane.sink.name, "dead")
+                    log.error(
+                        "delivery dead",
+                        sink=lane.sink.name,
+                        event_id=delivery.event.event_id,
+                        error=str(error),
+                    )
+                if isinstance(error, SinkGoneError):
+                    gone = error
+                    lane.disabled = str(error)
+                    lane.changed_at = math.inf  # until the store has it, what it says is older than this
+                    log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
+                    break
+                if outcome.state == DeliveryState.PENDING:
+                    break
+        finally:
+            try:
+                await self._settler.submit_many(outcomes)
+            except StoreUnavailableError:
+                pass  # not settled: still pending in the store, so they go out again (at least once)
+            finally:
+                lane.busy.pop(key, None)
+                lane.wake.set()
+        if gone is not None:
+            try:
+                with contextlib.suppress(StoreUnavailableError):
+                    await self._store.set_sink_disabled(lane.sink.name, str(gone), now=self._clock())
+            finally:
+                lane.changed_at = time.monotonic()
+
+    async def _attempt(self, lane: _Lane, delivery: Delivery) -> SinkError | None:
+        """Send one delivery; what went wrong, if anything (the breaker and the counts told)."""
         error: SinkError | None = None
         try:
             await lane.sink.deliver(delivery, event_document(delivery.event))
@@ -277,7 +392,6 @@ class Dispatcher:
         except Exception as exc:  # a sink's bug must not stop its lane
             log.exception("sink raised", sink=lane.sink.name)
             error = SinkError(repr(exc))
-        now = self._clock()
         if error is None:
             lane.breaker.succeeded()
             lane.counts["delivered"] += 1
@@ -285,31 +399,8 @@ class Dispatcher:
             lane.breaker.abstained()  # the target never saw it: no reason to stop sending the rest
             lane.counts["undeliverable"] += 1
         else:
-            lane.breaker.failed(now)
+            lane.breaker.failed(self._clock())
             lane.counts["failed"] += 1
-        outcome = settle(delivery, error, lane.policy, now, self._rng)
         if self._observe is not None:
             self._observe(lane.sink.name, "delivered" if error is None else "failed")
-        if outcome.state == DeliveryState.DEAD:
-            lane.counts["dead"] += 1
-            if self._observe is not None:
-                self._observe(lane.sink.name, "dead")
-            log.error(
-                "delivery dead", sink=lane.sink.name, event_id=delivery.event.event_id, error=str(error)
-            )
-        try:
-            await self._settler.submit(outcome)
-        except StoreUnavailableError:
-            pass  # not settled: still pending in the store, so it goes out again (at least once)
-        finally:
-            lane.busy.pop(delivery.task_key, None)
-            lane.wake.set()
-        if isinstance(error, SinkGoneError):
-            lane.disabled = str(error)
-            lane.changed_at = math.inf  # until the store has it, what it says is older than this
-            log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
-            try:
-                with contextlib.suppress(StoreUnavailableError):
-                    await self._store.set_sink_disabled(lane.sink.name, lane.disabled, now=now)
-            finally:
-                lane.changed_at = time.monotonic()
+        return error

@@ -35,6 +35,19 @@ class GroupCommit(Generic[T, R]):
             self._flusher = asyncio.create_task(self._flush())
         return await future
 
+    async def submit_many(self, items: Sequence[T]) -> list[R]:
+        """``submit`` for several items at once: committed together (or in the same order), and
+        answered once all are; the first failure is raised."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            future: asyncio.Future[R] = loop.create_future()
+            self._pending.append((item, future))
+            futures.append(future)
+        if futures and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush())
+        return [await future for future in futures]
+
     async def _flush(self) -> None:
         while self._pending:
             batch = self._pending[: self._max_batch]

@@ -62,7 +62,7 @@ class Ingestor:
         max_batch: int = 256,
         clock: Callable[[], float] = time.time,
         route: Router | None = None,
-        on_recorded: Callable[[], None] | None = None,
+        on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         observe_key: Callable[[str], None] | None = None,
     ) -> None:
@@ -82,7 +82,8 @@ class Ingestor:
     async def _commit(self, events: Sequence[Event]) -> list[Recorded]:
         recorded = await self._store.record_events(events, self._route)
         if self._on_recorded is not None:
-            self._on_recorded()  # new outbox rows: the dispatcher need not wait for its next poll
+            # New outbox rows: the dispatcher need not wait for its next poll, nor read them back.
+            self._on_recorded(events, recorded)
         return recorded
 
     async def ingest(self, raw: bytes | str, channel: Channel) -> IngestResult:

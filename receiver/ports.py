@@ -228,10 +228,20 @@ class Store(Protocol):
     # --- the outbox ---------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, sink: str, *, now: float, limit: int, busy_keys: Collection[str]
+        self,
+        sink: str,
+        *,
+        now: float,
+        limit: int,
+        busy_keys: Collection[str],
+        per_key: int = 1,
+        known: Callable[[int], EventRecord | None] | None = None,
     ) -> list[Delivery]:
-        """Pending deliveries due by ``now``, each the oldest pending one of its task key, skipping
-        the keys already in flight."""
+        """The lines of up to ``limit`` task keys (skipping the keys already in flight) whose oldest
+        pending delivery is due by ``now``: each line that delivery and the pending ones after it
+        of the same key, oldest first, at most ``per_key``, up to the first one not due.
+
+        ``known`` gives the events the caller holds already, by seq (None: read it from the store)."""
         ...
 
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None: ...

@@ -292,8 +292,14 @@ async def test_an_event_its_sink_can_never_encode_is_dead_at_once_and_does_not_t
     bus = sink(client, "bus")
     await eventually(lambda: len(bus.received) == 2)
     assert sorted(d["notification_type"] for d in bus.received) == ["AiQualityControlResult", "ProcessEof"]
-    resp = await client.get("/v1/deliveries", params={"sink": "bus", "state": "dead"})
-    dead = (await resp.json())["items"]
+    # A task's line is settled once it has all been sent, in one commit: wait for that.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        resp = await client.get("/v1/deliveries", params={"sink": "bus", "state": "dead"})
+        dead = (await resp.json())["items"]
+        if len(dead) == 3 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.01)
     assert [(d["attempts"], d["last_error"]) for d in dead] == [(1, "cannot encode a AiReviewResult")] * 3
     assert client.app[DISPATCHER].status()["bus"]["breaker"] == "closed"
 

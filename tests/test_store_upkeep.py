@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from receiver import dispatch
 from receiver.app import maintain
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Quarantined, Settlement
 from receiver.routing import SinkFilter, router
@@ -297,7 +298,9 @@ async def test_settlements_made_while_ingest_writes_commit_with_it_not_alone(
     await sqlite_store.settle_deliveries([settled])
     await ingest
     assert transactions == 1  # one commit (one fsync) for both
-    page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.DELIVERED, limit=10))
+    page = await sqlite_store.list_deliveries(
+        DeliveryQuery(sink="log", state=DeliveryState.DELIVERED, limit=10)
+    )
     assert [d.id for d in page.items] == [first.id]
     # With no ingest to ride with, a settlement is committed at once, on its own.
     page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.PENDING, limit=1))
@@ -329,5 +332,60 @@ async def test_a_failed_ingest_transaction_keeps_the_settlements_that_rode_with_
     await sqlite_store.settle_deliveries([settled])  # committed alone once the ingest failed
     with pytest.raises(Exception, match="disk I/O"):
         await ingest
-    page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.DELIVERED, limit=10))
+    page = await sqlite_store.list_deliveries(
+        DeliveryQuery(sink="log", state=DeliveryState.DELIVERED, limit=10)
+    )
     assert [d.id for d in page.items] == [first.id]
+
+
+# --- claims: lines, and events from memory --------------------------------------------------------
+
+
+async def test_a_claim_takes_each_task_line_in_order_up_to_a_delivery_waiting_for_a_retry(store: Any) -> None:
+    route = router([("s", SinkFilter())])
+    await store.register_task(new_task("T1"))
+    await store.register_task(new_task("T2"))
+    docs = [("T1", "a"), ("T2", "b"), ("T1", "c"), ("T1", "d"), ("T2", "e")]
+    await store.record_events([event(REVIEW, TaskId=t, SessionId=s) for t, s in docs], route)
+    claimed = await store.claim_deliveries("s", now=LATER, limit=10, busy_keys=set(), per_key=2)
+    by_key: dict[str, list[str]] = {}
+    for d in claimed:
+        by_key.setdefault(d.task_key, []).append(d.event.session_id)
+    assert by_key == {"T1": ["a", "c"], "T2": ["b", "e"]}  # per_key of each line, oldest first
+    # A retry due later holds back its line: the line ends before it.
+    [a, c] = [d for d in claimed if d.task_key == "T1"]
+    await store.settle_deliveries(
+        [
+            Settlement(a.id, DeliveryState.DELIVERED, 1, LATER, None, LATER),
+            Settlement(c.id, DeliveryState.PENDING, 1, LATER + 60, "502", LATER),
+        ]
+    )
+    again = await store.claim_deliveries("s", now=LATER, limit=10, busy_keys={"T2"}, per_key=5)
+    assert again == []  # T1's head (c) is not due; T2 is busy
+    later = await store.claim_deliveries("s", now=LATER + 61, limit=10, busy_keys={"T2"}, per_key=5)
+    assert [d.event.session_id for d in later] == ["c", "d"]
+
+
+async def test_events_given_from_memory_are_what_the_store_would_have_read(store: Any) -> None:
+    route = router([("s", SinkFilter())])
+    await store.register_task(new_task("T1"))
+    batch = [event(REVIEW, TaskId="T1", SessionId="m-1"), event(EOF_DOC, TaskId="T1", SessionId="m-2")]
+    recorded = await store.record_events(batch, route)
+    recent = dispatch.RecentEvents()
+    recent.add(batch, recorded)
+    read = await store.claim_deliveries("s", now=LATER, limit=10, busy_keys=set(), per_key=10)
+    after_the_lease = LATER + 3600  # PostgreSQL leased the first claim's lines
+    given = await store.claim_deliveries(
+        "s", now=after_the_lease, limit=10, busy_keys=set(), per_key=10, known=recent.get
+    )
+    assert [d.event for d in given] == [d.event for d in read]
+
+    def marked(seq: int) -> Any:
+        return replace(recent.get(seq), duplicates=99)  # type: ignore[type-var]
+
+    later = after_the_lease + 3600
+    taken = await store.claim_deliveries("s", now=later, limit=10, busy_keys=set(), per_key=10, known=marked)
+    assert [d.event.duplicates for d in taken] == [99, 99]  # read from memory, not from the store
+    orphan = [event(REVIEW, TaskId="nobody", SessionId="o-1")]
+    recent.add(orphan, await store.record_events(orphan, route))
+    assert recent.get((await store.list_events(EventQuery(task_id="nobody"))).items[0].seq) is None

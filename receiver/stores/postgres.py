@@ -38,7 +38,11 @@ from receiver.stores import rows
 from receiver.stores.rows import (
     DELIVERIES_WITH_EVENTS,
     EVENT_COLUMNS,
+    LINE_COLUMNS,
+    Known,
+    claimed,
     delivery_filter,
+    due_line,
     encode_findings,
     event_record,
 )
@@ -325,10 +329,19 @@ class PostgresStore:
     # --- the outbox -----------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, sink: str, *, now: float, limit: int, busy_keys: Collection[str]
+        self,
+        sink: str,
+        *,
+        now: float,
+        limit: int,
+        busy_keys: Collection[str],
+        per_key: int = 1,
+        known: Known | None = None,
     ) -> list[Delivery]:
         async def body(con: asyncpg.Connection) -> list[Delivery]:
-            ids = await con.fetch(
+            # Leasing a line's head leases the line: no other dispatcher can claim a delivery of
+            # that key until the head is settled (it alone is a head) or the lease runs out.
+            heads = await con.fetch(
                 "UPDATE deliveries SET lease_until = $2 + $4 WHERE id IN (SELECT d.id FROM deliveries d"
                 " WHERE d.sink = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2"
                 " AND (d.lease_until IS NULL OR d.lease_until < $2) AND d.task_key <> ALL($5::text[])"
@@ -337,18 +350,38 @@ class PostgresStore:
                 # table's statistics were young: quadratic, and the soak's dispatchers fell minutes behind.)
                 " AND d.id = (SELECT min(p.id) FROM deliveries p WHERE p.sink = d.sink AND p.task_key = d.task_key"
                 " AND p.state = 'pending')"
-                " ORDER BY d.id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id",
+                " ORDER BY d.id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, task_key",
                 sink, now, limit, LEASE_SECONDS, list(busy_keys),
             )  # fmt: skip
-            if not ids:
+            if not heads:
                 return []
-            rows = await con.fetch(
-                "SELECT d.id, d.task_key, d.attempts, "
-                + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-                + f" {DELIVERIES_WITH_EVENTS} WHERE d.id = ANY($1::bigint[]) ORDER BY d.id",
-                [r[0] for r in ids],
-            )
-            return [Delivery(r[0], sink, r[1], r[2], event_record(tuple(r)[3:])) for r in rows]
+            lines = await con.fetch(
+                f"SELECT {LINE_COLUMNS} FROM unnest($2::bigint[], $3::text[]) AS h(head, key)"
+                " CROSS JOIN LATERAL (SELECT * FROM deliveries p WHERE p.sink = $1 AND p.task_key = h.key"
+                " AND p.state = 'pending' AND p.id >= h.head ORDER BY p.id LIMIT $4) d"
+                " ORDER BY d.task_key, d.id",
+                sink, [h[0] for h in heads], [h[1] for h in heads], per_key,
+            )  # fmt: skip
+            due: list[Sequence[Any]] = []
+            line: list[Any] = []
+            for r in [*lines, None]:
+                if line and (r is None or r[1] != line[0][1]):
+                    due.extend(due_line(line, now))
+                    line = []
+                if r is not None:
+                    line.append(tuple(r))
+            found: dict[int, EventRecord] = {}
+            for r in due:
+                record = known(r[4]) if known is not None else None
+                if record is not None:
+                    found[r[4]] = record
+            missing = [r[4] for r in due if r[4] not in found]
+            if missing:
+                for row in await con.fetch(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1::bigint[])", missing
+                ):
+                    found[row[0]] = event_record(tuple(row))
+            return claimed(sink, due, found.__getitem__)
 
         return await self._run(body)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -16,6 +16,7 @@ from receiver.events import Channel, Event, Verdict
 from receiver.findings import Finding
 from receiver.ports import (
     QUARANTINE_BODY_BYTES,
+    Delivery,
     DeliveryQuery,
     EventQuery,
     EventRecord,
@@ -29,6 +30,7 @@ from receiver.tasks import MatchedBy, Task
 encode_findings: Final = msgspec.json.Encoder().encode
 
 DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+
 
 # The orphans a task would have matched had it been registered first, in the order received.
 ORPHANS_OF: Final = (
@@ -64,6 +66,42 @@ EVENT_COLUMNS = (
 
 
 EVENT_BY_SEQ: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?"
+
+# The head of each task's line: due, and the oldest pending delivery of its key (one probe of
+# deliveries_head per candidate; left to itself the planner may pick deliveries_by_state and scan
+# the sink's whole backlog per candidate).
+CLAIM_HEADS: Final = (
+    "SELECT d.id, d.task_key FROM deliveries d WHERE d.sink = ? AND d.state = 'pending'"
+    " AND d.next_attempt_at <= ? AND d.id = (SELECT min(p.id) FROM deliveries p INDEXED BY deliveries_head"
+    " WHERE p.sink = d.sink AND p.task_key = d.task_key AND p.state = 'pending') ORDER BY d.id LIMIT ?"
+)
+# One task's line, from its head: the pending deliveries of one key, oldest first.
+LINE_COLUMNS: Final = "d.id, d.task_key, d.attempts, d.next_attempt_at, d.event_seq"
+CLAIM_LINE: Final = (
+    f"SELECT {LINE_COLUMNS} FROM deliveries d WHERE d.sink = ? AND d.task_key = ?"
+    " AND d.state = 'pending' AND d.id >= ? ORDER BY d.id LIMIT ?"
+)
+EVENTS_BY_SEQ: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({{marks}})"
+
+# What a claim is given to read events from before the store: the dispatcher's recent events.
+Known = Callable[[int], "EventRecord | None"]
+
+
+def due_line(rows: Sequence[Sequence[Any]], now: float) -> list[Sequence[Any]]:
+    """One line's ``CLAIM_LINE`` rows up to the first that is not due (a delivery waiting for its
+    retry holds back every later one of its task)."""
+    out = []
+    for r in rows:
+        if r[3] > now:
+            break
+        out.append(r)
+    return out
+
+
+def claimed(
+    sink: str, lines: Sequence[Sequence[Any]], events: Callable[[int], EventRecord]
+) -> list[Delivery]:
+    return [Delivery(id=r[0], sink=sink, task_key=r[1], attempts=r[2], event=events(r[4])) for r in lines]
 
 
 def stored_event(r: EventRecord) -> Event:

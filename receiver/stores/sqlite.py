@@ -34,6 +34,7 @@ from receiver.stores import rows
 from receiver.stores.rows import (
     DELIVERIES_WITH_EVENTS,
     EVENT_COLUMNS,
+    Known,
     delivery_filter,
     event_record,
     migrate,
@@ -167,33 +168,44 @@ class SqliteStore:
     # --- the outbox -----------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, sink: str, *, now: float, limit: int, busy_keys: Collection[str]
+        self,
+        sink: str,
+        *,
+        now: float,
+        limit: int,
+        busy_keys: Collection[str],
+        per_key: int = 1,
+        known: Known | None = None,
     ) -> list[Delivery]:
         def run() -> list[Delivery]:
             assert self._rcon is not None
-            # The head of each task's line: due, and no older pending delivery for the same key.
-            rows = self._rcon.execute(
-                "SELECT d.id, d.task_key, d.attempts, "
-                + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-                + f" {DELIVERIES_WITH_EVENTS}"
-                " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.sink = d.sink"
-                " AND p.task_key = d.task_key AND p.state = 'pending' AND p.id < d.id)"
-                " ORDER BY d.id LIMIT ?",
-                (sink, now, limit + len(busy_keys)),
-            ).fetchall()
-            out = []
-            for row in rows:
-                if row[1] in busy_keys:
+            con = self._rcon
+            heads = con.execute(rows.CLAIM_HEADS, (sink, now, limit + len(busy_keys))).fetchall()
+            lines: list[Sequence[Any]] = []
+            taken = 0
+            for head, key in heads:
+                if key in busy_keys:
                     continue
-                out.append(
-                    Delivery(
-                        id=row[0], sink=sink, task_key=row[1], attempts=row[2], event=event_record(row[3:])
-                    )
+                lines.extend(
+                    rows.due_line(con.execute(rows.CLAIM_LINE, (sink, key, head, per_key)).fetchall(), now)
                 )
-                if len(out) == limit:
+                taken += 1
+                if taken == limit:
                     break
-            return out
+            found: dict[int, EventRecord] = {}
+            missing = []
+            for line in lines:
+                record = known(line[4]) if known is not None else None
+                if record is None:
+                    missing.append(line[4])
+                else:
+                    found[line[4]] = record
+            for chunk in range(0, len(missing), 500):
+                part = missing[chunk : chunk + 500]
+                sql = rows.EVENTS_BY_SEQ.format(marks=", ".join("?" * len(part)))
+                for row in con.execute(sql, part):
+                    found[row[0]] = event_record(row)
+            return rows.claimed(sink, lines, found.__getitem__)
 
         return await self._read_safely(run)
 
