@@ -175,7 +175,7 @@ async def body_timeout(request: web.Request, handler: Handler) -> web.StreamResp
     """Read the whole body within ``http.body_timeout``, else 408 and close: a sender that stops
     half-way would otherwise hold its connection and buffers for ever. Handlers then read the
     body from memory."""
-    if request.body_exists:
+    if request.body_exists and not request.content.is_eof():  # (all there already: no timer needed)
         limit = request.app[BODY_TIMEOUT]
         try:
             async with asyncio.timeout(limit):

@@ -76,6 +76,40 @@ _UPDATE_TASK = (
 )
 
 
+# A batch's new events, in the batch's order (their seqs follow it), in one statement.
+_INSERT_EVENTS = (
+    "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
+    " channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
+    " SELECT event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context, channel,"
+    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key FROM unnest($1::text[],"
+    " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[],"
+    " $10::text[], $11::bool[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[])"
+    " WITH ORDINALITY AS b(event_id, task_id, task_ref, matched_by, notification_type, session_id,"
+    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key, n)"
+    " ORDER BY n ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
+)
+_INSERT_DELIVERIES = (
+    "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at, updated_at)"
+    " SELECT sink, seq, key, 'pending', at, at, at FROM unnest($1::text[], $2::bigint[], $3::text[],"
+    " $4::float8[]) WITH ORDINALITY AS b(sink, seq, key, at, n) ORDER BY n"
+)
+_COUNT_REPEATS = (
+    "UPDATE events SET duplicates = events.duplicates + r.n, last_duplicate_at = r.at FROM (SELECT event_id,"
+    " count(*) AS n, max(at) AS at FROM unnest($1::text[], $2::float8[]) AS b(event_id, at) GROUP BY event_id) r"
+    " WHERE events.event_id = r.event_id"
+)
+
+
+def _event_values(step: tasks.Step) -> tuple[Any, ...]:
+    e = step.event
+    return (
+        e.event_id, e.task_id, step.task.id if step.task else None,
+        step.matched_by.value if step.matched_by else None, e.notification_type, e.session_id,
+        e.session_context, e.channel.value, e.received_at, e.verdict.value, step.late, e.err_code,
+        e.err_message, encode_findings(e.findings).decode(), e.body.decode(), e.sign_key,
+    )  # fmt: skip
+
+
 async def _lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
     """The lock ingest takes per TaskId, taken first as ingest does (then rows): an event of this
     task committing meanwhile waits, then sees the task, so its outbox rows follow the adopted ones."""
@@ -146,16 +180,20 @@ class PostgresStore:
     # --- ingest ---------------------------------------------------------------------------------
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
+        """Load what the plan needs in a few queries, plan the batch in the core, and write the plan
+        with one statement per kind of row (events, deliveries, repeats, tasks)."""
+
         async def body(con: asyncpg.Connection) -> list[Recorded]:
             contexts = sorted({e.session_context for e in events if e.session_context})
             task_ids = sorted({e.task_id for e in events})
             # One writer at a time per TaskId (registered or not), taken in one order: events of a
             # task then get their seq and outbox ids in commit order, which is what keeps a task's
-            # deliveries in the order received when several replicas ingest it.
+            # deliveries in the order received when several replicas ingest it. Holding them, we
+            # also know which of the batch's event ids are stored: an event id names its TaskId.
             await con.execute(
                 "SELECT count(pg_advisory_xact_lock(hashtext(t))) FROM (SELECT t FROM unnest($1::text[]) AS t ORDER BY t) AS keys",
                 task_ids,
-            )
+            )  # fmt: skip
             rows = await con.fetch(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE session_context = ANY($1::text[])"
                 " OR task_id = ANY($2::text[]) ORDER BY id FOR UPDATE",
@@ -163,59 +201,41 @@ class PostgresStore:
                 task_ids,
             )
             known = {r[0]: task_from_row(r) for r in rows}
-            changed: dict[str, Task] = {}
-            out = []
-            for e in events:
-                current = [changed.get(ref, t) for ref, t in known.items()]
-                by_context = [
-                    t for t in current if e.session_context and t.session_context == e.session_context
+            stored = {
+                r[0]: tasks.StoredEvent(r[1], r[2], MatchedBy(r[3]) if r[3] else None, r[4])
+                for r in await con.fetch(
+                    "SELECT event_id, seq, task_ref, matched_by, late FROM events WHERE event_id = ANY($1::text[])",
+                    list({e.event_id for e in events}),
+                )
+            }
+            holders = {s.task_ref for s in stored.values() if s.task_ref and s.task_ref not in known}
+            if holders:
+                for r in await con.fetch(
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::text[])", list(holders)
+                ):
+                    known[r[0]] = task_from_row(r)
+            plan = tasks.plan(events, tasks.Known(known, stored), route)
+            seqs = {event_id: s.seq for event_id, s in stored.items()}
+            new = plan.new
+            if new:
+                columns = list(zip(*(_event_values(step) for step in new), strict=True))
+                inserted = await con.fetch(_INSERT_EVENTS, *columns)
+                seqs.update((r[0], r[1]) for r in inserted)
+                if len(inserted) != len(new):  # not reached: the locks above keep other writers out
+                    raise StoreUnavailableError("postgres: an event of the batch was stored meanwhile")
+                deliveries = [
+                    (sink, seqs[step.event.event_id], step.event.task_id, step.event.received_at)
+                    for step in new
+                    for sink in step.sinks
                 ]
-                by_task_id = next((t for t in current if t.task_id == e.task_id), None)
-                found = tasks.match(e, by_context[:16], None if len(by_context) == 1 else by_task_id)
-                transition = None if found is None else tasks.apply(found[0], e)
-                seq = await con.fetchval(
-                    "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-                    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-                    " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-                    e.event_id, e.task_id, found[0].id if found else None, found[1].value if found else None,
-                    e.notification_type, e.session_id, e.session_context, e.channel.value, e.received_at,
-                    e.verdict.value, transition.late if transition else False, e.err_code, e.err_message,
-                    encode_findings(e.findings).decode(), e.body.decode(), e.sign_key,
-                )  # fmt: skip
-                if seq is None:  # already stored (maybe by another replica a moment ago): count it there
-                    dup = await con.fetchrow(
-                        "UPDATE events SET duplicates = duplicates + 1, last_duplicate_at = $1 WHERE event_id = $2"
-                        " RETURNING seq, task_ref, matched_by, late",
-                        e.received_at,
-                        e.event_id,
-                    )
-                    task = None
-                    if dup["task_ref"] is not None:
-                        task = changed.get(dup["task_ref"]) or known.get(dup["task_ref"])
-                        if task is None:
-                            row = await con.fetchrow(
-                                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", dup["task_ref"]
-                            )
-                            task = task_from_row(row)
-                    matched = MatchedBy(dup["matched_by"]) if dup["matched_by"] else None
-                    out.append(Recorded(e.event_id, dup["seq"], True, task, matched, bool(dup["late"])))
-                    continue
-                new_task = transition.task if transition else None
-                if route is not None and (sinks := route(e, new_task)):
-                    await con.executemany(
-                        "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at,"
-                        " updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $4)",
-                        [(sink, seq, e.task_id, e.received_at) for sink in sinks],
-                    )
-                if found is None or transition is None:
-                    out.append(Recorded(e.event_id, seq, False, None, None, False))
-                    continue
-                changed[transition.task.id] = transition.task
-                out.append(Recorded(e.event_id, seq, False, transition.task, found[1], transition.late))
-            if changed:
-                await con.executemany(_UPDATE_TASK, [_task_row(t) for t in changed.values()])
-            return out
+                if deliveries:
+                    await con.execute(_INSERT_DELIVERIES, *zip(*deliveries, strict=True))
+            repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
+            if repeats:
+                await con.execute(_COUNT_REPEATS, *zip(*repeats, strict=True))
+            if plan.tasks:
+                await con.executemany(_UPDATE_TASK, [_task_row(t) for t in plan.tasks.values()])
+            return plan.recorded(seqs)
 
         return await self._run(body)
 
