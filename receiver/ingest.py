@@ -97,8 +97,7 @@ class Ingestor:
         outcome = "error"
         try:
             received_at = self._clock()
-            body = decoder.unwrap(raw)
-            head = decoder.read_head(body)
+            body, head = decoder.read(raw)
             summary["task_id"] = head.task_id.strip()
             summary["notification_type"] = head.notification_type.strip()
             # The Sign first: a body nobody signed is refused before it costs a full validation.

@@ -300,3 +300,28 @@ def test_every_scalar_replaced_by_each_wrong_json_type_is_a_400_naming_it(name: 
             assert error.field == dotted(path), (path, wrong_kind, error)
             checked += 1
     assert checked >= 4 * len(leaves)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        example_bytes("03-AiReviewResult-Image.constructed.json"),
+        orjson.dumps({"Response": orjson.loads(example_bytes("03-AiReviewResult-Image.constructed.json"))}),
+        orjson.dumps({"msgBody": example_bytes("08-LiveRecordResult.constructed.json").decode()}),
+    ],
+)
+def test_reading_at_once_gives_what_unwrap_then_read_head_give(raw: bytes) -> None:
+    body = decoder.unwrap(raw)
+    assert decoder.read(raw) == (body, decoder.read_head(body))
+    assert decoder.read(raw.decode()) == (body, decoder.read_head(body))
+
+
+def test_a_pair_named_twice_is_cut_at_the_top_level_only() -> None:
+    doc = orjson.loads(example_bytes("03-AiReviewResult-Image.constructed.json"))
+    doc["Extra"] = {"Timestamp": doc["Timestamp"], "Sign": doc["Sign"]}  # the same text, nested
+    nested_first = orjson.dumps({"Extra": doc.pop("Extra"), **doc})
+    head = decoder.read_head(nested_first)
+    cut = orjson.loads(decoder.strip_sign(nested_first, head=head))
+    assert "Timestamp" not in cut
+    assert "Sign" not in cut
+    assert cut["Extra"] == {"Timestamp": head.timestamp, "Sign": head.sign}
