@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,13 +14,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
-from receiver.dispatch import CircuitBreaker, SinkPolicy, settle
+from receiver.dispatch import CircuitBreaker, RecentEvents, SinkPolicy, settle
 from receiver.errors import SinkError, UndeliverableError
-from receiver.ports import Delivery, DeliveryState
+from receiver.ports import Delivery, DeliveryState, Recorded
 from receiver.settings import Settings
 from receiver.sinks.memory import MemorySink
+from receiver.tasks import MatchedBy, Task, TaskState
 from receiver.web import DISPATCHER
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, event_of, example, signed
 from tests.test_store import postgres_database
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -89,6 +91,34 @@ async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
 
 
 # --- pure parts ---------------------------------------------------------------------------------
+
+
+def test_recent_events_keep_the_last_matched_ones_only() -> None:
+    recent = RecentEvents(limit=3)
+    task = Task("ours", "T1", "", "", "", {}, TaskState.RUNNING, 1.0, 1.0)
+    batch = [event_of({**REVIEW, "TaskId": "T1", "SessionId": f"s-{i}"}) for i in range(5)]
+    recorded = [
+        Recorded(e.event_id, i + 1, False, task, MatchedBy.TASK_ID, False) for i, e in enumerate(batch)
+    ]
+    orphan = event_of({**REVIEW, "TaskId": "nobody"})
+    repeat = batch[0]
+    recent.add(
+        [*batch, orphan, repeat],
+        [
+            *recorded,
+            Recorded(orphan.event_id, 6, False, None, None, False),
+            replace(recorded[0], duplicate=True),
+        ],
+    )
+    assert [seq for seq in range(1, 7) if recent.get(seq) is not None] == [3, 4, 5]  # bounded, oldest out
+    kept = recent.get(5)
+    assert kept is not None
+    assert (kept.event_id, kept.task_ref, kept.matched_by, kept.duplicates) == (
+        batch[4].event_id,
+        "ours",
+        MatchedBy.TASK_ID,
+        0,
+    )
 
 
 def delivery(attempts: int) -> Delivery:
