@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
 
+from receiver import logs
 from receiver.ports import Delivery
 from receiver.sinks.options import SinkOptions
 
@@ -21,7 +21,7 @@ class LogOptions(SinkOptions):
 class LogSink:
     def __init__(self, name: str, options: LogOptions) -> None:
         self.name = name
-        self._level = logging.getLevelName(options.level.upper())
+        self._level = options.level
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> LogSink:
@@ -29,18 +29,17 @@ class LogSink:
 
     async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
         findings = document["findings"]
-        log.log(
-            self._level,
-            "event",
-            sink=self.name,
-            event_id=document["event_id"],
-            task_id=document["task_id"],
-            notification_type=document["notification_type"],
-            findings=len(findings),
-            suggestions=sorted({f["suggestion"] for f in findings if f.get("suggestion")}),
-            late=document["late"],
-            orphan=document["orphan"],
-        )
+        fields = {
+            "sink": self.name,
+            "event_id": document["event_id"],
+            "task_id": document["task_id"],
+            "notification_type": document["notification_type"],
+            "findings": len(findings),
+            "suggestions": sorted({f["suggestion"] for f in findings if f.get("suggestion")}),
+            "late": document["late"],
+            "orphan": document["orphan"],
+        }
+        logs.line(log, "receiver.sinks.log", self._level, "event", fields)
 
     async def aclose(self) -> None:
         pass
