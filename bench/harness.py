@@ -105,8 +105,15 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 
 
 def pinned(cmd: Sequence[str], cpus: str | None) -> list[str]:
-    """``taskset -c cpus cmd`` (taskset execs: the pid is the command's), or cmd alone when free."""
-    return ["taskset", "-c", cpus, *cmd] if cpus is not None else list(cmd)
+    """``taskset -c cpus cmd`` (taskset execs: the pid is the command's); None: every core (said
+    explicitly, since the harness itself runs pinned to core 1 and children inherit that)."""
+    return ["taskset", "-c", cpus if cpus is not None else f"0-{(os.cpu_count() or 1) - 1}", *cmd]
+
+
+def pin_self() -> None:
+    """Keep the harness (samplers, polls, reports) off core 0, where the measured server runs."""
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
 
 
 def serve(
