@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -318,9 +318,14 @@ def wrk(
     server: Sequence[int] = (),
     tasks: int = TASKS,
     limit: int = 0,
+    until: Callable[[], bool] | None = None,
 ) -> Run:
     """wrk on core 1 against ``port``; with ``server`` (root pids), the CPU those processes and their
-    children spent during this run, per notification answered 200. ``limit``: stop after that many."""
+    children spent during this run, per notification answered 200.
+
+    ``limit``: wrk's thread stops after that many answers; but wrk itself sleeps out its ``-d``, so
+    give ``until`` too: polled every half second, once true wrk gets SIGINT (it stops and reports).
+    """
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
     cmd += ["--latency", "-s", str(ROOT / "bench" / "notify.lua")]
     env = {
@@ -332,7 +337,16 @@ def wrk(
     }
     before = cpu_snapshot(server) if server else {}
     cmd.append(f"http://127.0.0.1:{port}/v1/notifications")
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if until is not None:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if until():
+                proc.send_signal(signal.SIGINT)
+                break
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"wrk exited with {proc.returncode}: {err}")
     after = cpu_snapshot(server) if server else {}
     run = parse_wrk(out)
     if server:

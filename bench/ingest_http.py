@@ -48,6 +48,7 @@ from harness import (
     heading_note,
     median_run,
     payloads,
+    pin_self,
     quick,
     receiver_env,
     register_tasks,
@@ -347,6 +348,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--skip", default="", help="comma-separated row keys to leave out (for development)")
     args = parser.parse_args()
+    pin_self()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
     skip = set(filter(None, args.skip.split(",")))

@@ -47,6 +47,7 @@ from harness import (
     heading_note,
     payloads,
     percentile,
+    pin_self,
     quick,
     receiver_env,
     register_tasks,
@@ -149,6 +150,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out (development)")
     args = parser.parse_args()
+    pin_self()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-sinks-"))
     payload_file = work / "payloads.jsonl"
