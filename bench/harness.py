@@ -27,7 +27,13 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "tests" / "data" / "examples"
-SHIPPED_CONFIG = ROOT / "config" / "receiver.toml"
+# BENCH_RECEIVER_SRC=/path/to/a/checkout: benchmark that checkout's receiver (and its shipped
+# config) with this harness, e.g. main's "now" against a branch. Servers run from there, so that
+# `python -m receiver` finds its package first.
+RECEIVER_SRC = Path(os.environ.get("BENCH_RECEIVER_SRC") or ROOT).resolve()
+SHIPPED_CONFIG = RECEIVER_SRC / "config" / "receiver.toml"
+if RECEIVER_SRC != ROOT:
+    sys.path.insert(0, str(RECEIVER_SRC))  # and in-process (the stage breakdown) too
 KEY = "bench-notify-key"
 TASKS = 64
 MIX = [
@@ -126,7 +132,7 @@ def serve(
     """Start a server with stdout and stderr to ``log``; wait until ``port`` accepts (when given)."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            pinned(cmd, cpus), env={**os.environ, **env}, stdout=out, stderr=out, cwd=ROOT
+            pinned(cmd, cpus), env={**os.environ, **env}, stdout=out, stderr=out, cwd=RECEIVER_SRC
         )
     if port is not None:
         wait_port(port, proc)
@@ -163,7 +169,10 @@ def receiver_env(port: int, store_url: str, **extra: object) -> dict[str, str]:
 def workers_supported() -> bool:
     """Whether this receiver has ``serve --workers N`` (being built alongside this harness)."""
     out = subprocess.run(
-        [sys.executable, "-m", "receiver", "serve", "--help"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "receiver", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=RECEIVER_SRC,
     )
     return "--workers" in out.stdout
 
