@@ -96,7 +96,8 @@ def main() -> int:
         notes = []
         for r in rows:
             state = {None: "", True: "  backlog bounded", False: "  backlog GROWING"}[r["bounded"]]
-            notes.append(f"{r['vs_none']:.2f}x  {r['cpu_us']:,.0f} µs{state}")
+            oldest = f", oldest {r['end_oldest_s']:.1f} s" if r.get("end_oldest_s") is not None else ""
+            notes.append(f"{r['vs_none']:.2f}x  {r['cpu_us']:,.0f} µs{state}{oldest}")
         bars(ax, labels, values, [color(r["key"]) for r in rows], notes)
         ax.axvline(0.8, color="#c53030", linestyle="--", linewidth=1)
         ax.text(0.8, -0.45, " 0.8x target", color="#c53030", fontsize=8, va="bottom")

@@ -132,3 +132,11 @@ def test_a_backlog_that_keeps_growing_is_not_bounded() -> None:
     drained = sinks.Outcome("three", "", run, [sinks.Sample(t, 400 * t, None) for t in range(1, 3)])
     drained.end = sinks.Sample(3, 200, 0.2)
     assert drained.bounded()  # less than a second of ingest behind at the end
+
+
+def test_a_stage_whose_internals_changed_is_reported_not_raised() -> None:
+    def renamed() -> float:
+        raise AttributeError("module 'receiver.events' has no attribute 'event_id'")
+
+    assert ingest_http.guarded("event id", renamed) == ("event id", "n/a (changed)")
+    assert ingest_http.guarded("verify", lambda: 1.5) == ("verify", 1.5)
