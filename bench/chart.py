@@ -37,7 +37,7 @@ SINK_LABELS = {
     "three_workers": "log + jsonl + http,\n--workers 2",
     "shipped": "shipped config\n(log sink), soak",
 }
-RECEIVER_COLOR, OTHER_COLOR, BASE_COLOR = "#2b6cb0", "#a0aec0", "#2f855a"
+OURS_COLOR, OTHER_COLOR, BASE_COLOR = "#2b6cb0", "#a0aec0", "#2f855a"
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -46,7 +46,7 @@ def load(name: str) -> dict[str, Any] | None:
 
 
 def color(key: str) -> str:
-    return BASE_COLOR if key in ("bare", "none") else OTHER_COLOR if key == "fastapi" else RECEIVER_COLOR
+    return BASE_COLOR if key in ("bare", "none") else OTHER_COLOR if key == "fastapi" else OURS_COLOR
 
 
 def bars(ax: Any, labels: list[str], values: list[float], colors: list[str], notes: list[str]) -> None:

@@ -36,9 +36,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
+    CHECKOUT,
     MIX,
     RECEIVER,
-    RECEIVER_SRC,
     ROOT,
     TASKS,
     cpu_snapshot,
@@ -157,7 +157,7 @@ def receiver_drain(queue: str, n: int, work: Path) -> Drain:
     env.update(RECEIVER_AMQP__URL=AMQP_URL, RECEIVER_AMQP__QUEUE=queue, RECEIVER_AMQP__PREFETCH=str(PREFETCH))
     with (work / "consume.log").open("ab") as log:
         cmd = pinned([*RECEIVER, "consume"], "0")
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=log, cwd=RECEIVER_SRC)
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=log, cwd=CHECKOUT)
     sampler = CpuSampler(proc.pid)
     sampler.start()
     try:

@@ -27,13 +27,13 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "tests" / "data" / "examples"
-# BENCH_RECEIVER_SRC=/path/to/a/checkout: benchmark that checkout's receiver (and its shipped
+# BENCH_CHECKOUT=/path/to/a/checkout: benchmark that checkout's receiver (and its shipped
 # config) with this harness, e.g. main's "now" against a branch. Servers run from there, so that
 # `python -m receiver` finds its package first.
-RECEIVER_SRC = Path(os.environ.get("BENCH_RECEIVER_SRC") or ROOT).resolve()
-SHIPPED_CONFIG = RECEIVER_SRC / "config" / "receiver.toml"
-if RECEIVER_SRC != ROOT:
-    sys.path.insert(0, str(RECEIVER_SRC))  # and in-process (the stage breakdown) too
+CHECKOUT = Path(os.environ.get("BENCH_CHECKOUT") or ROOT).resolve()
+SHIPPED_CONFIG = CHECKOUT / "config" / "receiver.toml"
+if CHECKOUT != ROOT:
+    sys.path.insert(0, str(CHECKOUT))  # and in-process (the stage breakdown) too
 KEY = "bench-notify-key"
 TASKS = 64
 MIX = [
@@ -132,7 +132,7 @@ def serve(
     """Start a server with stdout and stderr to ``log``; wait until ``port`` accepts (when given)."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            pinned(cmd, cpus), env={**os.environ, **env}, stdout=out, stderr=out, cwd=RECEIVER_SRC
+            pinned(cmd, cpus), env={**os.environ, **env}, stdout=out, stderr=out, cwd=CHECKOUT
         )
     if port is not None:
         wait_port(port, proc)
@@ -172,7 +172,7 @@ def workers_supported() -> bool:
         [sys.executable, "-m", "receiver", "serve", "--help"],
         capture_output=True,
         text=True,
-        cwd=RECEIVER_SRC,
+        cwd=CHECKOUT,
     )
     return "--workers" in out.stdout
 
