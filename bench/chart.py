@@ -57,7 +57,7 @@ def bars(ax: Any, labels: list[str], values: list[float], colors: list[str], not
     top = max(values, default=1) or 1
     for i, (v, note) in enumerate(zip(values, notes, strict=True)):
         ax.text(v + top * 0.01, i, note, va="center", fontsize=8.5)
-    ax.set_xlim(0, top * 1.35)
+    ax.set_xlim(0, top * 1.5)
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
 
