@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run migrate test lint typecheck unit services demo soak bench clean
+.PHONY: install run migrate test lint typecheck unit services demo soak bench bench-quick clean
 
 install: $(STAMP)
 
@@ -41,8 +42,18 @@ soak: install services
 demo: install
 	scripts/demo
 
-bench: install
+# The benchmarks' own dependencies (FastAPI row, chart): the `bench` extra.
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	bench/run
+
+# A smoke run of every benchmark (a few seconds each, one run, 20k notifications for rss):
+# reports under bench/results/quick/ (not committed).
+bench-quick: $(BENCH_STAMP)
+	BENCH_QUICK=1 bench/run
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -1,164 +1,76 @@
-"""Benchmark: receiver's full HTTP ingest path against a bare aiohttp handler, in the same run.
+"""Benchmark: receiver's HTTP ingest against a bare aiohttp handler and a FastAPI tutorial-style
+receiver, in the same run, as requests/s, latency and CPU microseconds per notification.
 
-Both servers run in turn on core 0 (uvloop, one process); wrk drives them from core 1 with 64
-connections, POSTing unique signed notifications of seven types (~1.5 KB). For receiver that is the
-whole path: parse, verify, normalize, match a registered task, commit to SQLite (WAL, synchronous
-FULL) and log a summary line, before the 200. Writes a Markdown report and prints it.
+One-process servers are pinned to core 0 in turn; wrk drives them from core 1 with 64 connections,
+POSTing unique signed notifications of seven types (~1.2 KB). receiver runs with the shipped config
+(config/receiver.toml: one ``log`` sink, dispatcher in ``serve``, JSON lines to stdout, here a
+file), so its figure is the whole path: parse, verify, normalize, match a registered task, commit
+(SQLite WAL, synchronous FULL), the summary line, the 200, and the log sink's delivery. With
+``serve --workers N`` (when this receiver has it) the server is free to use both cores.
 
-    .venv/bin/python bench/ingest_http.py [--duration 15] [--connections 64]
+CPU per notification = utime + stime of every server process (threads and children included,
+from /proc; wrk excluded) over the measured run / notifications answered 200. Each figure is the
+median of ``--runs`` runs after one warm-up. Writes bench/results/ingest-http.{md,json}.
+
+    .venv/bin/python bench/ingest_http.py [--duration 15] [--runs 3] [--connections 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
-import re
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "tests" / "data" / "examples"
-KEY = "bench-notify-key"
-TASKS = 64
-MIX = [
-    "03-AiReviewResult-Image.constructed.json",
-    "04-AiRecognitionResult-AsrTrans.adapted-from-doc.json",
-    "05-AiRecognitionResult-Face-Ocr-Object-Tag.constructed.json",
-    "06-AiAnalysisResult-Segment-Description.constructed.json",
-    "07-AiQualityControlResult.constructed.json",
-    "08-LiveRecordResult.constructed.json",
-    "09-AiSmartSubtitleResult.constructed.json",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    KEY,
+    MIX,
+    RECEIVER,
+    ROOT,
+    TASKS,
+    Run,
+    cpu_delta,
+    cpu_snapshot,
+    free_port,
+    heading_note,
+    median_run,
+    payloads,
+    pin_self,
+    quick,
+    receiver_env,
+    register_tasks,
+    serve,
+    stop,
+    workers_supported,
+    write_report,
+)
+from harness import wrk as _wrk
+
+__all__ = ["KEY", "MIX", "ROOT", "TASKS", "Run", "free_port", "payloads", "serve", "stop", "wrk"]
 
 
-def payloads(path: Path) -> float:
-    """Write one template per line (``__SEQ__``/``__TASK__`` filled in by wrk); return the mean size."""
-    import hashlib
-
-    ts = int(time.time()) + 600  # as MPS signs: valid for 10 minutes (the run is shorter)
-    sign = hashlib.md5(f"{ts}{KEY}".encode()).hexdigest()
-    lines = []
-    for name in MIX:
-        doc = orjson.loads((EXAMPLES / name).read_bytes())
-        doc.update(TaskId="bench-task-__TASK__", SessionId="__SEQ__", SessionContext="")
-        doc.update(Timestamp=ts, Sign=sign)
-        # Bring the two short types up to the size of the others: more files, more subtitle lines.
-        if doc.get("LiveRecordResultInfo"):
-            doc["LiveRecordResultInfo"]["FileResults"] *= 2
-        if "AiSmartSubtitleResultInfo" in doc:
-            doc["AiSmartSubtitleResultInfo"]["SmartSubtitleResult"] *= 3
-        lines.append(orjson.dumps(doc))
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return sum(len(line) for line in lines) / len(lines)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not start")
-
-
-@dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
-
-
-_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    assert m, text
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def wrk(port: int, seconds: int, connections: int, payload_file: Path) -> Run:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(ROOT / "bench" / "notify.lua"),
-            f"http://127.0.0.1:{port}/v1/notifications",
-        ],
-        env={
-            **os.environ,
-            "BENCH_PAYLOADS": str(payload_file),
-            "BENCH_TASKS": str(TASKS),
-            "BENCH_RUN": f"{time.time_ns()}",
-        },
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = int(non2xx.group(1)) if non2xx else 0
-    if socket_errors:
-        errors += sum(int(g) for g in socket_errors.groups())
-    return Run(rps, p50, p99, requests, errors)
-
-
-def serve(cmd: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["taskset", "-c", "0", *cmd], env={**os.environ, **env}, stdout=out, stderr=out, cwd=ROOT
-        )
-    wait_port(port, proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+def wrk(port: int, seconds: float, connections: int, payload_file: Path) -> Run:
+    """The old signature, for scripts that import it from here."""
+    return _wrk(port, seconds, connections, payload_file)
 
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def create_postgres_database() -> str:
-    import asyncio
-
     import asyncpg
 
     name = f"receiver_bench_{os.getpid()}_{int(time.time())}"
@@ -173,8 +85,6 @@ def create_postgres_database() -> str:
 
 
 def drop_postgres_database(url: str) -> None:
-    import asyncio
-
     import asyncpg
 
     async def drop() -> None:
@@ -185,13 +95,38 @@ def drop_postgres_database(url: str) -> None:
     asyncio.run(drop())
 
 
+def postgres_pids(url: str) -> list[int]:
+    """The PostgreSQL processes that work for this database: its backends, the background ones
+    (WAL writer, checkpointer ...) and the postmaster; not other databases' backends."""
+    import asyncpg
+
+    async def pids() -> list[int]:
+        con = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            rows = await con.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR backend_type <> 'client backend'",
+                url.rsplit("/", 1)[1],
+            )
+            return [int(r["pid"]) for r in rows]
+        finally:
+            await con.close()
+
+    found = asyncio.run(pids())
+    parents = set()
+    for pid in found:
+        try:
+            parents.add(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    postmaster = [p for p in parents if p > 1 and p not in found]
+    return sorted(set(found) | set(postmaster))
+
+
 def count_events(store_url: str) -> tuple[int, int]:
     sql = "SELECT count(*), count(task_ref) FROM events"
     if store_url.startswith("sqlite:///"):
         row = sqlite3.connect(store_url.removeprefix("sqlite:///")).execute(sql).fetchone()
         return int(row[0]), int(row[1])
-    import asyncio
-
     import asyncpg
 
     async def count() -> tuple[int, int]:
@@ -203,193 +138,419 @@ def count_events(store_url: str) -> tuple[int, int]:
     return asyncio.run(count())
 
 
-def stages(payload_file: Path, work: Path) -> list[tuple[str, float]]:
+# --- the per-stage breakdown ---------------------------------------------------------------------
+
+CHANGED = "n/a (changed)"
+TABLE_HEAD = (
+    "| server | requests/s | vs bare | p50 | p99 | CPU µs / notification | CPU vs bare | errors |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+)
+
+
+def guarded(name: str, measure: Callable[[], float]) -> tuple[str, float | str]:
+    """One stage's figure, or "n/a (changed)" when receiver's internals no longer fit the call (the
+    hot path is being reworked; the report must still come out)."""
+    try:
+        return name, measure()
+    except (AttributeError, TypeError, ImportError, NameError, ValueError, KeyError) as exc:
+        print(f"stage {name!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return name, CHANGED
+
+
+def stages(payload_file: Path, work: Path) -> list[tuple[str, float | str]]:
     """Microseconds per notification for each step of the path, measured in-process on one core."""
-    import asyncio
-
-    from receiver import decoder, events
-    from receiver.events import Channel, SignPolicy
-    from receiver.findings import findings
-    from receiver.logs import configure_logging
-    from receiver.stores.sqlite import SqliteStore
-
     templates = payload_file.read_bytes().splitlines()
     bodies = [
         t.replace(b"__SEQ__", f"stage-{i}".encode()).replace(b"__TASK__", str(i % TASKS).encode())
-        for i, t in enumerate(templates * 600)
+        for i, t in enumerate(templates * quick(600, 100))
     ]
     n = len(bodies)
-
-    def per_item(fn: Callable[[bytes], object], items: list[bytes]) -> float:
-        started = time.perf_counter()
-        for item in items:
-            fn(item)
-        return (time.perf_counter() - started) / len(items) * 1e6
-
-    parsed = [events.parse(b) for b in bodies]
-    heads = [decoder.read_head(decoder.unwrap(b)) for b in bodies]
-
-    def head(raw: bytes) -> object:
-        return decoder.read_head(decoder.unwrap(raw))
-
-    cut = iter(heads)
-    out: list[tuple[str, float]] = [
-        ("read head (unwrap, depth, top level)", per_item(head, bodies)),
-        ("decode and validate: msgspec Structs", per_item(decoder.read_notification, bodies)),
-        ("cut the Sign out of the bytes", per_item(lambda b: decoder.strip_sign(b, head=next(cut)), bodies)),
-    ]  # fmt: skip
     now = time.time()
-    keys = events.NotifyKeys(static=(KEY,))
-    heads_it = iter(heads * 2)
 
-    def verify(_: bytes) -> object:
-        return events.verify_sign(next(heads_it), keys=keys, policy=SignPolicy.REQUIRED, now=now, skew=60)
+    def per_item(fn: Callable[[int], object]) -> float:
+        started = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        return (time.perf_counter() - started) / n * 1e6
 
-    out.append(("verify Sign", per_item(verify, bodies)))
-    it = iter(parsed * 2)
-    out.append(
-        ("event id (canonical JSON, sha256)", per_item(lambda _: events.event_id(next(it)[0]), bodies))
-    )
-    it = iter(parsed * 2)
-    out.append(("findings (normalize)", per_item(lambda _: findings(next(it)[1]), bodies)))
-    with (work / "stage.log").open("w") as sink:
-        configure_logging("json", "info", sink)
+    # Built lazily, once, by the first stage that needs them; a stage whose inputs cannot be built
+    # reports "n/a (changed)" like one whose own call fails.
+    cache: dict[str, list[Any]] = {}
+
+    def heads() -> list[Any]:
+        if "heads" not in cache:
+            from receiver import decoder
+
+            cache["heads"] = [decoder.read_head(decoder.unwrap(b)) for b in bodies]
+        return cache["heads"]
+
+    def parsed() -> list[Any]:
+        if "parsed" not in cache:
+            from receiver import events
+
+            cache["parsed"] = [events.parse(b) for b in bodies]
+        return cache["parsed"]
+
+    def head_stage() -> float:
+        from receiver import decoder
+
+        return per_item(lambda i: decoder.read_head(decoder.unwrap(bodies[i])))
+
+    def decode_stage() -> float:
+        from receiver import decoder
+
+        return per_item(lambda i: decoder.read_notification(bodies[i]))
+
+    def strip_stage() -> float:
+        from receiver import decoder
+
+        h = heads()
+        return per_item(lambda i: decoder.strip_sign(bodies[i], head=h[i]))
+
+    def verify_stage() -> float:
+        from receiver import events
+
+        h = heads()
+        keys = events.NotifyKeys(static=(KEY,))
+        policy = events.SignPolicy.REQUIRED
+        return per_item(lambda i: events.verify_sign(h[i], keys=keys, policy=policy, now=now, skew=60))
+
+    def event_id_stage() -> float:
+        from receiver import events
+
+        p = parsed()
+        return per_item(lambda i: events.event_id(p[i][0]))
+
+    def findings_stage() -> float:
+        from receiver.findings import findings
+
+        p = parsed()
+        return per_item(lambda i: findings(p[i][1]))
+
+    def log_stage() -> float:
         import structlog
 
-        log = structlog.get_logger("bench")
-        line = {"channel": "http", "task_id": "t", "notification_type": "AiReviewResult", "outcome": "stored"}
-        out.append(("summary log line", per_item(lambda _: log.info("notification", **line), bodies)))
+        from receiver.logs import configure_logging
 
-    valid = events.Check(events.Verdict.VALID, "static:0")
-    normalized = [
-        events.normalize(
-            decoder.strip_sign(b, head=head(b)), m, channel=Channel.HTTP, received_at=now, check=valid
-        )
-        for b, (_, m) in zip(bodies, parsed, strict=True)
+        with (work / "stage.log").open("w") as sink:
+            configure_logging("json", "info", sink)
+            log = structlog.get_logger("bench")
+            line = {"channel": "http", "task_id": "t", "notification_type": "AiReviewResult"}
+            line["outcome"] = "stored"
+            return per_item(lambda _: log.info("notification", **line))
+
+    def store_stage() -> float:
+        from receiver import decoder, events
+        from receiver.events import Channel
+        from receiver.stores.sqlite import SqliteStore
+
+        valid = events.Check(events.Verdict.VALID, "static:0")
+        h, p = heads(), parsed()
+        normalized = [
+            events.normalize(
+                decoder.strip_sign(b, head=h[i]), p[i][1], channel=Channel.HTTP, received_at=now, check=valid
+            )
+            for i, b in enumerate(bodies)
+        ]
+
+        async def cost() -> float:
+            store = await SqliteStore.open(work / "stage.db")
+            try:
+                started = time.perf_counter()
+                for i in range(0, n, 32):
+                    await store.record_events(normalized[i : i + 32])
+                return (time.perf_counter() - started) / n * 1e6
+            finally:
+                await store.aclose()
+
+        return asyncio.run(cost())
+
+    return [
+        guarded("read head (unwrap, depth, top level)", head_stage),
+        guarded("decode and validate: msgspec Structs", decode_stage),
+        guarded("cut the Sign out of the bytes", strip_stage),
+        guarded("verify Sign", verify_stage),
+        guarded("event id (canonical JSON, sha256)", event_id_stage),
+        guarded("findings (normalize)", findings_stage),
+        guarded("summary log line", log_stage),
+        guarded("SQLite commit, batches of 32 (FULL)", store_stage),
     ]
 
-    async def store_cost() -> float:
-        store = await SqliteStore.open(work / "stage.db")
-        try:
-            started = time.perf_counter()
-            for i in range(0, n, 32):
-                await store.record_events(normalized[i : i + 32])
-            return (time.perf_counter() - started) / n * 1e6
-        finally:
-            await store.aclose()
 
-    out.append(("SQLite commit, batches of 32 (FULL)", asyncio.run(store_cost())))
-    return out
+# --- the servers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    key: str
+    name: str
+    result: Run
+    runs: list[Run]
+    side_cpu_us: float | None = None  # the PostgreSQL server's CPU per notification, for that row
+    shares: dict[str, float] = field(default_factory=dict)  # the 2-worker row: pid -> share
+    share_source: str = ""
+
+
+def measure(
+    port: int,
+    roots: Sequence[int],
+    args: argparse.Namespace,
+    payload_file: Path,
+    seconds: float,
+    side: Callable[[], list[int]] | None = None,
+) -> tuple[Run, list[Run], float | None]:
+    """A warm-up, then ``args.runs`` measured runs; the median of each figure."""
+    _wrk(port, args.warmup, args.connections, payload_file)
+    runs: list[Run] = []
+    side_us: list[float] = []
+    for _ in range(args.runs):
+        side_pids = side() if side else []
+        before = cpu_snapshot(side_pids) if side_pids else {}
+        run = _wrk(port, seconds, args.connections, payload_file, server=roots)
+        if side_pids:
+            spent = sum(cpu_delta(before, cpu_snapshot(side_pids)).values())
+            side_us.append(spent / max(run.ok, 1) * 1e6)
+        runs.append(run)
+    side_cpu = sorted(side_us)[len(side_us) // 2] if side_us else None
+    return median_run(runs), runs, side_cpu
+
+
+def worker_shares(log: Path, run: Run, parent: int) -> tuple[dict[str, float], str]:
+    """Each worker's share of requests, from the pid on the summary lines when they carry one;
+    otherwise each process's share of the CPU the server spent (from /proc)."""
+    counts: Counter[str] = Counter()
+    for line in log.read_bytes().splitlines():
+        if b'"notification"' not in line:
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if doc.get("event") == "notification" and "pid" in doc:
+            counts[str(doc["pid"])] += 1
+    total = sum(counts.values())
+    if total:
+        return {pid: n / total for pid, n in sorted(counts.items())}, "summary log lines' pid"
+    spent = run.cpu_by_pid or {}
+    whole = sum(spent.values()) or 1.0
+    shares = {f"{pid}{' (parent)' if pid == parent else ''}": t / whole for pid, t in sorted(spent.items())}
+    return shares, "each process's share of the server's CPU (/proc; the summary lines carry no pid)"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=quick(15, 3), help="seconds of each measured run")
+    parser.add_argument("--pg-duration", type=float, default=quick(30, 3), help="... of each PostgreSQL run")
+    parser.add_argument("--runs", type=int, default=quick(3, 1), help="measured runs per server (median)")
+    parser.add_argument("--warmup", type=float, default=quick(3, 1))
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest-http.md")
+    parser.add_argument("--skip", default="", help="comma-separated row keys to leave out (for development)")
     args = parser.parse_args()
+    pin_self()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
+    skip = set(filter(None, args.skip.split(",")))
 
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
     payload_file = work / "payloads.jsonl"
     mean_size = payloads(payload_file)
-
-    port = free_port()
-    bare_cmd = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port)]
-    bare = serve(bare_cmd, port, {}, work / "bare.log")
-    try:
-        wrk(port, args.warmup, args.connections, payload_file)
-        base = wrk(port, args.duration, args.connections, payload_file)
-    finally:
-        stop(bare)
-
-    runs: dict[str, Run] = {}
+    rows: list[Row] = []
     checks: list[str] = []
     ok = True
-    pg_db = create_postgres_database()
-    stores = {
-        "FULL": f"sqlite:///{work / 'bench-FULL.db'}",
-        "NORMAL": f"sqlite:///{work / 'bench-NORMAL.db'}",
-        "PostgreSQL": pg_db,
-    }
-    for sync, store_url in stores.items():
+
+    def bare() -> None:
         port = free_port()
-        env = {
-            "RECEIVER_HTTP__PORT": str(port),
-            "RECEIVER_STORE__URL": store_url,
-            "RECEIVER_STORE__SQLITE_SYNCHRONOUS": sync if sync in ("FULL", "NORMAL") else "FULL",
-            "RECEIVER_VERIFY__NOTIFY_KEYS": orjson.dumps([KEY]).decode(),
-            "RECEIVER_LOG__FORMAT": "json",
-        }
-        full = serve([sys.executable, "-m", "receiver", "serve"], port, env, work / f"receiver-{sync}.log")
+        cmd = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port)]
+        proc = serve(cmd, port, {}, work / "bare.log")
         try:
-            for k in range(TASKS):
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/v1/tasks",
-                    data=orjson.dumps({"task_id": f"bench-task-{k}", "url": f"rtmp://bench/live/{k}"}),
-                    headers={"Content-Type": "application/json"},
-                )
-                urllib.request.urlopen(req).read()
-            warm = wrk(port, args.warmup, args.connections, payload_file)
-            runs[sync] = wrk(port, args.duration, args.connections, payload_file)
+            result, runs, _ = measure(port, [proc.pid], args, payload_file, args.duration)
         finally:
-            stop(full)
+            stop(proc)
+        rows.append(Row("bare", "bare aiohttp handler (reads the body, answers 200)", result, runs))
+
+    def fastapi() -> None:
+        port = free_port()
+        db = work / "fastapi.db"
+        cmd = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(ROOT / "bench")]
+        cmd += ["--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log"]
+        cmd += ["--log-level", "warning", "--host", "127.0.0.1", "--port", str(port)]
+        env = {"BENCH_FASTAPI_DB": str(db), "BENCH_FASTAPI_KEY": KEY}
+        proc = serve(cmd, port, env, work / "fastapi.log")
+        try:
+            result, runs, _ = measure(port, [proc.pid], args, payload_file, args.duration)
+        finally:
+            stop(proc)
+        stored = sqlite3.connect(db).execute("SELECT count(*) FROM notifications").fetchone()[0]
+        answered = sum(r.ok for r in runs)
+        checks.append(f"fastapi: {answered:,} answered 200 in the measured runs, {stored:,} stored")
+        name = "FastAPI tutorial style (sync def, SQLAlchemy Session, SQLite WAL FULL), uvicorn"
+        rows.append(Row("fastapi", name, result, runs))
+
+    def receiver(
+        key: str, name: str, store_url: str, *, sync: str = "FULL", workers: int | None = None
+    ) -> None:
+        nonlocal ok
+        port = free_port()
+        env = receiver_env(port, store_url, STORE__SQLITE_SYNCHRONOUS=sync)
+        cmd = [*RECEIVER, "serve"] + (["--workers", str(workers)] if workers else [])
+        log = work / f"receiver-{key}.log"
+        proc = serve(cmd, port, env, log, cpus=None if workers else "0")
+        pg = store_url.startswith("postgresql")
+        try:
+            register_tasks(port, TASKS)
+            seconds = max(args.duration, args.pg_duration) if pg else args.duration
+            side = (lambda: postgres_pids(store_url)) if pg else None
+            result, runs, side_cpu = measure(port, [proc.pid], args, payload_file, seconds, side)
+        finally:
+            stop(proc)
         stored, matched = count_events(store_url)
-        answered = warm.requests + runs[sync].requests - warm.errors - runs[sync].errors
-        # wrk stops with requests in flight: those may be stored without wrk counting the answer.
-        ok = ok and answered <= stored <= answered + 2 * args.connections and matched == stored
+        row = Row(key, name, result, runs, side_cpu_us=side_cpu)
+        if workers == 2:
+            row.shares, row.share_source = worker_shares(log, runs[len(runs) // 2], proc.pid)
+        rows.append(row)
+        # The warm-up's answers are stored too; wrk stops with requests in flight, which may be
+        # stored without wrk counting the answer: stored >= answered in the measured runs.
+        answered = sum(r.ok for r in runs)
+        ok = ok and stored >= answered and matched == stored
         checks.append(
-            f"{sync}: {answered:,} answered 200, {stored:,} stored, {matched:,} matched to their task"
+            f"{key}: {answered:,} answered 200 in the measured runs, {stored:,} stored (warm-up included), "
+            f"{matched:,} matched to their task"
         )
 
-    drop_postgres_database(pg_db)
-    breakdown = stages(payload_file, work)
-    full_run, normal_run, pg_run = runs["FULL"], runs["NORMAL"], runs["PostgreSQL"]
+    def sqlite(name: str) -> str:
+        return f"sqlite:///{work / name}"
 
-    def row(name: str, r: Run) -> str:
-        ratio = r.rps / base.rps
-        cells = [name, f"{r.rps:,.0f}", f"{ratio:.2f}x", f"{r.p50_ms:.2f} ms", f"{r.p99_ms:.2f} ms"]
-        cells.append(str(r.errors))
+    shipped = "receiver, shipped config,"
+    plan: list[tuple[str, Callable[[], None]]] = [
+        ("bare", bare),
+        ("full", lambda: receiver("full", f"{shipped} SQLite synchronous=FULL", sqlite("full.db"))),
+        (
+            "normal",
+            lambda: receiver("normal", f"{shipped} SQLite NORMAL", sqlite("n.db"), sync="NORMAL"),
+        ),
+        ("fastapi", fastapi),
+    ]
+    pg_db = create_postgres_database() if "pg" not in skip else ""
+    if pg_db:
+        plan.insert(3, ("pg", lambda: receiver("pg", f"{shipped} PostgreSQL (same machine)", pg_db)))
+    workers = workers_supported()
+    if workers:
+        for n in (1, 2):
+
+            def step(n: int = n) -> None:
+                name = f"receiver serve --workers {n}, SQLite FULL, free to use both cores"
+                receiver(f"workers{n}", name, sqlite(f"workers{n}.db"), workers=n)
+
+            plan.append((f"workers{n}", step))
+    try:
+        for key, step in plan:
+            if key not in skip:
+                print(f"ingest_http: {key} ...", file=sys.stderr, flush=True)
+                step()
+    finally:
+        if pg_db:
+            drop_postgres_database(pg_db)
+    breakdown = stages(payload_file, work) if "stages" not in skip else []
+    shutil.rmtree(work, ignore_errors=True)
+
+    by_key = {r.key: r for r in rows}
+    base = by_key.get("bare")
+
+    def row_md(r: Row) -> str:
+        x = r.result
+        ratio = f"{x.rps / base.result.rps:.2f}x" if base else "–"
+        cpu_ratio = f"{x.cpu_us / base.result.cpu_us:.1f}x" if base and base.result.cpu_us else "–"
+        cells = [r.name, f"{x.rps:,.0f}", ratio, f"{x.p50_ms:.2f} ms", f"{x.p99_ms:.2f} ms"]
+        cells += [f"{x.cpu_us:,.0f}", cpu_ratio, str(x.errors)]
         return "| " + " | ".join(cells) + " |"
 
-    report = (
-        f"""# HTTP ingest benchmark
+    one_core = [r for r in rows if not r.key.startswith("workers")]
+    lines = [row_md(r) for r in one_core]
+    if workers:
+        workers_md = TABLE_HEAD + "\n".join(row_md(r) for r in rows if r.key.startswith("workers"))
+        w1, w2 = by_key.get("workers1"), by_key.get("workers2")
+        if w1 and w2 and w1.result.cpu_us:
+            scale = w2.result.cpu_us / w1.result.cpu_us
+            workers_md += f"\n\nCPU per notification, 2 workers against 1: **{scale:.2f}x** (target <= 1.15x)"
+        if w2 and w2.shares:
+            shares = ", ".join(f"{pid}: {s:.0%}" for pid, s in w2.shares.items())
+            workers_md += f"\n\nEach process's share with 2 workers ({w2.share_source}): {shares}."
+    else:
+        workers_md = "workers: not supported by this receiver (`receiver serve --help` has no `--workers`)."
+    pg_row = by_key.get("pg")
+    pg_md = (
+        f"PostgreSQL row: the PostgreSQL server's own CPU (this database's backends, the background"
+        f" processes and the postmaster) was **{pg_row.side_cpu_us:,.0f} µs** per notification on top of"
+        f" receiver's {pg_row.result.cpu_us:,.0f} µs; runs of {max(args.duration, args.pg_duration):g} s."
+        "\n\n"
+        if pg_row and pg_row.side_cpu_us is not None
+        else ""
+    )
 
+    def stage_md(name: str, us: float | str) -> str:
+        return f"| {name} | {us:.1f} |" if isinstance(us, float) else f"| {name} | {us} |"
+
+    report = f"""# HTTP ingest benchmark
+{heading_note()}
 Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores,
-Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}. Each server pinned to core 0 in turn,
-wrk (1 thread, {args.connections} connections, {args.duration} s after a {args.warmup} s warm-up) on core 1.
-Payloads: {len(MIX)} notification types, unique per request, signed, mean {mean_size:.0f} bytes,
-spread over {TASKS} registered tasks. Rerun: `make bench`.
+Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}. One-process servers pinned to core 0
+in turn; wrk (1 thread, {args.connections} connections) on core 1, {args.runs} run(s) of {args.duration:g} s
+each after a {args.warmup:g} s warm-up; every figure is the median of the runs. Payloads: {len(MIX)}
+notification types, unique per request, signed, mean {mean_size:.0f} bytes, spread over {TASKS}
+registered tasks. receiver runs with the shipped config/receiver.toml (one `log` sink, the
+dispatcher in `serve`, JSON log lines to a file). Rerun: `make bench`.
 
-| server | requests/s | vs bare | p50 | p99 | errors |
-| --- | ---: | ---: | ---: | ---: | ---: |
-{row("bare aiohttp handler (reads the body, answers 200)", base)}
-{row("receiver, full path, SQLite synchronous=FULL (default)", full_run)}
-{row("receiver, full path, SQLite synchronous=NORMAL", normal_run)}
-{row("receiver, full path, PostgreSQL (same machine)", pg_run)}
+{TABLE_HEAD}{chr(10).join(lines)}
 
-Full path = parse, verify, normalize, match the task, commit (group commit), log, then 200.
-Targets: >= 0.5x the bare handler, p99 <= 25 ms.
+CPU µs / notification = utime + stime of every server process (all threads and children, from
+/proc; wrk's excluded) over the measured runs / notifications answered 200.
+Targets (issue #10): SQLite FULL, shipped config >= 0.25x the bare handler, p99 <= 15 ms,
+<= 100 µs per notification; PostgreSQL >= 0.12x.
 
-Where a notification's time goes (in-process, microseconds each, same payloads):
+{pg_md}## Every core
 
-| step | us |
+Server not pinned (free to use both cores), wrk still on core 1.
+
+{workers_md}
+
+## Where a notification's time goes
+
+In-process, microseconds each, same payloads (a stage whose receiver internals changed shape shows
+"{CHANGED}"):
+
+| step | µs |
 | --- | ---: |
-"""
-        + "\n".join(f"| {name} | {us:.1f} |" for name, us in breakdown)
-        + f"""
+{chr(10).join(stage_md(n, us) for n, us in breakdown)}
 
 Checks: {"; ".join(checks)}.
 """
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
-    shutil.rmtree(work, ignore_errors=True)
+
+    def run_json(r: Run) -> dict[str, Any]:
+        return {k: v for k, v in r.__dict__.items() if k != "cpu_by_pid"}
+
+    data = {
+        "connections": args.connections,
+        "duration": args.duration,
+        "runs": args.runs,
+        "workers_supported": workers,
+        "rows": [
+            {
+                "key": r.key,
+                "name": r.name,
+                **run_json(r.result),
+                "vs_bare": r.result.rps / base.result.rps if base else None,
+                "server_cpu_us": r.side_cpu_us,
+                "shares": r.shares or None,
+                "runs": [run_json(x) for x in r.runs],
+            }
+            for r in rows
+        ],
+        "stages": [{"step": n, "us": us if isinstance(us, float) else None} for n, us in breakdown],
+        "checks": checks,
+    }
+    write_report("ingest-http", report, data)
     return 0 if ok else 1
 
 

@@ -24,3 +24,15 @@ request = function()
   body = body:gsub("__TASK__", tostring(counter % tasks), 1)
   return wrk.format("POST", "/v1/notifications", {["Content-Type"] = "application/json"}, body)
 end
+
+-- BENCH_LIMIT > 0: stop once that many answers came back (the run's -d is then only a ceiling).
+local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
+if limit > 0 then
+  local answered = 0
+  response = function(status, headers, body)
+    answered = answered + 1
+    if answered >= limit then
+      wrk.thread:stop()
+    end
+  end
+end

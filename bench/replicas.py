@@ -22,20 +22,21 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_http import (
+from harness import (
     KEY,
-    ROOT,
     TASKS,
     Run,
-    count_events,
-    create_postgres_database,
-    drop_postgres_database,
     free_port,
+    heading_note,
     payloads,
+    pin_self,
+    quick,
     serve,
     stop,
+    write_report,
     wrk,
 )
+from ingest_http import count_events, create_postgres_database, drop_postgres_database
 
 
 def start(n: int, store_url: str, work: Path) -> list[tuple[int, subprocess.Popen[bytes]]]:
@@ -67,10 +68,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=quick(10, 3))
     parser.add_argument("--connections", type=int, default=63)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "replicas.md")
     args = parser.parse_args()
+    pin_self()
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-replicas-"))
     payload_file = work / "payloads.jsonl"
     payloads(payload_file)
@@ -86,7 +87,7 @@ def main() -> int:
                     headers={"Content-Type": "application/json"},
                 )
                 urllib.request.urlopen(req).read()
-            load([p for p, _ in fleet], 3, args.connections, payload_file)
+            load([p for p, _ in fleet], quick(3, 1), args.connections, payload_file)
             runs = load([p for p, _ in fleet], args.duration, args.connections, payload_file)
         finally:
             for _, proc in fleet:
@@ -96,10 +97,10 @@ def main() -> int:
         results[n] = (sum(r.rps for r in runs), stored)
     one, three = results[1][0], results[3][0]
     report = f"""# Replicas benchmark
-
+{heading_note()}
 Measured {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} on {platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}. PostgreSQL on the same machine; every receiver pinned to core 0,
-wrk on core 1 ({args.connections} connections in all, split between the replicas), {args.duration} s.
+wrk on core 1 ({args.connections} connections in all, split between the replicas), {args.duration:g} s.
 
 | replicas | requests/s in all | events stored |
 | ---: | ---: | ---: |
@@ -109,8 +110,8 @@ wrk on core 1 ({args.connections} connections in all, split between the replicas
 **{three / one:.2f}x** with three replicas sharing one core: the cost of coordinating through
 PostgreSQL, not scale-out (each replica on its own core adds its own throughput).
 """
-    args.out.write_text(report)
-    print(report)
+    write_report("replicas", report, {"one": {"rps": one, "stored": results[1][1]},
+                                      "three": {"rps": three, "stored": results[3][1]}})  # fmt: skip
     return 0
 
 

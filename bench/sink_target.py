@@ -1,4 +1,5 @@
-"""A sink target for the benchmarks: accepts webhook POSTs, records (event_id, received_at, arrival).
+"""A sink target for the benchmarks: accepts webhook POSTs, records (event_id, received_at,
+session_id, arrival).
 
 Writes the records as JSON lines to the file in argv[2] when it gets SIGTERM.
 """
@@ -17,11 +18,11 @@ from aiohttp import web
 
 
 async def main(port: int, out: str) -> None:
-    arrivals: list[tuple[str, str, float]] = []
+    arrivals: list[tuple[str, str, str | None, float]] = []
 
     async def hook(request: web.Request) -> web.Response:
         doc = orjson.loads(await request.read())
-        arrivals.append((doc["event_id"], doc["received_at"], time.time()))
+        arrivals.append((doc["event_id"], doc["received_at"], doc.get("session_id"), time.time()))
         return web.Response(status=204)
 
     app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -33,7 +34,10 @@ async def main(port: int, out: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await runner.cleanup()
-    lines = [orjson.dumps({"event_id": e, "received_at": r, "arrival": a}) + b"\n" for e, r, a in arrivals]
+    lines = [
+        orjson.dumps({"event_id": e, "received_at": r, "session_id": s, "arrival": a}) + b"\n"
+        for e, r, s, a in arrivals
+    ]
     await asyncio.to_thread(Path(out).write_bytes, b"".join(lines))
 
 
