@@ -8,7 +8,9 @@ dispatcher (delivery outcomes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import structlog
@@ -89,3 +91,73 @@ def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], error: Exception) -
     for _, future in batch:
         if not future.done():
             future.set_exception(error)
+
+
+class RideAlong(Generic[T]):
+    """Items (the dispatcher's settlements) that wait for the next transaction of another kind
+    (ingest) rather than pay for a transaction, and its fsync, of their own.
+
+    A store calls ``carrying()`` around each transaction that can take them, ``take()`` inside it
+    (from any thread), then ``done(taken)`` or ``undone(taken)``. ``submit`` commits at once, with
+    ``alone``, when no such transaction is running or waiting; else it waits for one to carry it.
+    Left over when the last carrier ends (it failed, or took its items before these came), they
+    are committed alone.
+    """
+
+    def __init__(self, alone: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._alone = alone
+        self._carriers = 0  # transactions running or waiting that will take what is queued
+        self._queue: deque[tuple[Sequence[T], asyncio.Future[None]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, items: Sequence[T]) -> None:
+        if not self._carriers:
+            await self._alone(list(items))
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((items, done))
+        await done
+
+    @contextlib.contextmanager
+    def carrying(self) -> Iterator[None]:
+        self._carriers += 1
+        try:
+            yield
+        finally:
+            self._carriers -= 1
+            if not self._carriers and self._queue and (self._flusher is None or self._flusher.done()):
+                self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def take(self) -> list[tuple[Sequence[T], asyncio.Future[None]]]:
+        """What is queued now (deque: safe to take from on another thread while the loop appends)."""
+        taken = []
+        while self._queue:
+            taken.append(self._queue.popleft())
+        return taken
+
+    @staticmethod
+    def items(taken: Sequence[tuple[Sequence[T], asyncio.Future[None]]]) -> list[T]:
+        return [item for batch, _ in taken for item in batch]
+
+    @staticmethod
+    def done(taken: Sequence[tuple[Sequence[T], asyncio.Future[None]]]) -> None:
+        for _, future in taken:
+            if not future.done():
+                future.set_result(None)
+
+    def undone(self, taken: Sequence[tuple[Sequence[T], asyncio.Future[None]]]) -> None:
+        """Not committed: back to the front of the queue, for the next carrier (or alone)."""
+        self._queue.extendleft(reversed(taken))
+
+    async def _flush(self) -> None:
+        while self._queue and not self._carriers:
+            taken = self.take()
+            try:
+                await self._alone(self.items(taken))
+            except BaseException as exc:
+                failure = exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(repr(exc))
+                _fail(taken, failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self.done(taken)

@@ -21,6 +21,7 @@ import orjson
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
+from receiver.group_commit import RideAlong
 from receiver.ports import (
     Delivery,
     DeliveryQuery,
@@ -110,6 +111,15 @@ def _event_values(step: tasks.Step) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+async def _settle(con: asyncpg.Connection, settlements: Sequence[Settlement]) -> None:
+    await con.executemany(
+        "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = $3, last_error = $4,"
+        " updated_at = $5, lease_until = NULL,"
+        " delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
+        [(x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id) for x in settlements],
+    )
+
+
 async def _lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
     """The lock ingest takes per TaskId, taken first as ingest does (then rows): an event of this
     task committing meanwhile waits, then sees the task, so its outbox rows follow the adopted ones."""
@@ -135,6 +145,8 @@ async def migrate(con: asyncpg.Connection) -> int:
 class PostgresStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        # The dispatcher's settlements ride with the next ingest transaction of this process.
+        self._riders: RideAlong[Settlement] = RideAlong(self._settle_alone)
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
@@ -183,7 +195,13 @@ class PostgresStore:
         """Load what the plan needs in a few queries, plan the batch in the core, and write the plan
         with one statement per kind of row (events, deliveries, repeats, tasks)."""
 
+        riders = self._riders
+        taken: list[tuple[Sequence[Settlement], asyncio.Future[None]]] = []
+
         async def body(con: asyncpg.Connection) -> list[Recorded]:
+            taken.extend(riders.take())
+            if taken:
+                await _settle(con, riders.items(taken))
             contexts = sorted({e.session_context for e in events if e.session_context})
             task_ids = sorted({e.task_id for e in events})
             # One writer at a time per TaskId (registered or not), taken in one order: events of a
@@ -237,7 +255,14 @@ class PostgresStore:
                 await con.executemany(_UPDATE_TASK, [_task_row(t) for t in plan.tasks.values()])
             return plan.recorded(seqs)
 
-        return await self._run(body)
+        with riders.carrying():
+            try:
+                result = await self._run(body)
+            except BaseException:
+                riders.undone(taken)
+                raise
+        riders.done(taken)
+        return result
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -406,15 +431,12 @@ class PostgresStore:
         return await self._run(body)
 
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
-        async def body(con: asyncpg.Connection) -> None:
-            await con.executemany(
-                "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = $3, last_error = $4,"
-                " updated_at = $5, lease_until = NULL,"
-                " delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
-                [(x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id) for x in settlements],
-            )
+        """Committed with an ingest transaction of this process running or waiting, if there is
+        one (one commit instead of two); else at once."""
+        await self._riders.submit(settlements)
 
-        await self._run(body)
+    async def _settle_alone(self, settlements: list[Settlement]) -> None:
+        await self._run(lambda con: _settle(con, settlements))
 
     async def list_deliveries(self, query: DeliveryQuery) -> Page[DeliveryRow]:
         where, args = delivery_filter(query)

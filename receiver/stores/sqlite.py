@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -17,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
+from receiver.group_commit import RideAlong
 from receiver.ports import (
     Delivery,
     DeliveryQuery,
@@ -64,9 +64,7 @@ class SqliteStore:
         self._rcon: sqlite3.Connection | None = None
         # Settlements wait here for the next ingest transaction, rather than pay for one of their
         # own (and its fsync) while ingest keeps the writer busy.
-        self._recording = 0  # record_events calls running or waiting for the writer
-        self._settle_queue: deque[tuple[Sequence[Settlement], asyncio.Future[None]]] = deque()
-        self._settle_flush: asyncio.Task[None] | None = None
+        self._riders: RideAlong[Settlement] = RideAlong(self._settle_alone)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -142,27 +140,20 @@ class SqliteStore:
     # --- ingest ---------------------------------------------------------------------------------
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
+        riders = self._riders
         taken: list[tuple[Sequence[Settlement], asyncio.Future[None]]] = []
 
         def run(w: SqliteWriter) -> list[Recorded]:
-            queue = self._settle_queue
-            while queue:  # deque: safe to take from on this thread while the loop appends
-                taken.append(queue.popleft())
-            return w.record(events, route, [s for batch, _ in taken for s in batch])
+            taken.extend(riders.take())
+            return w.record(events, route, riders.items(taken))
 
-        self._recording += 1
-        try:
-            result = await self._write_with(run)
-        except BaseException:
-            self._settle_queue.extendleft(reversed(taken))  # not committed: they wait for the next one
-            raise
-        finally:
-            self._recording -= 1
-            if self._recording == 0 and self._settle_queue:
-                self._flush_settlements_soon()
-        for _, done in taken:
-            if not done.done():
-                done.set_result(None)
+        with riders.carrying():
+            try:
+                result = await self._write_with(run)
+            except BaseException:
+                riders.undone(taken)
+                raise
+        riders.done(taken)
         return result
 
     # --- the outbox -----------------------------------------------------------------------------
@@ -211,36 +202,10 @@ class SqliteStore:
 
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
         """Committed with the ingest transaction running or waiting, if there is one; else at once."""
-        if not self._recording:
-            await self._write_with(lambda w: w.settle(settlements))
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._settle_queue.append((settlements, done))
-        await done
+        await self._riders.submit(settlements)
 
-    def _flush_settlements_soon(self) -> None:
-        if self._settle_flush is None or self._settle_flush.done():
-            self._settle_flush = asyncio.create_task(self._flush_settlements())
-
-    async def _flush_settlements(self) -> None:
-        """The ingest transaction they waited for is done and no other is coming: commit them alone."""
-        while self._settle_queue and not self._recording:
-            taken = list(self._settle_queue)
-            self._settle_queue.clear()
-            settlements = [s for batch, _ in taken for s in batch]
-            try:
-                await self._write_with(partial(SqliteWriter.settle, settlements=settlements))
-            except BaseException as exc:
-                failure = exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(repr(exc))
-                for _, done in taken:
-                    if not done.done():
-                        done.set_exception(failure)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for _, done in taken:
-                if not done.done():
-                    done.set_result(None)
+    async def _settle_alone(self, settlements: list[Settlement]) -> None:
+        await self._write_with(partial(SqliteWriter.settle, settlements=settlements))
 
     async def list_deliveries(self, query: DeliveryQuery) -> Page[DeliveryRow]:
         where, args = delivery_filter(query)
