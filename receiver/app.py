@@ -16,7 +16,7 @@ from receiver import web as routes
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
-from receiver.events import Channel
+from receiver.events import NOTIFICATION_CHANNELS
 from receiver.ingest import Ingestor
 from receiver.listeners import Listener
 from receiver.metrics import Metrics
@@ -38,7 +38,7 @@ def build_ingestor(
     metrics: Metrics | None = None,
 ) -> Ingestor:
     verify = settings.verify
-    policies = {channel: verify.policy_for(channel) for channel in Channel}
+    policies = {channel: verify.policy_for(channel) for channel in NOTIFICATION_CHANNELS}
     sinks = [(s.name, s.filter) for s in settings.sinks]
     return Ingestor(
         store,
@@ -115,7 +115,7 @@ def create_app(
     (``listeners_for`` puts each on its address).
     """
     # Check the signature settings and the exposure now, before anything listens.
-    policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
+    policies = {c.value: settings.verify.policy_for(c).value for c in NOTIFICATION_CHANNELS}
     if role == "serve":
         guards.check_exposure(settings)
     app = web.Application(
