@@ -161,6 +161,9 @@ class ReconcileQuery:
     limit: int
 
 
+UNSET_TIME = "0000-00-00T00:00:00Z"  # how MPS writes a time not set yet
+
+
 @dataclass(frozen=True, slots=True)
 class MpsTaskInfo:
     """What ``DescribeTaskDetail`` says of a live-stream task, in receiver's terms: a

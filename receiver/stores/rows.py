@@ -293,10 +293,13 @@ def reconcile_arguments(q: ReconcileQuery) -> tuple[Any, ...]:
 
 def checks_json(checks: Sequence[MpsCheck]) -> str:
     """A task's checks as stored: a JSON list of objects, members that are None left out."""
-    return orjson.dumps(
-        [{k: v for k, v in (("at", c.at), ("answer", c.answer.value), ("err_code", c.err_code),
-                             ("message", c.message), ("code", c.code)) if v is not None} for c in checks]
-    ).decode()  # fmt: skip
+    out = []
+    for c in checks:
+        doc: dict[str, Any] = {"at": c.at, "answer": c.answer.value}
+        optional = (("err_code", c.err_code), ("message", c.message), ("code", c.code))
+        doc.update((k, v) for k, v in optional if v is not None)
+        out.append(doc)
+    return orjson.dumps(out).decode()
 
 
 def checks_from_json(text: str | None) -> tuple[MpsCheck, ...]:
