@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 import uuid
@@ -227,8 +228,9 @@ class MpsClient:
         params: dict[str, Any] = {
             "Status": status,
             "Limit": limit,
-            "StartTime": iso_time(start),
-            "EndTime": iso_time(end),
+            # MPS's times are to the second: the window widened to whole seconds, not narrowed.
+            "StartTime": iso_time(math.floor(start)),
+            "EndTime": iso_time(math.ceil(end)),
         }
         if scroll_token:
             params["ScrollToken"] = scroll_token

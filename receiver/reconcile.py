@@ -293,6 +293,16 @@ class Reconciler:
     # --- discover -------------------------------------------------------------------------------
 
     async def _discover(self, report: Report, *, dry_run: bool) -> None:
+        try:
+            await self._sweep(report, dry_run=dry_run)
+        except LeaseLostError:
+            raise
+        except ReceiverError as exc:  # an MPS error (or the store's): the next pass sweeps again
+            report.errors += 1
+            code = getattr(exc, "mps_code", exc.code)
+            report.stopped = f"discover stopped: {code}: {getattr(exc, 'message', exc)}"
+
+    async def _sweep(self, report: Report, *, dry_run: bool) -> None:
         now = self._clock()
         token = ""
         for _ in range(self._settings.discover_pages):
