@@ -25,7 +25,6 @@ from receiver.tasks import Task, TaskState, new_id
 from receiver.web import DISPATCHER, ROUTER, STORE
 from tests import test_store
 from tests.conftest import signed
-from tests.test_emulator_tasks import next_second
 from tests.test_loop import KEY, emulator, receiver, request, submit
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -287,9 +286,6 @@ async def test_discover_registers_live_tasks_receiver_never_saw_adopting_their_o
     dry = await reconciler(mps, client).once(discover=True, dry_run=True)
     assert dry.discovered == 2
     assert (await client.get(f"/v1/tasks/{elsewhere}")).status == 404  # a dry run changes nothing
-    await (
-        next_second()
-    )  # the same DescribeTasks in the same second is one signature: the emulator takes it once
     report = await reconciler(mps, client).once(discover=True)
     assert report.discovered == 2
     found = await task_doc(client, elsewhere)
@@ -299,7 +295,6 @@ async def test_discover_registers_live_tasks_receiver_never_saw_adopting_their_o
     assert {e["matched_by"] for e in events} == {"session_context"}
     attached = await task_doc(client, ref)
     assert (attached["task_id"], attached["state"]) == (mine, "submitted")
-    await next_second()
     assert (await reconciler(mps, client).once(discover=True)).discovered == 0  # known now
 
 
@@ -315,7 +310,8 @@ async def test_abort_ends_a_task_with_a_process_eof_or_by_reconcile_when_none_co
         resp = await client.post(f"/v1/tasks/{task_id}/abort", json={})
         assert resp.status == 202, await resp.text()
         doc = await resp.json()
-        assert doc["state"] == "aborting"
+        # Its ProcessEof may beat the abort's answer here (then the task has ended already).
+        assert doc["state"] == "aborting" or (doc["state"] == "finished" and not by_reconcile)
         assert doc["abort_request_id"]
         await until(lambda task_id=task_id: _finished_at_mps(mps, task_id), "the abort taken at MPS")
         if by_reconcile:

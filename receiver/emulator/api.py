@@ -3,8 +3,8 @@
 
 Checks the TC3-HMAC-SHA256 signature against its configured credentials (±5 minutes; the signed
 headers must include ``content-type;host``; no unsigned payloads; a signature is good for one
-request), holds each action to MPS's rate limit (100, 100, 100, 20 requests/s), validates the
-request as MPS does, answers ``{"Response": {..., "RequestId"}}`` or ``{"Response": {"Error":
+ProcessLiveStream), holds each action to MPS's rate limit (100, 100, 100, 20 requests/s),
+validates the request as MPS does, answers ``{"Response": {..., "RequestId"}}`` or ``{"Response": {"Error":
 {"Code", "Message"}, "RequestId"}}`` with ``Content-Type: application/json`` exactly (the SDK
 ignores errors under any other value). An accepted ProcessLiveStream task plays its scenario:
 notifications over the stream's life, then ``ProcessEof``, to the notify target; the task APIs
@@ -49,7 +49,7 @@ RATE_LIMITS = {"ProcessLiveStream": 100, "DescribeTaskDetail": 100, "DescribeTas
 # fits; reaching it means the limit was bypassed, and the request is refused rather than forgetting
 # a signature that could then be replayed.
 REPLAY_WINDOW = 2 * tc3.MAX_SKEW
-SIGNATURES_KEPT = sum(RATE_LIMITS.values()) * (REPLAY_WINDOW + 1)
+SIGNATURES_KEPT = RATE_LIMITS["ProcessLiveStream"] * (REPLAY_WINDOW + 1)
 # A task's stream URL may name one of emulator.scenarios in this query parameter.
 SCENARIO_PARAMETER = "emulator_scenario"
 DEFAULT_SECRET_KEY = "emulator-secret-key"
@@ -135,14 +135,19 @@ class Emulator:
         request_id = str(uuid.uuid4())
         try:
             body = await request.read()
-            signature = self._authenticate(request, body)
             action = request.headers.get("X-TC-Action", "")
+            # Only a ProcessLiveStream is taken once: a replayed one would start a task whose
+            # notifications go wherever it names. The task APIs read, or abort what is aborting
+            # already: a repeat within the second of its signature (a poll) is answered as MPS does.
+            once = action == "ProcessLiveStream"
+            signature = self._authenticate(request, body, once=once)
             if action not in RATE_LIMITS:
                 raise ApiError("InvalidAction", f"the action {action!r} is not supported by the emulator")
             if request.headers.get("X-TC-Version") != VERSION:
                 raise ApiError("NoSuchVersion", f"version must be {VERSION}")
             self._rate_limit(action)
-            self._remember(signature)
+            if once:
+                self._remember(signature)
             params = orjson.loads(body) if body else {}
             if not isinstance(params, dict):
                 raise ApiError("InvalidParameter", "the request body must be a JSON object")
@@ -172,8 +177,8 @@ class Emulator:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, body: bytes) -> str:
-        """The request's signature, once it is proven and not seen before."""
+    def _authenticate(self, request: web.Request, body: bytes, *, once: bool) -> str:
+        """The request's signature, once it is proven (and, with ``once``, not seen before)."""
         try:
             auth = tc3.verify(
                 secret_id=self.settings.secret_id,
@@ -188,7 +193,7 @@ class Emulator:
             )
         except tc3.Tc3Error as exc:
             raise ApiError(exc.api_code, exc.message) from None
-        if auth.signature.lower() in self.signatures:
+        if once and auth.signature.lower() in self.signatures:
             raise ApiError(
                 "AuthFailure.SignatureFailure", "this signature was already used: a request is signed once"
             )
