@@ -43,7 +43,6 @@ log = structlog.get_logger("receiver.reconcile")
 LEASE = "reconcile"
 WINDOW = 7 * 86400  # MPS answers about the tasks of the last 7 days (DescribeTasks: 168 hours)
 LIVE_LIST_TYPE = "LiveProcessTask"  # a live task's TaskType in DescribeTasks (DescribeTaskDetail's differs)
-_RENEW_EVERY = 10  # tasks asked about between renewals of the lease
 # Errors after which no other call of the pass can succeed: the pass stops (the next one retries).
 _FATAL_PREFIXES = (
     "AuthFailure",
@@ -163,6 +162,7 @@ class Reconciler:
         self._on_recorded = on_recorded
         self.holder = holder or default_holder()
         self._stop: asyncio.Event | None = None
+        self._renewed_at = 0.0
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -186,7 +186,8 @@ class Reconciler:
         asked but nothing is written (the lease aside, which keeps the rate budget the deployment's)."""
         report = Report(dry_run=dry_run)
         store = self._store
-        if not await store.hold_lease(LEASE, self.holder, ttl=self._settings.lease_ttl, now=self._clock()):
+        self._renewed_at = self._clock()
+        if not await store.hold_lease(LEASE, self.holder, ttl=self._settings.lease_ttl, now=self._renewed_at):
             report.lease = "busy"
             return report
         try:
@@ -203,9 +204,12 @@ class Reconciler:
         return report
 
     async def _renew(self) -> None:
-        if not await self._store.hold_lease(
-            LEASE, self.holder, ttl=self._settings.lease_ttl, now=self._clock()
-        ):
+        """Renew the lease once a third of its time has gone (an MPS call may take its timeout)."""
+        now = self._clock()
+        if now - self._renewed_at < self._settings.lease_ttl / 3:
+            return
+        self._renewed_at = now
+        if not await self._store.hold_lease(LEASE, self.holder, ttl=self._settings.lease_ttl, now=now):
             raise LeaseLostError("the reconcile lease is held by another")
 
     def _stopping(self) -> bool:
@@ -229,8 +233,7 @@ class Reconciler:
             if self._stopping():
                 report.stopped = "shutting down"
                 return
-            if done and done % _RENEW_EVERY == 0:
-                await self._renew()
+            await self._renew()
             stop = await self._settle(task, report, dry_run=dry_run)
             if progress is not None:
                 progress(done + 1, len(candidates))
@@ -313,6 +316,7 @@ class Reconciler:
                 if self._stopping():
                     report.stopped = "shutting down"
                     return
+                await self._renew()
                 if item.task_type != LIVE_LIST_TYPE or await self._store.get_task(item.task_id) is not None:
                     continue
                 info = await self._mps.describe_task(item.task_id)
@@ -320,7 +324,6 @@ class Reconciler:
                     continue  # gone, or ended since it was listed
                 if dry_run or await self._register(info, now):
                     report.discovered += 1
-            await self._renew()
             token = page.scroll_token
             if not token:
                 return

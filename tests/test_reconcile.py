@@ -384,3 +384,34 @@ async def test_a_pass_stops_when_mps_refuses_the_credentials(
     assert report.stopped is not None
     assert fatal in report.stopped
     assert (await task_doc(client, "1300000000-procedure-live-0"))["checks"] == []
+
+
+async def test_a_pass_that_outlives_its_lease_stops_and_leaves_the_rest_to_the_new_holder(store: Any) -> None:
+    now = [time.time()]
+    for i in range(5):
+        task = Task(id=new_id(), task_id=f"T-{i}", session_id="", session_context="", url="", labels={},
+                    state=TaskState.STALLED, created_at=now[0] - 60, updated_at=now[0] - 60)  # fmt: skip
+        await store.register_task(task)
+
+    class SlowMps:
+        """Each answer takes longer than the lease: meanwhile another reconciler takes it over."""
+
+        asked = 0
+
+        async def describe_task(self, task_id: str) -> None:
+            SlowMps.asked += 1
+            now[0] += 30.0
+            await store.hold_lease(LEASE, "other", ttl=10.0, now=now[0])  # expired ours: taken
+            return None
+
+        async def list_tasks(self, **kw: Any) -> Any:
+            raise AssertionError("not asked")
+
+        async def abort_task(self, task_id: str) -> str:
+            raise AssertionError("not asked")
+
+    settings = ReconcileSettings(lease_ttl=10.0)
+    report = await Reconciler(store, SlowMps(), settings, clock=lambda: now[0], holder="me").once()
+    assert (report.lease, SlowMps.asked) == ("lost", 1)
+    assert report.stopped is not None
+    assert (await store.lease_holder(LEASE))[0] == "other"  # not released by the one that lost it
