@@ -144,22 +144,21 @@ async def _abort(settings: Settings, args: argparse.Namespace) -> int:
     from receiver.abort_api import mps_status
     from receiver.documents import task_document
     from receiver.errors import ConfigError, ConflictError
-    from receiver.mps import RATE_LIMITS, LeasedRateLimiter, MpsClient, MpsError
+    from receiver.mps import MpsClient, MpsError, shared_budgets
 
-    try:
-        client = MpsClient(settings.mps)
-    except ConfigError as exc:
-        print(f"receiver abort: {exc}", file=sys.stderr)
-        return 2
     store = await open_store(settings.store)
     try:
+        try:
+            client = MpsClient(settings.mps, budgets=shared_budgets(store, settings.mps))
+        except ConfigError as exc:
+            print(f"receiver abort: {exc}", file=sys.stderr)
+            return 2
         task = await store.get_task(args.task)
         if task is None:
             print(f"receiver abort: no task {args.task!r}", file=sys.stderr)
             return 1
-        budget = LeasedRateLimiter(store, "ManageTask", RATE_LIMITS["ManageTask"])
         try:
-            task, request_id = await abort(task, store, client, budget, time.time)
+            task, request_id = await abort(task, store, client, time.time)
         except ConflictError as exc:
             print(f"receiver abort: {exc}", file=sys.stderr)
             return 1

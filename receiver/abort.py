@@ -1,6 +1,6 @@
-"""The abort use case: ``ManageTask`` (``OperationType=Abort``) within the deployment's budget of 20
-requests/s, then the task ``aborting`` until its end is known (a ProcessEof, or a reconcile that
-finds MPS saying FINISH: ``aborting`` tasks are among those a reconcile asks about)."""
+"""The abort use case: ``ManageTask`` (``OperationType=Abort``; the client keeps to the deployment's
+budget of 20 requests/s), then the task ``aborting`` until its end is known (a ProcessEof, or a
+reconcile that finds MPS saying FINISH: ``aborting`` tasks are among those a reconcile asks about)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,7 @@ class Aborter(Protocol):
     async def abort_task(self, task_id: str) -> str: ...
 
 
-class Budget(Protocol):
-    async def acquire(self) -> None: ...
-
-
-async def abort(
-    task: Task, store: TaskBook, client: Aborter, budget: Budget, clock: Callable[[], float]
-) -> tuple[Task, str]:
+async def abort(task: Task, store: TaskBook, client: Aborter, clock: Callable[[], float]) -> tuple[Task, str]:
     """Ask MPS to abort the task; returns it (``aborting``) and the RequestId. Raises
     ``ConflictError`` if it has ended or has no TaskId yet, ``MpsError`` as MPS refused."""
     if task.state.ended:
@@ -35,7 +29,6 @@ async def abort(
         raise ConflictError(
             f"the task has no MPS TaskId yet ({task.state.value}): ProcessLiveStream has not answered"
         )
-    await budget.acquire()
     request_id = await client.abort_task(task.task_id)
     after = await store.mark_aborting(task.id, now=clock())
     log.info(

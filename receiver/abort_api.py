@@ -9,7 +9,7 @@ from aiohttp import web
 from receiver.abort import abort
 from receiver.documents import task_document
 from receiver.errors import ConflictError
-from receiver.mps import NOT_FOUND_CODES, RATE_LIMITS, LeasedRateLimiter, MpsError
+from receiver.mps import NOT_FOUND_CODES, MpsError
 from receiver.submit_api import MPS_CLIENT, MPS_PROBLEM
 from receiver.web import CLOCK, STORE, TASK_DEADLINE, error_response, json_response
 
@@ -37,9 +37,8 @@ async def abort_task(request: web.Request) -> web.Response:
         return error_response(
             503, "not_configured", f"asking MPS is not configured: {request.app[MPS_PROBLEM]}"
         )
-    budget = LeasedRateLimiter(store, "ManageTask", RATE_LIMITS["ManageTask"], clock=request.app[CLOCK])
     try:
-        task, request_id = await abort(task, store, client, budget, request.app[CLOCK])
+        task, request_id = await abort(task, store, client, request.app[CLOCK])
     except ConflictError as exc:
         return error_response(409, exc.code, str(exc), state=task.state.value)
     except MpsError as exc:

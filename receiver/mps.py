@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -138,6 +138,16 @@ class LeasedRateLimiter:
             await self._sleep(0.05)
 
 
+def shared_budgets(leases: Leases, settings: MpsSettings) -> dict[str, Limiter]:
+    """The budgets of the actions any process's API calls (ProcessLiveStream, ManageTask), leased
+    from the store so that all processes together keep to MPS's per-account limits. (The
+    reconciler's actions need none: one pass runs at a time, under its lease.)"""
+    return {
+        "ProcessLiveStream": LeasedRateLimiter(leases, "ProcessLiveStream", settings.rate_limit),
+        "ManageTask": LeasedRateLimiter(leases, "ManageTask", RATE_LIMITS["ManageTask"]),
+    }
+
+
 def iso_time(ts: float) -> str:
     """An MPS time (ISO 8601, seconds, UTC) from unix seconds."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -189,7 +199,10 @@ class MpsClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        budgets: Mapping[str, Limiter] | None = None,
     ) -> None:
+        """``budgets``: per action, a limiter shared with other processes (``shared_budgets``),
+        taken after this process's own."""
         secret_id, secret_key = settings.credentials()
         http = HttpProfile(
             endpoint=settings.endpoint, protocol=settings.protocol, reqTimeout=int(settings.timeout)
@@ -201,6 +214,7 @@ class MpsClient:
             "ProcessLiveStream": RateLimiter(settings.rate_limit, clock=clock, sleep=sleep),
             **{action: RateLimiter(n, clock=clock, sleep=sleep) for action, n in RATE_LIMITS.items()},
         }
+        self._budgets = dict(budgets or {})
         self._sleep = sleep
         self._retries = settings.max_retries
 
@@ -251,6 +265,9 @@ class MpsClient:
         delay = 0.2
         for attempt in range(self._retries + 1):
             await self._limiters[action].acquire()
+            budget = self._budgets.get(action)
+            if budget is not None:  # spent for the whole deployment: an MpsError, not retried here
+                await budget.acquire()
             try:
                 return await asyncio.to_thread(self._call, action, params)
             except MpsError as exc:
