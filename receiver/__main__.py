@@ -1,4 +1,5 @@
-"""The command line: ``receiver serve | consume | dispatch | migrate | emulate | submit | replay``."""
+"""The command line: ``receiver serve | consume | dispatch | migrate | emulate | submit | replay |
+reconcile | abort``."""
 
 from __future__ import annotations
 
@@ -78,10 +79,7 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
         def progress(done: int) -> None:
-            width = 30
-            filled = width * min(done, matching) // max(matching, 1)
-            bar = "#" * filled + "." * (width - filled)
-            print(f"\r[{bar}] {done}/{matching}", end="", file=sys.stderr, flush=True)
+            _bar(done, matching)
 
         n = await store.redrive(query, now=time.time(), progress=progress)
         print(f"\n{n} deliveries pending again; a running dispatcher picks them up", file=sys.stderr)
@@ -91,6 +89,92 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 _REPLAY_FILTERS = ("sink", "state", "task", "type", "since", "until")
+
+
+def _bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * min(done, total) // max(total, 1)
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True)
+
+
+async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """One reconcile pass by hand (under the lease the service's passes take), with a progress bar."""
+    from dataclasses import asdict
+
+    from receiver.app import build_reconciler
+    from receiver.routing import router
+
+    store = await open_store(settings.store)
+    try:
+        route = router([(s.name, s.filter) for s in settings.sinks]) if settings.sinks else None
+        reconciler = build_reconciler(settings, store, route=route)
+        if reconciler is None:
+            print("receiver reconcile: MPS cannot be asked: set the mps credentials", file=sys.stderr)
+            return 2
+        report = await reconciler.once(
+            dry_run=args.dry_run, discover=True if args.discover else None, progress=_bar
+        )
+        if report.candidates:
+            print(file=sys.stderr)
+        if report.lease == "busy":
+            held = await store.lease_holder("reconcile")
+            who = f" by {held[0]} until {datetime.fromtimestamp(held[1], UTC).isoformat()}" if held else ""
+            print(
+                f"receiver reconcile: another pass is running (the lease is held{who}); try again",
+                file=sys.stderr,
+            )
+            return 1
+        verb = "would end" if args.dry_run else "ended"
+        print(
+            f"{report.asked} asked: {report.ended} {verb}, {report.live} live"
+            f" ({report.revived} were stalled), {report.not_found} unknown to MPS, {report.errors} errors"
+            + (f", {report.discovered} discovered" if report.discovered else "")
+            + (f"; stopped: {report.stopped}" if report.stopped else ""),
+            file=sys.stderr,
+        )
+        print(orjson.dumps(asdict(report)).decode())
+        return 1 if report.stopped else 0
+    finally:
+        await store.aclose()
+
+
+async def _abort(settings: Settings, args: argparse.Namespace) -> int:
+    """ManageTask Abort for one task, within the deployment's budget; prints the task."""
+    from receiver.abort import abort
+    from receiver.abort_api import mps_status
+    from receiver.documents import task_document
+    from receiver.errors import ConfigError, ConflictError
+    from receiver.mps import MpsClient, MpsError, shared_budgets
+
+    store = await open_store(settings.store)
+    try:
+        try:
+            client = MpsClient(settings.mps, budgets=shared_budgets(store, settings.mps))
+        except ConfigError as exc:
+            print(f"receiver abort: {exc}", file=sys.stderr)
+            return 2
+        task = await store.get_task(args.task)
+        if task is None:
+            print(f"receiver abort: no task {args.task!r}", file=sys.stderr)
+            return 1
+        try:
+            task, request_id = await abort(task, store, client, time.time)
+        except ConflictError as exc:
+            print(f"receiver abort: {exc}", file=sys.stderr)
+            return 1
+        except MpsError as exc:
+            print(
+                f"receiver abort: MPS refused ({exc.mps_code}; the API answers"
+                f" {mps_status(exc.mps_code)}): {exc.message}"
+                + (f" [RequestId {exc.request_id}]" if exc.request_id else ""),
+                file=sys.stderr,
+            )
+            return 1
+        doc = {**task_document(task, now=time.time()), "abort_request_id": request_id}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    finally:
+        await store.aclose()
 
 
 # "1h" and "-1h" alike: a leading "-" would need --since=-1h, argparse takes it for an option.
@@ -306,6 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--until", type=_when, metavar="WHEN", help=f"events received before: {WHEN_FORMATS}")
     replay.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    reconcile = _command(
+        commands,
+        "reconcile",
+        "ask MPS once about silent, overdue and aborting tasks, and end those it says ended",
+        "One pass of what the service does every reconcile.interval, under the same lease (if a pass is"
+        " running elsewhere, says so and exits 1); a progress bar on stderr, the counts as JSON on stdout.",
+    )
+    reconcile.add_argument(
+        "--dry-run", action="store_true", help="ask MPS, say what would change, change nothing"
+    )
+    reconcile.add_argument(
+        "--discover",
+        action="store_true",
+        help="also list MPS's live tasks (DescribeTasks) and register those receiver never saw",
+    )
+    abort = _command(
+        commands,
+        "abort",
+        "ask MPS to abort a task (ManageTask), which shows aborting until its end is known",
+        "At most 20 requests/s for the whole deployment (leased from the store). Prints the task.",
+    )
+    abort.add_argument("task", help="the task: its MPS TaskId, or receiver's own id")
     return parser
 
 
@@ -320,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"receiver: bad settings: {exc}", file=sys.stderr)
         return 2
     # A one-shot command's output is its answer (stdout); its log goes to stderr.
-    one_shot = args.command in ("submit", "replay", "migrate")
+    one_shot = args.command in ("submit", "replay", "migrate", "reconcile", "abort")
     configure_logging(settings.log.format, settings.log.level, sys.stderr if one_shot else None)
     log = structlog.get_logger("receiver")
     log.info("starting", command=args.command, config=str(config) if config else None)
@@ -331,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_migrate(settings))
         elif args.command == "replay":
             return asyncio.run(_replay(settings, args))
+        elif args.command == "reconcile":
+            return asyncio.run(_reconcile(settings, args))
+        elif args.command == "abort":
+            return asyncio.run(_abort(settings, args))
         elif args.command == "emulate":
             log.info("emulating MPS", host=settings.emulator.host, port=settings.emulator.port)
             _emulate(settings)

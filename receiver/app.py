@@ -11,16 +11,18 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
-from receiver import guards, outbox_api, submit_api
+from receiver import abort_api, guards, outbox_api, submit_api
 from receiver import web as routes
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
-from receiver.events import Channel, Event
+from receiver.events import NOTIFICATION_CHANNELS, Event
 from receiver.ingest import Ingestor
 from receiver.listeners import Listener
 from receiver.metrics import Metrics
-from receiver.ports import Recorded, Store
+from receiver.mps import MpsClient
+from receiver.ports import Recorded, Router, Store
+from receiver.reconcile import Reconciler
 from receiver.redact import redact_url
 from receiver.routing import router
 from receiver.settings import MaintenanceSettings, Settings
@@ -38,7 +40,7 @@ def build_ingestor(
     metrics: Metrics | None = None,
 ) -> Ingestor:
     verify = settings.verify
-    policies = {channel: verify.policy_for(channel) for channel in Channel}
+    policies = {channel: verify.policy_for(channel) for channel in NOTIFICATION_CHANNELS}
     sinks = [(s.name, s.filter) for s in settings.sinks]
     return Ingestor(
         store,
@@ -66,6 +68,31 @@ def build_dispatcher(
         poll_interval=settings.dispatch_poll_interval,
         clock=clock,
         observe=metrics.observe_delivery if metrics else None,
+    )
+
+
+def build_reconciler(
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], float] = time.time,
+    *,
+    route: Router | None = None,
+    on_recorded: Callable[[], None] | None = None,
+) -> Reconciler | None:
+    """The reconciler, or None (logged) when MPS cannot be asked: no credentials."""
+    try:
+        client = MpsClient(settings.mps)
+    except ConfigError as exc:
+        log.warning("reconciling is off: MPS cannot be asked", reason=str(exc))
+        return None
+    return Reconciler(
+        store,
+        client,
+        settings.reconcile,
+        clock=clock,
+        deadline=settings.maintenance.task_deadline,
+        route=route,
+        on_recorded=on_recorded,
     )
 
 
@@ -115,7 +142,7 @@ def create_app(
     (``listeners_for`` puts each on its address).
     """
     # Check the signature settings and the exposure now, before anything listens.
-    policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
+    policies = {c.value: settings.verify.policy_for(c).value for c in NOTIFICATION_CHANNELS}
     if role == "serve":
         guards.check_exposure(settings)
     app = web.Application(
@@ -203,8 +230,29 @@ def create_app(
         stop.set()
         await task
 
+    async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
+        dispatcher = app.get(routes.DISPATCHER)
+        reconciler = build_reconciler(
+            settings,
+            app[routes.STORE],
+            clock,
+            route=app.get(routes.ROUTER),
+            on_recorded=dispatcher.wake if dispatcher else None,
+        )
+        if reconciler is None:
+            yield
+            return
+        log.info("reconciling", interval=settings.reconcile.interval, discover=settings.reconcile.discover)
+        stop = asyncio.Event()
+        task = asyncio.create_task(reconciler.run(stop))
+        yield
+        stop.set()
+        await task
+
     if role != "consume":  # one place does it; consumer replicas only consume
         app.cleanup_ctx.append(maintenance_ctx)
+        if settings.reconcile.enabled:  # one pass at a time per store: a lease
+            app.cleanup_ctx.append(reconcile_ctx)
     routes.add_probes(app)
     if role == "serve":
         if not settings.http.split:
@@ -212,6 +260,7 @@ def create_app(
         routes.add_management(app)
         outbox_api.add_routes(app, [s.name for s in settings.sinks])
         submit_api.add_routes(app, settings.mps, settings.verify.keys())
+        abort_api.add_routes(app)
     return app
 
 

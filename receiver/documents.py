@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from receiver.ports import EventRecord
-from receiver.tasks import Task
+from receiver.tasks import MpsCheck, Task
 
 
 def iso(ts: float | None) -> str | None:
@@ -38,7 +38,19 @@ def task_document(task: Task, *, now: float | None = None, deadline: float = 0.0
         "ended_at": iso(task.ended_at),
         "request_id": task.request_id,
         "overdue": overdue(task, now, deadline) if now is not None else False,
+        "reconciled_at": iso(task.reconciled_at),
+        "checked_at": iso(task.checked_at),
+        "checks": [check_document(c) for c in task.checks],
     }
+
+
+def check_document(check: MpsCheck) -> dict[str, Any]:
+    """One answer MPS gave about a task (``DescribeTaskDetail``), as the API shows it."""
+    doc: dict[str, Any] = {"at": iso(check.at), "answer": check.answer.value}
+    for name in ("err_code", "message", "code"):
+        if getattr(check, name) is not None:
+            doc[name] = getattr(check, name)
+    return doc
 
 
 def event_document(e: EventRecord) -> dict[str, Any]:

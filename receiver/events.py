@@ -24,6 +24,11 @@ from receiver.findings import Finding, findings
 class Channel(StrEnum):
     HTTP = "http"
     AMQP = "amqp"
+    RECONCILE = "reconcile"  # receiver's own events, from what MPS answered when asked (no notification)
+
+
+# The channels notifications arrive on (each with its signature policy).
+NOTIFICATION_CHANNELS = (Channel.HTTP, Channel.AMQP)
 
 
 class SignPolicy(StrEnum):
@@ -36,6 +41,7 @@ class Verdict(StrEnum):
     VALID = "valid"  # signed with one of our keys, not expired when received
     UNSIGNED = "unsigned"  # no Sign, accepted because the policy is if-present
     SKIPPED = "skipped"  # policy off: nothing was checked
+    OWN = "own"  # receiver's own event (a reconcile end): no notification, no Sign to check
 
 
 @dataclass(slots=True)

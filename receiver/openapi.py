@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from receiver.submit import SubmitRequest
+from receiver.tasks import TaskState
 
 ERROR = {
     "type": "object",
@@ -126,17 +127,7 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         _query(
                             "state",
-                            {
-                                "type": "string",
-                                "enum": [
-                                    "submitting",
-                                    "submitted",
-                                    "running",
-                                    "stalled",
-                                    "finished",
-                                    "failed",
-                                ],
-                            },
+                            {"type": "string", "enum": [s.value for s in TaskState]},
                             "only tasks in this state",
                         ),
                         LIMIT,
@@ -211,6 +202,32 @@ def document() -> dict[str, Any]:
                         "200": _json("the task", OBJECT),
                         "404": _error("no such task"),
                         **MANAGEMENT_ERRORS,
+                    },
+                }
+            },
+            "/v1/tasks/{task_id}/abort": {
+                "post": {
+                    "security": secured,
+                    "summary": "Abort a task through ManageTask (OperationType=Abort): it shows aborting"
+                    " until a ProcessEof or a reconcile confirms its end",
+                    # No member is read, but a state change comes as JSON (see guards.py).
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": OBJECT}}},
+                    "parameters": [TASK_PATH],
+                    "responses": {
+                        "202": _json(
+                            "the task, aborting; abort_request_id is ManageTask's RequestId", OBJECT
+                        ),
+                        "404": _error("no such task, or MPS does not know its TaskId (mps_code names it)"),
+                        "409": _error(
+                            "the task has ended, has no TaskId yet, or MPS says it is not processing"
+                            " (InvalidParameterValue.NotProcessingTask)"
+                        ),
+                        "502": _error("MPS refused (AuthFailure.*, ...); the code is named"),
+                        **MANAGEMENT_ERRORS,
+                        "503": _error(
+                            "the store is unavailable, asking MPS is not configured, or the budget of"
+                            " 20 requests/s is spent"
+                        ),
                     },
                 }
             },

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from receiver.events import Event
-from receiver.tasks import MatchedBy, Task, TaskState
+from receiver.tasks import MatchedBy, MpsCheck, Task, TaskState
 from receiver.tasks import Recorded as Recorded  # where the stores and ingest have always found it
 
 T = TypeVar("T")
@@ -147,6 +147,75 @@ class Page(Generic[T]):
     next: str | None  # opaque cursor for the following page, None at the end
 
 
+@dataclass(frozen=True, slots=True)
+class ReconcileQuery:
+    """Which tasks to ask MPS about: not ended, with a TaskId, created at or after ``since`` (MPS
+    answers about the last 7 days only), not asked since ``checked_before``, and ``stalled``,
+    ``aborting``, created before ``overdue_before`` (0: none is overdue), or ``submitted`` with no
+    event yet and created before ``silent_before``. Never asked first, then the longest unasked."""
+
+    since: float
+    checked_before: float
+    silent_before: float
+    overdue_before: float
+    limit: int
+
+
+UNSET_TIME = "0000-00-00T00:00:00Z"  # how MPS writes a time not set yet
+
+
+@dataclass(frozen=True, slots=True)
+class MpsTaskInfo:
+    """What ``DescribeTaskDetail`` says of a live-stream task, in receiver's terms: a
+    ``LiveStreamProcessTask``, or a ``LiveScheduleTask`` (submitted with a ScheduleId)."""
+
+    task_id: str
+    task_type: str
+    status: str  # WAITING | PROCESSING | FINISH
+    err_code: int | None  # the task's ErrCode (a schedule's: its own, else its first failed activity's)
+    message: str | None
+    url: str
+    session_id: str
+    session_context: str
+    create_time: str  # as MPS wrote them (ISO 8601; "0000-00-00T00:00:00Z" when not yet set)
+    finish_time: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MpsTaskSummary:
+    """One row of ``DescribeTasks``."""
+
+    task_id: str
+    task_type: str  # live tasks are "LiveProcessTask" here
+    create_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class MpsTaskPage:
+    items: list[MpsTaskSummary]
+    scroll_token: str  # "" at the end
+    total: int
+
+
+class MpsTasks(Protocol):
+    """The task APIs of MPS that receiver calls besides ProcessLiveStream; ``MpsError`` on failure."""
+
+    async def describe_task(self, task_id: str) -> MpsTaskInfo | None:
+        """``DescribeTaskDetail``; None when MPS does not know the TaskId."""
+        ...
+
+    async def list_tasks(
+        self, *, status: str, start: float, end: float, limit: int, scroll_token: str
+    ) -> MpsTaskPage:
+        """``DescribeTasks``: one page."""
+        ...
+
+    async def abort_task(self, task_id: str) -> str:
+        """``ManageTask`` with ``OperationType=Abort``; returns the RequestId."""
+        ...
+
+
 class Sink(Protocol):
     """Somewhere events go. ``deliver`` returns once the target has it (durably, as far as the
     target can say); it raises ``SinkError`` to retry later, ``SinkGoneError`` to be switched off."""
@@ -196,6 +265,18 @@ class Store(Protocol):
 
     async def mark_stalled(self, before: float, *, now: float) -> int:
         """``submitted``/``running`` tasks with no notification since ``before`` become ``stalled``."""
+        ...
+
+    async def reconcile_candidates(self, query: ReconcileQuery) -> list[Task]:
+        """The tasks to ask MPS about (see ``ReconcileQuery``), at most ``query.limit``."""
+        ...
+
+    async def record_check(self, ref: str, check: MpsCheck) -> Task:
+        """Keep what MPS answered about the task (our id ``ref``): ``tasks.checked``, in one transaction."""
+        ...
+
+    async def mark_aborting(self, ref: str, *, now: float) -> Task:
+        """The task's abort was accepted by MPS: ``tasks.aborting``, in one transaction."""
         ...
 
     async def purge(self, before: float) -> tuple[int, int]:
@@ -290,3 +371,26 @@ class Store(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class TaskBook(Protocol):
+    """What asking MPS about tasks needs of the store (reconcile, discover, abort): a part of ``Store``."""
+
+    async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]: ...
+    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]: ...
+    async def finish_submission(
+        self,
+        ref: str,
+        *,
+        task_id: str | None,
+        request_id: str | None,
+        error: str | None,
+        now: float,
+        route: Router | None = None,
+    ) -> tuple[Task, int]: ...
+    async def get_task(self, task_id: str) -> Task | None: ...
+    async def reconcile_candidates(self, query: ReconcileQuery) -> list[Task]: ...
+    async def record_check(self, ref: str, check: MpsCheck) -> Task: ...
+    async def mark_aborting(self, ref: str, *, now: float) -> Task: ...
+    async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool: ...
+    async def release_lease(self, name: str, holder: str) -> None: ...

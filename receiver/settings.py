@@ -211,6 +211,25 @@ class MaintenanceSettings(Section):
     task_deadline: float = Field(default=0.0, ge=0)  # a task older than this without ProcessEof is "overdue"
 
 
+class ReconcileSettings(Section):
+    """Asking MPS (``DescribeTaskDetail``) about tasks that went silent or overran, one process of a
+    deployment at a time (a store lease), in the maintenance role; needs the ``mps`` credentials."""
+
+    enabled: bool = True  # without MPS credentials it says why at start-up and stays off
+    interval: float = Field(default=60.0, gt=0)  # seconds between passes
+    silent_after: float = Field(
+        default=300.0, gt=0
+    )  # a submitted task with no event after this long is asked about
+    recheck_after: float = Field(default=300.0, gt=0)  # a task is not asked about again sooner than this
+    batch: int = Field(default=500, gt=0)  # tasks asked about per pass at most
+    lease_ttl: float = Field(
+        default=60.0, gt=0
+    )  # a reconciler that stops renewing loses its lease after this
+    # Opt-in: also list MPS's live tasks (DescribeTasks, last 168 h) and register those receiver never saw.
+    discover: bool = False
+    discover_pages: int = Field(default=50, gt=0)  # DescribeTasks pages of 100 per pass at most
+
+
 class IngestSettings(Section):
     # A file (VOD) task's notification sent to the live webhook or queue: "store" keeps it as a
     # generic event of its EventType; "quarantine" answers 200 saying it is not a live
@@ -236,6 +255,7 @@ class Settings(BaseSettings):
     sinks: list[SinkSettings] = Field(default_factory=list)
     mps: MpsSettings = Field(default_factory=MpsSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     dispatch_poll_interval: float = Field(default=1.0, gt=0)
     # serve runs the dispatcher too; false when a separate `receiver dispatch` does (one per store).

@@ -13,7 +13,7 @@ from receiver import messages
 from receiver.documents import task_document
 from receiver.errors import ConfigError, InvalidRequestError
 from receiver.events import NotifyKeys
-from receiver.mps import MpsClient, MpsError
+from receiver.mps import MpsClient, MpsError, shared_budgets
 from receiver.settings import MpsSettings
 from receiver.submit import SubmitRequest, submit
 from receiver.web import (
@@ -107,7 +107,8 @@ def add_routes(app: web.Application, settings: MpsSettings, keys: NotifyKeys | N
 
     async def mps_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
-            app[MPS_CLIENT] = MpsClient(settings)
+            # The actions any process's API calls keep to one budget for all processes (the store's).
+            app[MPS_CLIENT] = MpsClient(settings, budgets=shared_budgets(app[STORE], settings))
             app[MPS_PROBLEM] = ""
             log.info("submitting to MPS", endpoint=settings.endpoint, region=settings.region)
         except ConfigError as exc:  # the service runs; only submitting is off, and says why

@@ -7,18 +7,19 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from receiver.events import OWN_CONTEXT_PREFIX, Event
+from receiver.events import OWN_CONTEXT_PREFIX, Channel, Event
 
 
 class TaskState(StrEnum):
     SUBMITTING = "submitting"  # recorded, ProcessLiveStream call not yet answered
     SUBMITTED = "submitted"  # MPS accepted it (or it was registered); no event yet
     RUNNING = "running"  # at least one event arrived
-    STALLED = "stalled"  # no notification for longer than configured; the next one makes it running
-    FINISHED = "finished"  # ProcessEof with ErrCode 0
-    FAILED = "failed"  # ProcessEof with any other ErrCode
+    STALLED = "stalled"  # no sign of life for longer than configured; the next one makes it running
+    ABORTING = "aborting"  # ManageTask Abort accepted; until a ProcessEof or a reconcile says it ended
+    FINISHED = "finished"  # ProcessEof (or MPS's answer to a reconcile) with ErrCode 0
+    FAILED = "failed"  # ProcessEof (or MPS's answer to a reconcile) with any other ErrCode
 
     @property
     def ended(self) -> bool:
@@ -26,6 +27,36 @@ class TaskState(StrEnum):
 
 
 EOF = "ProcessEof"
+# receiver's own event for a task that MPS says has ended (DescribeTaskDetail: FINISH) while no
+# ProcessEof came: it ends the task as a ProcessEof would. Only from the reconcile channel: a
+# notification of that name from outside is a generic event like any unknown type.
+RECONCILE_END = "ReconcileEnd"
+CHECKS_KEPT = 20  # the answers MPS gave about a task that are kept on it
+
+
+class Answer(StrEnum):
+    """What asking MPS about a task (``DescribeTaskDetail``) gave."""
+
+    WAITING = "WAITING"  # MPS's own Status values
+    PROCESSING = "PROCESSING"
+    FINISH = "FINISH"
+    NOT_FOUND = "NOT_FOUND"  # MPS does not know the TaskId (wrong, or older than its 7 days)
+    ERROR = "ERROR"  # the call failed (the code says why)
+
+    @property
+    def live(self) -> bool:
+        return self in (Answer.WAITING, Answer.PROCESSING)
+
+
+@dataclass(frozen=True, slots=True)
+class MpsCheck:
+    """One answer MPS gave about a task, and when."""
+
+    at: float
+    answer: Answer
+    err_code: int | None = None  # FINISH: MPS's ErrCode
+    message: str | None = None  # FINISH: MPS's Message; ERROR: the error's
+    code: str | None = None  # NOT_FOUND, ERROR: the MPS error code
 
 
 class MatchedBy(StrEnum):
@@ -48,6 +79,8 @@ class Occurrence(Protocol):
     def err_code(self) -> int | None: ...
     @property
     def err_message(self) -> str | None: ...
+    @property
+    def channel(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -69,6 +102,10 @@ class Task:
     last_event_at: float | None = None
     ended_at: float | None = None
     request_id: str | None = None  # of the ProcessLiveStream call, when receiver submitted it
+    checks: tuple[MpsCheck, ...] = ()  # the last CHECKS_KEPT answers of MPS about it, oldest first
+    checked_at: float | None = None  # when MPS was last asked about it
+    live_at: float | None = None  # when MPS last said it is live: a sign of life, as an event is
+    reconciled_at: float | None = None  # ended by a reconcile: MPS said FINISH, no ProcessEof had come
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +150,35 @@ def adoptable(task: Task, event_session_context: str) -> bool:
     return True
 
 
+def ends(event: Occurrence) -> bool:
+    """Whether the event is the end of its task: a ProcessEof, or receiver's own reconcile end."""
+    kind = event.notification_type
+    return kind == EOF or (kind == RECONCILE_END and event.channel == Channel.RECONCILE)
+
+
 def apply(task: Task, event: Occurrence) -> Transition:
-    """Advance a task by one event, in the order events were received."""
+    """Advance a task by one event, in the order events were received. The end (a ProcessEof or a
+    reconcile end) is the last: whatever comes after it is late and changes nothing but the count."""
     at = event.received_at
     if task.state.ended:
         return Transition(replace(task, late_count=task.late_count + 1, updated_at=at), late=True)
-    state, err_code, err_message, ended_at = TaskState.RUNNING, task.err_code, task.err_message, task.ended_at
-    if event.notification_type == EOF:
+    state, err_code, err_message, ended_at = task.state, task.err_code, task.err_message, task.ended_at
+    reconciled_at = task.reconciled_at
+    if ends(event):
         err_code = event.err_code
         state = TaskState.FINISHED if err_code == 0 else TaskState.FAILED
-        err_message = (
-            event.err_message if err_code is not None else "ProcessEof carried no ProcessEofInfo.ErrCode"
+        missing = (
+            "ProcessEof carried no ProcessEofInfo.ErrCode"
+            if event.notification_type == EOF
+            else "MPS said FINISH without an ErrCode"
         )
+        err_message = event.err_message if err_code is not None else missing
         ended_at = at
+        if event.notification_type == RECONCILE_END:
+            reconciled_at = at
+    else:
+        # Results still arrive while an abort takes effect: the task stays aborting until its end.
+        state = TaskState.ABORTING if task.state is TaskState.ABORTING else TaskState.RUNNING
     # Built field by field (dataclasses.replace costs more than the rest of the step: this runs
     # once per event).
     advanced = Task(
@@ -147,8 +200,37 @@ def apply(task: Task, event: Occurrence) -> Transition:
         last_event_at=at,
         ended_at=ended_at,
         request_id=task.request_id,
+        checks=task.checks,
+        checked_at=task.checked_at,
+        live_at=task.live_at,
+        reconciled_at=reconciled_at,
     )
     return Transition(advanced, late=False)
+
+
+def checked(task: Task, check: MpsCheck) -> Task:
+    """A task after MPS answered about it: the answer kept (the last ``CHECKS_KEPT``), and a live
+    answer taken as a sign of life: a ``stalled`` task was only silent, it is ``running`` again
+    (``submitted`` if no event ever came), and it stalls again only after as long a silence as
+    before (``live_at`` counts as its last sign of life). An end (FINISH) is not made here: it is
+    an event of its own (``RECONCILE_END``), recorded as any other."""
+    changes: dict[str, Any] = {
+        "checks": (*task.checks, check)[-CHECKS_KEPT:],
+        "checked_at": check.at,
+        "updated_at": max(task.updated_at, check.at),
+    }
+    if check.answer.live:
+        changes["live_at"] = check.at
+        if task.state is TaskState.STALLED:
+            changes["state"] = TaskState.RUNNING if task.first_event_at is not None else TaskState.SUBMITTED
+    return replace(task, **changes)
+
+
+def aborting(task: Task, now: float) -> Task:
+    """A task whose abort MPS accepted: ``aborting`` until its end is known (unless it has ended)."""
+    if task.state.ended or task.state is TaskState.ABORTING:
+        return task
+    return replace(task, state=TaskState.ABORTING, updated_at=now)
 
 
 def adoption_match(task: Task, event_session_context: str) -> MatchedBy:

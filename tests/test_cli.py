@@ -16,7 +16,7 @@ import pytest
 
 from receiver import __main__ as cli
 
-COMMANDS = ("serve", "consume", "dispatch", "migrate", "emulate", "submit", "replay")
+COMMANDS = ("serve", "consume", "dispatch", "migrate", "emulate", "submit", "replay", "reconcile", "abort")
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from receiver.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-COMMANDS = {"serve", "consume", "dispatch", "emulate", "submit", "replay", "migrate"}
+COMMANDS = {"serve", "consume", "dispatch", "emulate", "submit", "replay", "migrate", "reconcile", "abort"}
 
 
 def annotation_of(env_name: str) -> Any:

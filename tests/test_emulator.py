@@ -76,9 +76,8 @@ async def test_signature_errors(emulator: TestServer, monkeypatch: pytest.Monkey
 
 async def test_unknown_actions_are_invalid_action(emulator: TestServer) -> None:
     c = client(emulator)
-    assert (
-        await error_code(lambda: c.DescribeTaskDetail(models.DescribeTaskDetailRequest())) == "InvalidAction"
-    )
+    call = lambda: c.DescribeTranscodeTemplates(models.DescribeTranscodeTemplatesRequest())  # noqa: E731
+    assert await error_code(call) == "InvalidAction"
 
 
 @pytest.mark.parametrize(

@@ -135,9 +135,9 @@ async def test_a_request_refused_by_the_rate_limit_may_come_again_with_its_signa
     emulator: TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     headers = signed(emulator, body())
-    monkeypatch.setattr(api, "RATE_LIMIT", 0)
+    monkeypatch.setitem(api.RATE_LIMITS, "ProcessLiveStream", 0)
     assert code(await post(emulator, body(), headers)) == "RequestLimitExceeded"
-    monkeypatch.setattr(api, "RATE_LIMIT", 100)
+    monkeypatch.setitem(api.RATE_LIMITS, "ProcessLiveStream", 100)
     assert code(await post(emulator, body(), headers)) == "ok"  # what the SDK's retry sends
 
 

@@ -213,8 +213,9 @@ async def test_submit_takes_the_parameters_as_mps_defines_them(
         "AiAnalysisTask": {"Definition": 4, "ExtendedParameter": "{}"},
     }
     task = await submit(client, body)
-    sent = mps.app[EMULATOR].tasks.get(task["task_id"])
-    assert sent is not None
+    emulated = mps.app[EMULATOR].tasks.get(task["task_id"])
+    assert emulated is not None
+    sent = emulated.params
     assert sent["ResourceId"] == "res-1"
     assert sent["AiQualityControlTask"] == {"ChannelExtPara": "x"}
     assert sent["SmartSubtitlesTask"] == {"UserExtPara": "y"}

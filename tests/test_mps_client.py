@@ -96,6 +96,18 @@ async def mps() -> AsyncIterator[tuple[FakeMps, TestServer]]:
     await server.close()
 
 
+def settings_for(server: TestServer, **settings: Any) -> MpsSettings:
+    return MpsSettings.model_validate(
+        {
+            "endpoint": f"127.0.0.1:{server.port}",
+            "protocol": "http",
+            "secret_id": "AKIDtest",
+            "secret_key": "test-secret",
+            **settings,
+        }
+    )
+
+
 def client(server: TestServer, t: FakeTime | None = None, **settings: Any) -> MpsClient:
     mps_settings = MpsSettings.model_validate(
         {
@@ -160,3 +172,25 @@ async def test_a_burst_reaches_mps_at_no_more_than_the_rate_limit(mps: tuple[Fak
     # Call 51 no sooner than a second after the first could start, call 101 two seconds.
     assert arrivals[50] - began >= 1.0
     assert arrivals[100] - began >= 2.0
+
+
+async def test_two_processes_on_one_store_share_one_budget(
+    mps: tuple[FakeMps, TestServer], tmp_path: Any
+) -> None:
+    from receiver.mps import shared_budgets
+    from receiver.stores.sqlite import SqliteStore
+
+    fake, server = mps
+    store = await SqliteStore.open(tmp_path / "shared.db")
+    try:
+        # Two clients (two processes' worth) at 2 requests/s each on their own, 2/s between them.
+        settings = settings_for(server, rate_limit=2, max_retries=0)
+        a, b = (MpsClient(settings, budgets=shared_budgets(store, settings)) for _ in range(2))
+        began = time.monotonic()
+        await asyncio.gather(*(c.process_live_stream(PARAMS) for c in (a, b, a, b, a)))
+    finally:
+        await store.aclose()
+    arrivals = sorted(fake.arrivals)
+    assert len(arrivals) == 5
+    assert arrivals[2] - began >= 0.95  # the third waited for a slot the first two took
+    assert arrivals[4] - began >= 1.95

@@ -294,6 +294,11 @@ def test_no_secret_reaches_the_output_of_any_command(tmp_path: Path, servers: li
         replay = one_shot(tmp_path, env, "replay", "--state", "dead")
         assert replay.returncode == 0, replay.stderr
         outputs["replay"] = replay.stdout + replay.stderr
+        reconcile = one_shot(tmp_path, env, "reconcile", "--discover")
+        assert reconcile.returncode == 0, reconcile.stderr
+        outputs["reconcile"] = reconcile.stdout + reconcile.stderr
+        abort = one_shot(tmp_path, env, "abort", orjson.loads(submit.stdout)["task_id"])
+        outputs["abort"] = abort.stdout + abort.stderr  # aborted, or refused: over already
         dispatcher = Server(tmp_path, env, [], command="dispatch")
         servers.append(dispatcher)
         wait_for(dispatcher, '"delivery dead"', 1)

@@ -269,9 +269,11 @@ async def test_reopening_keeps_everything_and_migrations_are_idempotent(tmp_path
         assert rec.duplicate
     finally:
         await s.aclose()
-    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    shipped = Path(__file__).parents[1] / "receiver" / "stores" / "migrations" / "sqlite"
-    assert version == len(list(shipped.glob("*.sql")))
+    con = sqlite3.connect(path)
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    applied = [v for (v,) in con.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert version == max(migration_numbers("sqlite"))
+    assert applied == sorted(migration_numbers("sqlite"))
 
 
 async def test_concurrent_batches_from_many_callers_all_commit(store: Any) -> None:
@@ -362,8 +364,62 @@ async def test_a_task_of_our_own_adopts_no_orphan_that_lacks_its_context(store: 
     assert [e.event_id for e in orphans] == [forged.event_id]
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
-def test_migration_numbers_are_unique_so_none_is_skipped(dialect: str) -> None:
+def migration_numbers(dialect: str) -> list[int]:
     folder = Path(__file__).parent.parent / "receiver" / "stores" / "migrations" / dialect
-    numbers = [int(p.name.split("_", 1)[0]) for p in folder.glob("*.sql")]
-    assert sorted(numbers) == list(range(1, len(numbers) + 1))
+    return [int(p.name.split("_", 1)[0]) for p in folder.glob("*.sql")]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_migration_numbers_are_unique(dialect: str) -> None:
+    numbers = migration_numbers(dialect)
+    assert len(set(numbers)) == len(numbers)
+
+
+async def test_a_sqlite_migration_numbered_below_the_newest_applied_is_still_applied(tmp_path: Path) -> None:
+    # Branches number their migrations in parallel: one merged later may be below the newest applied.
+    path = tmp_path / "gap.db"
+    await (await SqliteStore.open(path)).aclose()
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("DELETE FROM schema_migrations WHERE version = 7")  # as if 0007 came with a later merge
+        con.execute("DROP TABLE leases")
+    con.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert await s.hold_lease("x", "me", ttl=10, now=1.0)
+    finally:
+        await s.aclose()
+
+
+async def test_a_sqlite_store_migrated_before_versions_were_kept_keeps_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    await (await SqliteStore.open(path)).aclose()
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("DROP TABLE schema_migrations")
+        for column in ("checks", "checked_at", "live_at", "reconciled_at"):  # as before 0010
+            con.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
+    con.execute("PRAGMA user_version = 8")
+    con.close()
+    s = await SqliteStore.open(path)  # 1..8 taken as applied (they ran in order), 0010 applied now
+    try:
+        await s.register_task(new_task())
+        assert (await s.get_task("T1")) is not None
+    finally:
+        await s.aclose()
+    applied = [v for (v,) in sqlite3.connect(path).execute("SELECT version FROM schema_migrations")]
+    assert applied == sorted(migration_numbers("sqlite"))
+
+
+@pytest.mark.postgres
+async def test_a_postgres_migration_numbered_below_the_newest_applied_is_still_applied() -> None:
+    async with postgres_database() as url:
+        await (await PostgresStore.open(url)).aclose()
+        con = await asyncpg.connect(url)
+        await con.execute("DELETE FROM schema_migrations WHERE version = 4; DROP TABLE leases")
+        await con.close()
+        s = await PostgresStore.open(url)
+        try:
+            assert await s.hold_lease("x", "me", ttl=10, now=1.0)
+        finally:
+            await s.aclose()

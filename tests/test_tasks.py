@@ -18,6 +18,7 @@ class Happened:
     received_at: float = 100.0
     err_code: int | None = None
     err_message: str | None = None
+    channel: str = "http"
 
 
 def task(**kw: object) -> Task:
@@ -149,6 +150,89 @@ def test_a_task_receiver_submitted_is_matched_by_its_own_context_only() -> None:
     theirs = task(session_context="their-own")
     assert tasks.match(Happened(task_id="T1"), [], theirs) == (theirs, MatchedBy.TASK_ID)
     assert tasks.adoptable(theirs, "")
+
+
+# --- asking MPS: reconcile ends, live answers, aborts --------------------------------------------
+
+RECONCILED = {"notification_type": "ReconcileEnd", "channel": "reconcile"}
+
+
+def check(answer: str, at: float = 50.0, **kw: Any) -> tasks.MpsCheck:
+    return tasks.MpsCheck(at, tasks.Answer(answer), **kw)
+
+
+def test_a_reconcile_end_ends_the_task_from_mps_code_and_marks_it_reconciled() -> None:
+    running = tasks.apply(task(), Happened()).task
+    done = tasks.apply(running, Happened(**RECONCILED, err_code=0, err_message="", received_at=60.0)).task
+    assert (done.state, done.err_code, done.ended_at, done.reconciled_at) == (
+        TaskState.FINISHED,
+        0,
+        60.0,
+        60.0,
+    )
+    failed = tasks.apply(running, Happened(**RECONCILED, err_code=70010, err_message="source gone")).task
+    assert (failed.state, failed.err_code, failed.err_message) == (TaskState.FAILED, 70010, "source gone")
+    silent = tasks.apply(running, Happened(**RECONCILED)).task
+    assert (silent.state, silent.err_message) == (TaskState.FAILED, "MPS said FINISH without an ErrCode")
+
+
+def test_a_process_eof_after_a_reconcile_end_is_late_and_changes_nothing() -> None:
+    ended = tasks.apply(task(), Happened(**RECONCILED, err_code=0, received_at=60.0)).task
+    eof = tasks.apply(ended, Happened(notification_type="ProcessEof", err_code=4002, received_at=70.0))
+    assert eof.late
+    assert (eof.task.state, eof.task.err_code, eof.task.ended_at, eof.task.reconciled_at) == (
+        TaskState.FINISHED,
+        0,
+        60.0,
+        60.0,
+    )
+    assert (eof.task.event_count, eof.task.late_count) == (1, 1)
+
+
+def test_a_notification_named_reconcile_end_from_outside_ends_nothing() -> None:
+    forged = tasks.apply(task(), Happened(notification_type="ReconcileEnd", err_code=0, channel="http"))
+    assert forged.task.state is TaskState.RUNNING
+    assert forged.task.reconciled_at is None
+
+
+def test_a_live_answer_makes_a_stalled_task_running_again_and_counts_as_a_sign_of_life() -> None:
+    stalled = task(state=TaskState.STALLED, first_event_at=5.0, last_event_at=5.0)
+    live = tasks.checked(stalled, check("PROCESSING"))
+    assert (live.state, live.live_at, live.checked_at, live.updated_at) == (
+        TaskState.RUNNING,
+        50.0,
+        50.0,
+        50.0,
+    )
+    never_heard = tasks.checked(task(state=TaskState.STALLED), check("WAITING"))
+    assert never_heard.state is TaskState.SUBMITTED  # no event ever came: not "running"
+
+
+def test_other_answers_are_kept_and_change_no_state() -> None:
+    stalled = task(state=TaskState.STALLED)
+    for answer in ("NOT_FOUND", "ERROR", "FINISH"):  # FINISH ends by an event of its own, not here
+        after = tasks.checked(stalled, check(answer, code="X"))
+        assert (after.state, after.live_at, after.checks[-1].answer) == (TaskState.STALLED, None, answer)
+    aborting = tasks.checked(task(state=TaskState.ABORTING), check("PROCESSING"))
+    assert aborting.state is TaskState.ABORTING  # the abort has not taken effect yet
+
+
+def test_the_last_20_answers_are_kept_oldest_first() -> None:
+    t = task()
+    for i in range(25):
+        t = tasks.checked(t, check("PROCESSING", at=float(i)))
+    assert [c.at for c in t.checks] == [float(i) for i in range(5, 25)]
+
+
+def test_an_abort_makes_a_task_aborting_until_its_end_which_events_do_not_undo() -> None:
+    aborting = tasks.aborting(task(state=TaskState.STALLED), now=9.0)
+    assert (aborting.state, aborting.updated_at) == (TaskState.ABORTING, 9.0)
+    assert tasks.apply(aborting, Happened()).task.state is TaskState.ABORTING
+    ended = tasks.apply(aborting, Happened(notification_type="ProcessEof", err_code=0)).task
+    assert ended.state is TaskState.FINISHED
+    by_reconcile = tasks.apply(aborting, Happened(**RECONCILED, err_code=0)).task
+    assert by_reconcile.state is TaskState.FINISHED
+    assert tasks.aborting(ended, now=10.0) is ended  # an ended task stays as it is
 
 
 # --- the batch plan ---------------------------------------------------------------------------

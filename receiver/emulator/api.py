@@ -1,11 +1,14 @@
-"""The emulator's Tencent Cloud API 3.0 endpoint: ``POST /`` with ``X-TC-Action: ProcessLiveStream``.
+"""The emulator's Tencent Cloud API 3.0 endpoint: ``POST /`` with ``X-TC-Action`` one of
+``ProcessLiveStream``, ``DescribeTaskDetail``, ``DescribeTasks``, ``ManageTask``.
 
 Checks the TC3-HMAC-SHA256 signature against its configured credentials (±5 minutes; the signed
 headers must include ``content-type;host``; no unsigned payloads; a signature is good for one
-request), validates the request as MPS does, answers ``{"Response": {"TaskId", "RequestId"}}`` or
-``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}`` with ``Content-Type:
-application/json`` exactly (the SDK ignores errors under any other value), then plays the task's
-scenario: notifications over the stream's life, then ``ProcessEof``, to the notify target.
+ProcessLiveStream), holds each action to MPS's rate limit (100, 100, 100, 20 requests/s),
+validates the request as MPS does, answers ``{"Response": {..., "RequestId"}}`` or ``{"Response": {"Error":
+{"Code", "Message"}, "RequestId"}}`` with ``Content-Type: application/json`` exactly (the SDK
+ignores errors under any other value). An accepted ProcessLiveStream task plays its scenario:
+notifications over the stream's life, then ``ProcessEof``, to the notify target; the task APIs
+read and change it (``book``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import orjson
 import structlog
@@ -26,9 +29,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from receiver import tc3
-from receiver.emulator.notify import Notifier
+from receiver.emulator import book
+from receiver.emulator.book import ApiError, EmulatedTask
+from receiver.emulator.notify import CallbackRetry, Notifier
 from receiver.emulator.recent import Recent
-from receiver.emulator.scenario import Scenario, plan
+from receiver.emulator.scenario import Scenario, eof, plan
 
 log = structlog.get_logger("receiver.emulator")
 
@@ -36,14 +41,17 @@ VERSION = "2019-06-12"
 SESSION_ID_WINDOW = 7 * 24 * 3600
 SESSION_IDS_KEPT = 100_000  # past this, the oldest SessionIds may be reused before their 7 days
 TASKS_KEPT = 10_000
-TASK_MAX_AGE = 24 * 3600
-RATE_LIMIT = 100  # requests per second, as the real API
+TASK_MAX_AGE = 7 * 24 * 3600  # MPS answers about the tasks of the last 7 days
+# Requests per second per action, as the real API.
+RATE_LIMITS = {"ProcessLiveStream": 100, "DescribeTaskDetail": 100, "DescribeTasks": 100, "ManageTask": 20}
 # A signature stays replayable while its X-TC-Timestamp is within the skew: at most 2 x skew after
 # it was first seen. Only requests that passed the rate limit are remembered, so this many always
 # fits; reaching it means the limit was bypassed, and the request is refused rather than forgetting
 # a signature that could then be replayed.
 REPLAY_WINDOW = 2 * tc3.MAX_SKEW
-SIGNATURES_KEPT = RATE_LIMIT * (REPLAY_WINDOW + 1)
+SIGNATURES_KEPT = RATE_LIMITS["ProcessLiveStream"] * (REPLAY_WINDOW + 1)
+# A task's stream URL may name one of emulator.scenarios in this query parameter.
+SCENARIO_PARAMETER = "emulator_scenario"
 DEFAULT_SECRET_KEY = "emulator-secret-key"
 STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "srt", "trtc", "webrtc")
 TASK_INPUTS = (
@@ -68,6 +76,9 @@ class EmulatorSettings(BaseModel):
     amqp_url: SecretStr | None = None  # where TDMQ-CMQ notifications go (RabbitMQ)
     scenario: Scenario = Field(default_factory=Scenario)
     scenario_file: Path | None = None  # a JSON or TOML file with the Scenario fields; wins over scenario
+    # Named scenarios: a task whose Url has ?emulator_scenario=<name> plays that one instead.
+    scenarios: dict[str, Scenario] = Field(default_factory=dict)
+    callback_retry: CallbackRetry = Field(default_factory=CallbackRetry)  # URL notifications not taken
     speed: float = Field(default=1.0, gt=0)  # 2.0 plays scenarios twice as fast
     response_delay: float = Field(default=0.0, ge=0)  # hold the answer: notifications beat it
 
@@ -102,13 +113,6 @@ def _loopback(host: str) -> bool:
         return False
 
 
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
-
-
 def _answer(body: dict[str, Any]) -> web.Response:
     # Exactly "application/json": the official SDK reads Response.Error only under that value.
     return web.Response(body=orjson.dumps({"Response": body}), headers={"Content-Type": "application/json"})
@@ -123,44 +127,58 @@ class Emulator:
             self.scenario = _load_scenario(settings.scenario_file)
         self.session_ids: Recent[bool] = Recent(SESSION_IDS_KEPT, SESSION_ID_WINDOW)
         self.signatures: Recent[bool] = Recent(SIGNATURES_KEPT, REPLAY_WINDOW)
-        self.recent: deque[float] = deque()
-        self.tasks: Recent[dict[str, Any]] = Recent(TASKS_KEPT, TASK_MAX_AGE)
+        self.recent: dict[str, deque[float]] = {action: deque() for action in RATE_LIMITS}
+        self.tasks: Recent[EmulatedTask] = Recent(TASKS_KEPT, TASK_MAX_AGE)
         self.players: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
         try:
             body = await request.read()
-            signature = self._authenticate(request, body)
             action = request.headers.get("X-TC-Action", "")
-            if action != "ProcessLiveStream":
+            # Only a ProcessLiveStream is taken once: a replayed one would start a task whose
+            # notifications go wherever it names. The task APIs read, or abort what is aborting
+            # already: a repeat within the second of its signature (a poll) is answered as MPS does.
+            once = action == "ProcessLiveStream"
+            signature = self._authenticate(request, body, once=once)
+            if action not in RATE_LIMITS:
                 raise ApiError("InvalidAction", f"the action {action!r} is not supported by the emulator")
             if request.headers.get("X-TC-Version") != VERSION:
                 raise ApiError("NoSuchVersion", f"version must be {VERSION}")
-            self._rate_limit()
-            self._remember(signature)
+            self._rate_limit(action)
+            if once:
+                self._remember(signature)
             params = orjson.loads(body) if body else {}
             if not isinstance(params, dict):
                 raise ApiError("InvalidParameter", "the request body must be a JSON object")
-            task_id = self._accept(params)
+            if action == "ProcessLiveStream":
+                task = self._accept(params)
+            elif action == "DescribeTaskDetail":
+                return _answer(book.describe_task_detail(self.tasks, params, request_id))
+            elif action == "DescribeTasks":
+                return _answer(book.describe_tasks(self.tasks, params, request_id, time.time()))
+            else:
+                answer = book.manage_task(self.tasks, params, request_id)
+                log.info("abort requested", task_id=params.get("TaskId"))
+                return _answer(answer)
         except ApiError as exc:
             log.info("rejected", code=exc.code, message=exc.message)
             return _answer({"Error": {"Code": exc.code, "Message": exc.message}, "RequestId": request_id})
         except orjson.JSONDecodeError:
             error = {"Code": "InvalidParameter", "Message": "the request body is not JSON"}
             return _answer({"Error": error, "RequestId": request_id})
-        player = asyncio.create_task(self._play(task_id, params))
+        player = asyncio.create_task(self._play(task))
         self.players.add(player)
         player.add_done_callback(self.players.discard)
-        log.info("task accepted", task_id=task_id, url=params.get("Url"))
+        log.info("task accepted", task_id=task.task_id, url=params.get("Url"))
         if self.settings.response_delay:
             await asyncio.sleep(self.settings.response_delay)
-        return _answer({"TaskId": task_id, "RequestId": request_id})
+        return _answer({"TaskId": task.task_id, "RequestId": request_id})
 
     # --- checks -------------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, body: bytes) -> str:
-        """The request's signature, once it is proven and not seen before."""
+    def _authenticate(self, request: web.Request, body: bytes, *, once: bool) -> str:
+        """The request's signature, once it is proven (and, with ``once``, not seen before)."""
         try:
             auth = tc3.verify(
                 secret_id=self.settings.secret_id,
@@ -175,7 +193,7 @@ class Emulator:
             )
         except tc3.Tc3Error as exc:
             raise ApiError(exc.api_code, exc.message) from None
-        if auth.signature.lower() in self.signatures:
+        if once and auth.signature.lower() in self.signatures:
             raise ApiError(
                 "AuthFailure.SignatureFailure", "this signature was already used: a request is signed once"
             )
@@ -189,21 +207,35 @@ class Emulator:
             raise ApiError("RequestLimitExceeded", "too many signed requests in the replay window")
         self.signatures.put(signature, True)
 
-    def _rate_limit(self) -> None:
+    def _rate_limit(self, action: str) -> None:
         now = time.monotonic()
-        while self.recent and now - self.recent[0] > 1.0:
-            self.recent.popleft()
-        if len(self.recent) >= RATE_LIMIT:
-            raise ApiError("RequestLimitExceeded", f"more than {RATE_LIMIT} requests in a second")
-        self.recent.append(now)
+        recent, limit = self.recent[action], RATE_LIMITS[action]
+        while recent and now - recent[0] > 1.0:
+            recent.popleft()
+        if len(recent) >= limit:
+            raise ApiError("RequestLimitExceeded", f"more than {limit} {action} requests in a second")
+        recent.append(now)
 
-    def _accept(self, p: dict[str, Any]) -> str:
+    def _scenario_for(self, url: str) -> Scenario:
+        names = parse_qs(urlparse(url).query).get(SCENARIO_PARAMETER)
+        if not names:
+            return self.scenario
+        scenario = self.settings.scenarios.get(names[0])
+        if scenario is None:
+            known = ", ".join(sorted(self.settings.scenarios)) or "none configured"
+            raise ApiError(
+                "InvalidParameter", f"Url names the emulator scenario {names[0]!r}, not one of: {known}"
+            )
+        return scenario
+
+    def _accept(self, p: dict[str, Any]) -> EmulatedTask:
         for name in ("Url", "TaskNotifyConfig"):
             if not p.get(name):
                 raise ApiError("MissingParameter", f"the parameter {name} is required")
         url = p["Url"]
         if not isinstance(url, str) or urlparse(url).scheme not in STREAM_SCHEMES:
             raise ApiError("InvalidParameter", f"Url must be a live stream URL ({', '.join(STREAM_SCHEMES)})")
+        scenario = self._scenario_for(url)
         notify = p["TaskNotifyConfig"]
         if not isinstance(notify, dict):
             raise ApiError("InvalidParameter", "TaskNotifyConfig must be an object")
@@ -245,28 +277,56 @@ class Emulator:
                 )
             self.session_ids.put(session_id, True)
         task_id = f"1300000000-procedure-live-{uuid.uuid4().hex}"
-        self.tasks.put(task_id, p)
-        return task_id
+        task = EmulatedTask(task_id, p, scenario, created_at=time.time())
+        self.tasks.put(task_id, task)
+        return task
 
     # --- the stream's life --------------------------------------------------------------------
 
-    async def _play(self, task_id: str, p: dict[str, Any]) -> None:
+    async def _play(self, task: EmulatedTask) -> None:
+        """The task's stream: its notifications in time, ``FINISH`` at its end (its ProcessEof sent
+        unless the scenario loses it), or at once when aborted (a ProcessEof or none, as the
+        scenario says). An empty NotifyType: MPS sends nothing at all, the task lives all the same."""
+        p, scenario = task.params, task.scenario
+        started = time.monotonic()
+        task.begin_at = time.time()
+        for at, notification in plan(task.task_id, p, scenario):
+            if await self._aborted_before(task, started + at / self.settings.speed):
+                break
+            if notification["NotificationType"] == "ProcessEof":
+                task.finish(scenario.eof_err_code, scenario.eof_message)
+                if scenario.lose_eof:
+                    log.info("ProcessEof lost, as the scenario says", task_id=task.task_id)
+                    continue
+            await self._send(p, notification)
+        if task.finish_at is None:  # aborted before its end
+            task.finish(scenario.abort_err_code, scenario.abort_message)
+            log.info("task aborted", task_id=task.task_id, process_eof=scenario.abort_eof)
+            if scenario.abort_eof:
+                await self._send(p, eof(task.task_id, p, scenario.abort_err_code, scenario.abort_message))
+        log.info("stream ended", task_id=task.task_id)
+
+    async def _aborted_before(self, task: EmulatedTask, deadline: float) -> bool:
+        delay = deadline - time.monotonic()
+        if delay <= 0:
+            return task.aborted.is_set()
+        try:
+            await asyncio.wait_for(task.aborted.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _send(self, p: dict[str, Any], notification: dict[str, Any]) -> None:
         notify = p["TaskNotifyConfig"]
         if not notify.get("NotifyType"):
-            return  # empty NotifyType: MPS sends nothing at all
-        started = time.monotonic()
-        for at, notification in plan(task_id, p, self.scenario):
-            delay = started + at / self.settings.speed - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            signed = dict(notification)
-            key = notify.get("NotifyKey")
-            if key:
-                ts = int(time.time()) + 600
-                signed["Timestamp"] = ts
-                signed["Sign"] = hashlib.md5(f"{ts}{key}".encode(), usedforsecurity=False).hexdigest()
-            await self.notifier.send(notify, orjson.dumps(signed))
-        log.info("stream ended", task_id=task_id)
+            return
+        signed = dict(notification)
+        key = notify.get("NotifyKey")
+        if key:
+            ts = int(time.time()) + 600
+            signed["Timestamp"] = ts
+            signed["Sign"] = hashlib.md5(f"{ts}{key}".encode(), usedforsecurity=False).hexdigest()
+        await self.notifier.send(notify, orjson.dumps(signed))
 
     async def aclose(self) -> None:
         for player in list(self.players):
@@ -290,7 +350,7 @@ def create_emulator(settings: EmulatorSettings) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
 
     async def emulator_ctx(app: web.Application) -> Any:
-        emulator = Emulator(settings, Notifier(settings.amqp_url))
+        emulator = Emulator(settings, Notifier(settings.amqp_url, settings.callback_retry))
         app[EMULATOR] = emulator
         yield
         await emulator.aclose()

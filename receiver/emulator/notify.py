@@ -1,5 +1,6 @@
 """``Notifier``: how the emulator sends a notification, as MPS would: HTTP POST to ``NotifyUrl``
-(retrying on non-2xx with backoff, our choice since MPS documents none) or a message on the
+(retried on non-2xx or no answer as ``CallbackRetry`` says: none, at a fixed interval, or with
+backoff; MPS documents no policy, so which one is an assumption) or a message on the
 RabbitMQ queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's stand-in). A topic that no
 one has declared yet is declared here, as the durable fanout exchange receiver's consumer declares
 by default; one that exists is used as it is, whatever its type."""
@@ -7,14 +8,14 @@ by default; one that exists is used as it is, whatever its type."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 log = structlog.get_logger("receiver.emulator.notify")
 
@@ -22,9 +23,34 @@ HTTP_ATTEMPTS = 6  # 1 + 5 retries
 HTTP_BACKOFF = 0.5  # seconds, doubling
 
 
+class CallbackRetry(BaseModel):
+    """How a URL notification its target did not take (non-2xx, no answer) is sent again. MPS
+    documents no retry policy for live-stream callbacks: this is the emulator's assumption, a
+    choice so that receiver can be tried against each (``none`` is the worst case it must survive:
+    then only reconciling finds a lost ProcessEof)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["none", "fixed", "backoff"] = "backoff"
+    attempts: int = Field(default=HTTP_ATTEMPTS, ge=1)  # in all, the first included (none: 1)
+    interval: float = Field(
+        default=HTTP_BACKOFF, gt=0
+    )  # seconds: between attempts (fixed); the first wait, doubling (backoff)
+
+    def waits(self) -> list[float]:
+        """The waits before the second, third, ... attempt."""
+        if self.policy == "none":
+            return []
+        if self.policy == "fixed":
+            return [self.interval] * (self.attempts - 1)
+        return [self.interval * 2**i for i in range(self.attempts - 1)]
+
+
 class Notifier:
-    def __init__(self, amqp_url: SecretStr | None) -> None:
+    def __init__(self, amqp_url: SecretStr | None, retry: CallbackRetry | None = None) -> None:
         self._amqp_url = amqp_url
+        # Read now, not at import: the default follows the module's constants.
+        self._retry = retry or CallbackRetry(attempts=HTTP_ATTEMPTS, interval=HTTP_BACKOFF)
         self._http: aiohttp.ClientSession | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -41,8 +67,8 @@ class Notifier:
     async def _post(self, url: str, body: bytes) -> None:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
-        delay = HTTP_BACKOFF
-        for attempt in range(1, HTTP_ATTEMPTS + 1):
+        waits = self._retry.waits()
+        for attempt in range(1, len(waits) + 2):
             try:
                 async with self._http.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
                     await r.read()
@@ -52,12 +78,14 @@ class Notifier:
                     reason = f"HTTP {r.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = repr(exc)
+            if attempt > len(waits):
+                break
             log.warning("notification not taken; retrying", url=url, attempt=attempt, reason=reason)
-            if attempt < HTTP_ATTEMPTS:
-                await asyncio.sleep(delay)
-                delay *= 2
+            await asyncio.sleep(waits[attempt - 1])
         self.failed += 1
-        log.error("notification dropped after retries", url=url)
+        log.error(
+            "notification dropped", url=url, attempts=len(waits) + 1, policy=self._retry.policy, reason=reason
+        )
 
     async def _publish(self, notify: dict[str, Any], body: bytes) -> None:
         if self._amqp_url is None:

@@ -54,6 +54,11 @@ class Recent(Generic[V]):
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
 
+    def values(self) -> list[V]:
+        """The live entries, oldest first."""
+        self._prune(self._clock())
+        return [value for _, value in self._entries.values()]
+
     def __len__(self) -> int:
         self._prune(self._clock())
         return len(self._entries)

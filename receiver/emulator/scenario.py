@@ -3,6 +3,9 @@
 A plan is a list of (seconds after the task started, notification); the same task and seed give
 the same plan. It has notifications of each kind the task asked for, then ``ProcessEof``, and can
 carry duplicates, neighbours swapped, notifications after the end, and a failing ``ProcessEof``.
+Beyond the plan, a scenario says whether the ProcessEof is lost (the task still ends at MPS, as
+``DescribeTaskDetail`` shows), and how an abort (``ManageTask``) ends the task: with a ProcessEof
+or without one, and with which code.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ class Scenario(BaseModel):
     late: int = Field(default=0, ge=0)  # notifications sent after ProcessEof
     eof_err_code: int = 0  # non-zero: the stream ends in error
     eof_message: str = "Success"
+    lose_eof: bool = False  # the ProcessEof is never sent; MPS still says FINISH when asked
+    # An abort (ManageTask) ends the stream at once; MPS documents neither whether a ProcessEof
+    # follows nor its code: both are the scenario's (assumed: one is sent, code 0).
+    abort_eof: bool = True
+    abort_err_code: int = 0
+    abort_message: str = "Task aborted by ManageTask"
 
 
 def kinds_requested(request: dict[str, Any]) -> list[str]:
@@ -95,6 +104,17 @@ def _result(kind: str, rng: random.Random, at: float) -> dict[str, Any]:
     raise ValueError(f"unknown notification type {kind!r}")
 
 
+def eof(task_id: str, request: dict[str, Any], err_code: int, message: str) -> Notification:
+    """The ProcessEof of a task."""
+    return {
+        "NotificationType": "ProcessEof",
+        "TaskId": task_id,
+        "SessionId": request.get("SessionId", ""),
+        "SessionContext": request.get("SessionContext", ""),
+        "ProcessEofInfo": {"ErrCode": err_code, "Message": message},
+    }
+
+
 def plan(task_id: str, request: dict[str, Any], scenario: Scenario) -> list[tuple[float, Notification]]:
     """The notifications for one task, in the order they are sent, with their send times."""
     rng = random.Random(f"{scenario.seed}:{task_id}")
@@ -120,9 +140,7 @@ def plan(task_id: str, request: dict[str, Any], scenario: Scenario) -> list[tupl
             (a, x), (b, y) = out[i], out[i + 1]
             out[i], out[i + 1] = (a, y), (b, x)
     end = scenario.duration
-    eof = {"NotificationType": "ProcessEof", **base,
-           "ProcessEofInfo": {"ErrCode": scenario.eof_err_code, "Message": scenario.eof_message}}  # fmt: skip
-    out.append((end, eof))
+    out.append((end, eof(task_id, request, scenario.eof_err_code, scenario.eof_message)))
     for i in range(scenario.late):
         kind = rng.choice(kinds)
         out.append((end + 0.1 * (i + 1), {"NotificationType": kind, **base, **_result(kind, rng, end + i)}))

@@ -30,6 +30,7 @@ from receiver.ports import (
     EventRecord,
     Page,
     Quarantined,
+    ReconcileQuery,
     Recorded,
     Router,
     Settlement,
@@ -47,8 +48,8 @@ from receiver.stores.rows import (
     encode_findings,
     event_record,
 )
-from receiver.stores.sqlite_writer import TASK_COLUMNS, task_from_row
-from receiver.tasks import MatchedBy, Task, TaskState
+from receiver.stores.sqlite_writer import TASK_COLUMN_COUNT, TASK_COLUMNS, task_from_row
+from receiver.tasks import MatchedBy, MpsCheck, Task, TaskState
 
 R = TypeVar("R")
 # A claimed delivery not settled by then (its replica died, or lost its connection) may be claimed
@@ -67,13 +68,15 @@ def pg(sql: str) -> str:
 def _task_row(t: Task) -> tuple[Any, ...]:
     return (t.id, t.task_id, t.session_id, t.session_context, t.url, orjson.dumps(t.labels).decode(), t.state.value,
             t.err_code, t.err_message, t.event_count, t.late_count, t.created_at, t.updated_at, t.first_event_at,
-            t.last_event_at, t.ended_at, t.request_id)  # fmt: skip
+            t.last_event_at, t.ended_at, t.request_id, rows.checks_json(t.checks), t.checked_at, t.live_at,
+            t.reconciled_at)  # fmt: skip
 
 
 _UPDATE_TASK = (
     "UPDATE tasks SET task_id = $2, state = $7, err_code = $8, err_message = $9, event_count = $10,"
     " late_count = $11, updated_at = $13, first_event_at = $14, last_event_at = $15, ended_at = $16,"
-    " request_id = $17, session_id = $3, session_context = $4, url = $5, labels = $6, created_at = $12 WHERE id = $1"
+    " request_id = $17, session_id = $3, session_context = $4, url = $5, labels = $6, created_at = $12,"
+    " checks = $18, checked_at = $19, live_at = $20, reconciled_at = $21 WHERE id = $1"
 )
 
 
@@ -131,15 +134,16 @@ async def migrate(con: asyncpg.Connection) -> int:
     await con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
     async with con.transaction():
         await con.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")  # replicas starting together
-        current = await con.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        # Each version not applied yet, even below the newest applied (branches number in parallel).
+        applied = {r[0] for r in await con.fetch("SELECT version FROM schema_migrations")}
         folder = resources.files("receiver.stores") / "migrations" / "postgres"
         for script in sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
             version = int(script.name.split("_", 1)[0])
-            if version > current:
+            if version not in applied:
                 await con.execute(script.read_text())
                 await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-                current = version
-    return int(current)
+                applied.add(version)
+    return max(applied, default=0)
 
 
 class PostgresStore:
@@ -271,7 +275,7 @@ class PostgresStore:
             await _lock_task_id(con, task.task_id)
             try:
                 await con.execute(
-                    f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 18))})",
+                    f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, TASK_COLUMN_COUNT + 1))})",
                     *_task_row(task),
                 )
             except asyncpg.UniqueViolationError:
@@ -516,11 +520,36 @@ class PostgresStore:
 
         return await self._run(body, write=False)
 
+    async def reconcile_candidates(self, query: ReconcileQuery) -> list[Task]:
+        sql = pg(rows.RECONCILE_CANDIDATES.format(columns=TASK_COLUMNS))
+        found = await self._run(lambda con: con.fetch(sql, *rows.reconcile_arguments(query)), write=False)
+        return [task_from_row(tuple(r)) for r in found]
+
+    async def _change_task(self, ref: str, change: Callable[[Task], Task]) -> Task:
+        """One task read under its row lock, changed by a pure rule, written, in one transaction."""
+
+        async def body(con: asyncpg.Connection) -> Task:
+            row = await con.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 FOR UPDATE", ref)
+            if row is None:
+                raise ConflictError(f"no task {ref!r}")
+            task = change(task_from_row(tuple(row)))
+            await con.execute(_UPDATE_TASK, *_task_row(task))
+            return task
+
+        return await self._run(body)
+
+    async def record_check(self, ref: str, check: MpsCheck) -> Task:
+        return await self._change_task(ref, lambda t: tasks.checked(t, check))
+
+    async def mark_aborting(self, ref: str, *, now: float) -> Task:
+        return await self._change_task(ref, lambda t: tasks.aborting(t, now))
+
     async def mark_stalled(self, before: float, *, now: float) -> int:
+        # A live answer from MPS is a sign of life as much as a notification is.
         result = await self._run(
             lambda con: con.execute(
                 "UPDATE tasks SET state = 'stalled', updated_at = $1 WHERE state IN ('submitted', 'running')"
-                " AND coalesce(last_event_at, created_at) < $2",
+                " AND greatest(coalesce(last_event_at, created_at), coalesce(live_at, 0)) < $2",
                 now,
                 before,
             )

@@ -21,10 +21,11 @@ from receiver.ports import (
     EventQuery,
     EventRecord,
     Quarantined,
+    ReconcileQuery,
     Router,
     SinkStats,
 )
-from receiver.tasks import MatchedBy, Task
+from receiver.tasks import Answer, MatchedBy, MpsCheck, Task
 
 # Findings as stored: the same JSON as orjson's, in about half the time (msgspec knows dataclasses).
 encode_findings: Final = msgspec.json.Encoder().encode
@@ -34,7 +35,7 @@ DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.ev
 
 # The orphans a task would have matched had it been registered first, in the order received.
 ORPHANS_OF: Final = (
-    "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message"
+    "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message, channel"
     " FROM events WHERE task_ref IS NULL AND (task_id = ? OR (session_context <> '' AND session_context = ?))"
     " ORDER BY seq"
 )
@@ -57,6 +58,7 @@ class Orphan:
     received_at: float
     err_code: int | None
     err_message: str | None
+    channel: str
 
 
 EVENT_COLUMNS = (
@@ -171,18 +173,32 @@ def event_record(row: Sequence[Any]) -> EventRecord:
 
 
 def migrate(con: sqlite3.Connection) -> int:
-    """Apply the numbered ``migrations/sqlite/*.sql`` files newer than ``PRAGMA user_version``."""
-    current = con.execute("PRAGMA user_version").fetchone()[0]
+    """Apply each numbered ``migrations/sqlite/*.sql`` file not applied yet, in number order.
+
+    The versions applied are kept one by one (``schema_migrations``), not only the newest, so a
+    migration numbered below one already applied (branches number theirs in parallel) is applied
+    all the same; ``PRAGMA user_version`` is the newest. Returns it."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations")}
+    current = int(con.execute("PRAGMA user_version").fetchone()[0])
+    if current and not applied:
+        # Migrated before the versions were kept: those were applied in order, 1 to user_version.
+        applied = set(range(1, current + 1))
+        con.executemany("INSERT INTO schema_migrations (version) VALUES (?)", [(v,) for v in applied])
     folder = resources.files("receiver.stores") / "migrations" / "sqlite"
     scripts = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     for script in scripts:
         version = int(script.name.split("_", 1)[0])
-        if version <= current:
+        if version in applied:
             continue
-        # executescript commits first; the version bump sits in the script's own transaction.
-        con.executescript(f"BEGIN;\n{script.read_text()}\nPRAGMA user_version = {version};\nCOMMIT;")
-        current = version
-    return int(current)
+        current = max(current, version)
+        # executescript commits first; the bookkeeping sits in the script's own transaction.
+        con.executescript(
+            f"BEGIN;\n{script.read_text()}\nINSERT INTO schema_migrations (version) VALUES ({version});\n"
+            f"PRAGMA user_version = {current};\nCOMMIT;"
+        )
+        applied.add(version)
+    return current
 
 
 EVENT_QUERY_STATEMENT: Final = "SELECT {columns} FROM events WHERE {where} ORDER BY seq LIMIT ?"
@@ -299,3 +315,45 @@ def sink_stats(counts: Sequence[Sequence[Any]], disabled: Sequence[Sequence[Any]
         )
         for name in sorted(set(by_sink) | set(reasons))
     ]
+
+
+# The tasks to ask MPS about (``ports.ReconcileQuery``): arguments since, checked_before,
+# overdue_before, silent_before, limit. Never asked first, then the longest unasked, then the oldest.
+RECONCILE_CANDIDATES: Final = (
+    "SELECT {columns} FROM tasks WHERE task_id IS NOT NULL"
+    " AND state IN ('submitted', 'running', 'stalled', 'aborting') AND created_at >= ?"
+    " AND (checked_at IS NULL OR checked_at < ?)"
+    " AND (state IN ('stalled', 'aborting') OR created_at < ?"
+    " OR (state = 'submitted' AND first_event_at IS NULL AND created_at < ?))"
+    " ORDER BY coalesce(checked_at, 0), created_at, id LIMIT ?"
+)
+
+
+def reconcile_arguments(q: ReconcileQuery) -> tuple[Any, ...]:
+    return (q.since, q.checked_before, q.overdue_before, q.silent_before, q.limit)
+
+
+def checks_json(checks: Sequence[MpsCheck]) -> str:
+    """A task's checks as stored: a JSON list of objects, members that are None left out."""
+    out = []
+    for c in checks:
+        doc: dict[str, Any] = {"at": c.at, "answer": c.answer.value}
+        optional = (("err_code", c.err_code), ("message", c.message), ("code", c.code))
+        doc.update((k, v) for k, v in optional if v is not None)
+        out.append(doc)
+    return orjson.dumps(out).decode()
+
+
+def checks_from_json(text: str | None) -> tuple[MpsCheck, ...]:
+    if not text:
+        return ()
+    return tuple(
+        MpsCheck(
+            at=c["at"],
+            answer=Answer(c["answer"]),
+            err_code=c.get("err_code"),
+            message=c.get("message"),
+            code=c.get("code"),
+        )
+        for c in orjson.loads(text)
+    )

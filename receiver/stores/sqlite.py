@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from receiver import tasks
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
 from receiver.group_commit import RideAlong
@@ -25,6 +26,7 @@ from receiver.ports import (
     EventRecord,
     Page,
     Quarantined,
+    ReconcileQuery,
     Recorded,
     Router,
     Settlement,
@@ -40,7 +42,7 @@ from receiver.stores.rows import (
     migrate,
 )
 from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_from_row
-from receiver.tasks import Task, TaskState
+from receiver.tasks import MpsCheck, Task, TaskState
 
 R = TypeVar("R")
 
@@ -299,6 +301,21 @@ class SqliteStore:
 
     async def mark_stalled(self, before: float, *, now: float) -> int:
         return await self._write_with(lambda w: w.mark_stalled(before, now))
+
+    async def reconcile_candidates(self, query: ReconcileQuery) -> list[Task]:
+        sql = rows.RECONCILE_CANDIDATES.format(columns=TASK_COLUMNS)
+
+        def run() -> list[Task]:
+            assert self._rcon is not None
+            return [task_from_row(r) for r in self._rcon.execute(sql, rows.reconcile_arguments(query))]
+
+        return await self._read_safely(run)
+
+    async def record_check(self, ref: str, check: MpsCheck) -> Task:
+        return await self._write_with(lambda w: w.change_task(ref, lambda t: tasks.checked(t, check)))
+
+    async def mark_aborting(self, ref: str, *, now: float) -> Task:
+        return await self._write_with(lambda w: w.change_task(ref, lambda t: tasks.aborting(t, now)))
 
     async def purge(self, before: float) -> tuple[int, int]:
         payloads = deliveries = 0

@@ -27,8 +27,10 @@ R = TypeVar("R")
 
 TASK_COLUMNS: Final = (
     "id, task_id, session_id, session_context, url, labels, state, err_code, err_message, event_count,"
-    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id"
+    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id, checks,"
+    " checked_at, live_at, reconciled_at"
 )
+TASK_COLUMN_COUNT: Final = TASK_COLUMNS.count(",") + 1
 _INSERT_EVENT = (
     "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
     " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
@@ -36,8 +38,8 @@ _INSERT_EVENT = (
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
-    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ?, request_id = ?"
-    " WHERE id = ?"
+    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ?, request_id = ?,"
+    " checks = ?, checked_at = ?, live_at = ?, reconciled_at = ? WHERE id = ?"
 )
 _CACHE_LIMIT = 100_000  # cached lookups; past it the cache starts over
 
@@ -78,6 +80,10 @@ def _task_update(t: Task) -> tuple[Any, ...]:
         t.last_event_at,
         t.ended_at,
         t.request_id,
+        rows.checks_json(t.checks),
+        t.checked_at,
+        t.live_at,
+        t.reconciled_at,
         t.id,
     )
 
@@ -101,6 +107,10 @@ def task_from_row(row: Sequence[Any]) -> Task:
         last_event_at=row[14],
         ended_at=row[15],
         request_id=row[16],
+        checks=rows.checks_from_json(row[17]),
+        checked_at=row[18],
+        live_at=row[19],
+        reconciled_at=row[20],
     )
 
 
@@ -347,9 +357,10 @@ class SqliteWriter:
 
     def mark_stalled(self, before: float, now: float) -> int:
         def run() -> int:
+            # A live answer from MPS is a sign of life as much as a notification is.
             cur = self.con.execute(
                 "UPDATE tasks SET state = 'stalled', updated_at = ? WHERE state IN ('submitted', 'running')"
-                " AND coalesce(last_event_at, created_at) < ?",
+                " AND max(coalesce(last_event_at, created_at), coalesce(live_at, 0)) < ?",
                 (now, before),
             )
             return int(cur.rowcount)
@@ -358,6 +369,18 @@ class SqliteWriter:
         if n:
             self._forget()  # the cached copies are stale now
         return n
+
+    def change_task(self, ref: str, change: Callable[[Task], Task]) -> Task:
+        """One task read, changed by a pure rule (``tasks.checked``, ``tasks.aborting``) and written."""
+
+        def run() -> Task:
+            known = ref in self._tasks or ref in self._staged
+            if not known and self.con.execute("SELECT 1 FROM tasks WHERE id = ?", (ref,)).fetchone() is None:
+                raise ConflictError(f"no task {ref!r}")
+            task = self._staged[ref] = change(self._task(ref))
+            return task
+
+        return self.transaction(run)
 
     def purge(self, before: float, limit: int) -> tuple[int, int]:
         """Drop the raw payload of events received before ``before`` (their normalized form stays)
@@ -417,7 +440,7 @@ class SqliteWriter:
         if task.task_id is not None and self._by_mps_task_id(task.task_id) is not None:
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
         self.con.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * TASK_COLUMN_COUNT)})",
             (
                 task.id,
                 task.task_id,
@@ -436,6 +459,10 @@ class SqliteWriter:
                 task.last_event_at,
                 task.ended_at,
                 task.request_id,
+                rows.checks_json(task.checks),
+                task.checked_at,
+                task.live_at,
+                task.reconciled_at,
             ),
         )
         self._added.append(task)
