@@ -1,7 +1,8 @@
 """``SqliteStore``: the embedded default store, one SQLite file in WAL mode.
 
 Writes: one connection on one thread (SQLite has one writer anyway), one transaction per group
-commit. Reads: a second connection on its own thread, which WAL lets run beside the writer.
+commit, each under the file's ``WriteLock`` (other processes writing the file queue on it). Reads:
+a second connection on its own thread, which WAL lets run beside the writer.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from receiver.stores.rows import (
     event_record,
     migrate,
 )
+from receiver.stores.sqlite_lock import WriteLock
 from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_from_row
 from receiver.tasks import Task, TaskState
 
@@ -60,6 +62,7 @@ class SqliteStore:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer_side: SqliteWriter | None = None
         self._rcon: sqlite3.Connection | None = None
+        self._lock = WriteLock(path)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -80,9 +83,10 @@ class SqliteStore:
 
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = self._connect()
-        migrate(con)
-        self._writer_side = SqliteWriter(con)
+        with self._lock:  # workers starting together: one creates the file and migrates, the rest wait
+            con = self._connect()
+            migrate(con)
+        self._writer_side = SqliteWriter(con, self._lock)
 
     def _open_reader(self) -> None:
         self._rcon = self._connect()
@@ -116,6 +120,7 @@ class SqliteStore:
         await loop.run_in_executor(self._writer, close, writer.con if writer else None)
         await loop.run_in_executor(self._reader, close, self._rcon)
         self._rcon = None
+        self._lock.close()
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 
