@@ -18,6 +18,7 @@ from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
 from receiver.events import Channel
 from receiver.ingest import Ingestor
+from receiver.leases import LeasedJob, holder_name
 from receiver.listeners import Listener
 from receiver.metrics import Metrics
 from receiver.ports import Store
@@ -105,6 +106,7 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     role: Literal["serve", "consume", "dispatch"] = "serve",
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed.
 
@@ -112,7 +114,9 @@ def create_app(
     ``amqp.url`` is set. ``consume``: the AMQP consumer alone (worker replicas). ``dispatch``: the
     dispatcher alone. The last two serve the health probes only. With ``http.management_port``
     set, this app serves the management API and the probes, and ``create_webhook_app`` the webhook
-    (``listeners_for`` puts each on its address).
+    (``listeners_for`` puts each on its address). The dispatcher and the maintenance loop run in
+    one process per store at a time, each under a store lease (``leases.LeasedJob``). ``metrics``:
+    the worker's (``Metrics.shared``) under ``serve --workers``; default, this process's own.
     """
     # Check the signature settings and the exposure now, before anything listens.
     policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
@@ -139,22 +143,36 @@ def create_app(
             await app[routes.STORE].aclose()
             log.info("store closed")
 
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     app[routes.METRICS] = metrics
+    holder = holder_name()  # this process, in the leases it holds
 
     async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
-        dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
-        await dispatcher.start()
-        app[routes.DISPATCHER] = dispatcher
-        log.info("dispatching", sinks=[s.name for s in settings.sinks])
+        async def begin() -> Dispatcher:
+            dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
+            await dispatcher.start()
+            log.info("dispatching", sinks=[s.name for s in settings.sinks])
+            return dispatcher
+
+        async def end(dispatcher: Dispatcher) -> None:
+            await dispatcher.stop(settings.http.shutdown_timeout)
+
+        leased = LeasedJob(
+            app[routes.STORE], "dispatch", holder=holder, ttl=settings.lease_seconds, begin=begin, end=end
+        )
+        app[routes.DISPATCHER] = leased
+        await leased.start()
         yield
-        await dispatcher.stop(settings.http.shutdown_timeout)
+        await leased.stop()
 
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
-        dispatcher = app.get(routes.DISPATCHER)
-        ingestor = build_ingestor(
-            settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None, metrics
-        )
+        leased = app.get(routes.DISPATCHER)
+
+        def wake() -> None:  # the dispatcher here, if here; another process's polls the store
+            if leased is not None and (dispatcher := leased.current) is not None:
+                dispatcher.wake()
+
+        ingestor = build_ingestor(settings, app[routes.STORE], clock, wake if leased else None, metrics)
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
             log.warning(
@@ -197,11 +215,21 @@ def create_app(
         app.cleanup_ctx.append(consumer_ctx)
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock, stop))
+        async def begin() -> tuple[asyncio.Event, asyncio.Task[None]]:
+            stop = asyncio.Event()
+            return stop, asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock, stop))
+
+        async def end(job: tuple[asyncio.Event, asyncio.Task[None]]) -> None:
+            stop, task = job
+            stop.set()
+            await task
+
+        leased = LeasedJob(
+            app[routes.STORE], "maintenance", holder=holder, ttl=settings.lease_seconds, begin=begin, end=end
+        )
+        await leased.start()
         yield
-        stop.set()
-        await task
+        await leased.stop()
 
     if role != "consume":  # one place does it; consumer replicas only consume
         app.cleanup_ctx.append(maintenance_ctx)
