@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import re
+import socket
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -17,14 +21,16 @@ import structlog
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from receiver.app import create_app, listeners_for
-from receiver.errors import ReceiverError
+from receiver.app import create_app, listen_addresses, listeners_for
+from receiver.errors import ConfigError, ReceiverError
 from receiver.listeners import serve
 from receiver.logs import configure_logging
+from receiver.metrics import Metrics
 from receiver.ports import DeliveryQuery, DeliveryState
 from receiver.redact import redact_url
 from receiver.settings import Settings, load_settings
 from receiver.stores import open_store
+from receiver.workers import parse_worker_spec, supervise, worker_command
 
 DEFAULT_CONFIG = Path("config/receiver.toml")
 
@@ -41,21 +47,54 @@ async def _settle_gc(app: web.Application) -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _serve(settings: Settings, role: Literal["serve", "consume", "dispatch"]) -> None:
+@dataclass(frozen=True)
+class Worker:
+    """What the parent of ``serve --workers`` tells each worker it starts (hidden options)."""
+
+    index: int
+    parent_fd: int
+    sockets: dict[str, list[int]]  # listener name -> inherited descriptors
+    metrics_dir: Path
+
+
+def _serve(
+    settings: Settings, role: Literal["serve", "consume", "dispatch"], worker: Worker | None = None
+) -> None:
     try:
         import uvloop
     except ImportError:  # optional: the standard loop works, only slower
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings, role=role)  # refuses impossible settings before anything listens
+    metrics = Metrics.shared(worker.metrics_dir) if worker else None
+    app = create_app(
+        settings, role=role, metrics=metrics
+    )  # refuses impossible settings before anything listens
     app.on_startup.append(_settle_gc)
+    listeners = listeners_for(settings, app, role)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker.index)  # on each of its lines
+        for listener in listeners:
+            listener.sockets = [socket.socket(fileno=fd) for fd in worker.sockets.get(listener.name, [])]
+            if not listener.sockets:
+                raise ConfigError(f"worker: no socket inherited for the {listener.name} listener")
     asyncio.run(
         serve(
-            listeners_for(settings, app, role),
+            listeners,
             access_log=access_logger if settings.http.access_log else None,
             shutdown_timeout=settings.http.shutdown_timeout,
+            parent_fd=worker.parent_fd if worker else None,
         )
+    )
+
+
+def _supervise(settings: Settings, config: Path | None, count: int) -> int:
+    """``serve --workers N`` (N > 1): this process binds the sockets and minds the workers."""
+    create_app(settings, role="serve")  # refuses impossible settings before anything listens
+    # A worker drains its requests, then its dispatcher's deliveries and its consumer's messages.
+    stop_timeout = 2 * settings.http.shutdown_timeout + settings.amqp.shutdown_timeout + 5
+    return supervise(
+        worker_command(config), count, listen_addresses(settings, "serve"), stop_timeout=stop_timeout
     )
 
 
@@ -115,6 +154,28 @@ def _when(raw: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {WHEN_FORMATS}; got {raw!r}") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _positive(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1; got {raw!r}")
+    return n
+
+
+def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> Worker | None:
+    """The worker the parent of ``serve --workers`` started (``--worker``, see ``workers.worker_spec``);
+    None if this process is not one."""
+    if args.command != "serve" or args.worker is None:
+        return None
+    index, parent_fd, sockets = parse_worker_spec(args.worker)
+    metrics_dir = environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        raise ConfigError("--worker: PROMETHEUS_MULTIPROC_DIR is not set (the parent of --workers sets it)")
+    return Worker(index, parent_fd, sockets, Path(metrics_dir))
 
 
 def _label(raw: str) -> tuple[str, str]:
@@ -227,11 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists); RECEIVER_* variables override it",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _command(
+    serve_command = _command(
         commands,
         "serve",
         "run the webhook and the management API (and the consumer if amqp.url is set)",
         "Listens on http.host:http.port; runs the outbox dispatcher too unless dispatch_in_serve = false.",
+    )
+    serve_command.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="processes sharing the listening socket(s), which a parent binds once and restarts them"
+        " on; one of them runs the dispatcher and the maintenance loop (default: http.workers)",
+    )
+    serve_command.add_argument(
+        "--worker",
+        metavar="SPEC",
+        help="internal: how the parent of --workers starts each worker (its index, the parent's pipe"
+        " and the inherited sockets)",
     )
     _command(
         commands,
@@ -325,8 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("receiver")
     log.info("starting", command=args.command, config=str(config) if config else None)
     try:
+        workers = (args.workers or settings.http.workers) if args.command == "serve" else 1
+        worker = _worker(args, os.environ)
+        if worker is None and workers > 1:
+            return _supervise(settings, config, workers)  # logs "listening" once the sockets are bound
         if args.command in ("serve", "consume", "dispatch"):
-            _serve(settings, args.command)  # logs "listening" once each listener is up
+            _serve(settings, args.command, worker)  # logs "listening" once each listener is up
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "replay":
@@ -340,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return _submit(settings, args)
     except ReceiverError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        if args.command not in ("serve", "consume", "dispatch"):
+            raise
         log.error("cannot start", error=str(exc))
         return 2
     return 0

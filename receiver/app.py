@@ -201,8 +201,22 @@ def create_app(
         )
         await consumer.start()
         app[routes.CONSUMER] = consumer
+        if not metrics.is_shared:
+            yield
+            await consumer.stop()
+            return
+
+        async def publish() -> None:  # for the scrapes the other workers answer
+            while True:
+                metrics.publish_amqp(consumer.counts)
+                await asyncio.sleep(1.0)
+
+        publisher = asyncio.create_task(publish())
         yield
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
         await consumer.stop()
+        metrics.publish_amqp(consumer.counts)
 
     # Registered in dependency order; teardown runs in reverse.
     app.cleanup_ctx.append(store_ctx)
@@ -263,16 +277,25 @@ def create_webhook_app(settings: Settings, main: web.Application) -> web.Applica
     return app
 
 
+def listen_addresses(
+    settings: Settings, role: Literal["serve", "consume", "dispatch"] = "serve"
+) -> list[tuple[str, str, int]]:
+    """Each listener's name, host and port, in start order (the management app first, as the
+    webhook's uses what it opened)."""
+    if not settings.http.split:
+        return [("http", settings.http.host, settings.http.port)]
+    host, port = settings.http.management_address
+    addresses = [("management", host, port)]
+    if role == "serve":
+        addresses.append(("webhook", settings.http.host, settings.http.port))
+    return addresses
+
+
 def listeners_for(
     settings: Settings, app: web.Application, role: Literal["serve", "consume", "dispatch"] = "serve"
 ) -> list[Listener]:
-    """Where ``app`` (from ``create_app``) listens: in start order (the management app first, as
-    the webhook's uses what it opened), stopped in reverse."""
-    if not settings.http.split:
-        return [Listener("http", app, settings.http.host, settings.http.port)]
-    host, port = settings.http.management_address
-    listeners = [Listener("management", app, host, port)]
-    if role == "serve":
-        webhook = create_webhook_app(settings, app)
-        listeners.append(Listener("webhook", webhook, settings.http.host, settings.http.port))
-    return listeners
+    """Where ``app`` (from ``create_app``) listens: in start order, stopped in reverse."""
+    apps = {"http": app, "management": app}
+    if settings.http.split and role == "serve":
+        apps["webhook"] = create_webhook_app(settings, app)
+    return [Listener(name, apps[name], host, port) for name, host, port in listen_addresses(settings, role)]
