@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "serve",
         "run the webhook and the management API (and the consumer if amqp.url is set)",
-        "Listens on http.host:http.port; runs the outbox dispatcher too unless dispatch_in_serve = false.",
+        "Listens on http.host:http.port; runs the outbox dispatcher too unless dispatch_in_serve = false"
+        " (one process per store dispatches at a time, under a lease: the others stand by).",
     )
     serve_command.add_argument(
         "--workers",
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "dispatch",
         "run the outbox dispatcher alone, with the health probes",
-        "Delivers stored events to the sinks; run one per store, with dispatch_in_serve = false in serve.",
+        "Delivers stored events to the sinks, with dispatch_in_serve = false in serve; one process per"
+        " store dispatches at a time (a lease), so a second one stands by.",
     )
     _command(
         commands,
