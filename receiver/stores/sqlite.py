@@ -56,13 +56,13 @@ class SqliteStore:
         busy_timeout_ms: int = 5000,
     ) -> None:
         self.path = path
+        self._lock = WriteLock(path)  # other processes writing the file queue on it, and we on theirs
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout_ms / 1000
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer_side: SqliteWriter | None = None
         self._rcon: sqlite3.Connection | None = None
-        self._lock = WriteLock(path)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
