@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.log import access_logger
 
 from receiver.app import create_app, listen_addresses, listeners_for
+from receiver.bell import Bell
 from receiver.errors import ConfigError, ReceiverError
 from receiver.listeners import serve
 from receiver.logs import configure_logging
@@ -30,7 +31,7 @@ from receiver.ports import DeliveryQuery, DeliveryState
 from receiver.redact import redact_url
 from receiver.settings import Settings, load_settings
 from receiver.stores import open_store
-from receiver.workers import parse_worker_spec, supervise, worker_command
+from receiver.workers import WorkerSpec, supervise, worker_command
 
 DEFAULT_CONFIG = Path("config/receiver.toml")
 
@@ -49,11 +50,9 @@ async def _settle_gc(app: web.Application) -> None:
 
 @dataclass(frozen=True)
 class Worker:
-    """What the parent of ``serve --workers`` tells each worker it starts (hidden options)."""
+    """A worker the parent of ``serve --workers`` started: what it was told, and where its metrics go."""
 
-    index: int
-    parent_fd: int
-    sockets: dict[str, list[int]]  # listener name -> inherited descriptors
+    spec: WorkerSpec
     metrics_dir: Path
 
 
@@ -67,15 +66,16 @@ def _serve(
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     metrics = Metrics.shared(worker.metrics_dir) if worker else None
-    app = create_app(
-        settings, role=role, metrics=metrics
-    )  # refuses impossible settings before anything listens
+    bell = Bell(*worker.spec.bell) if worker else None
+    # Refuses impossible settings before anything listens.
+    app = create_app(settings, role=role, metrics=metrics, bell=bell)
     app.on_startup.append(_settle_gc)
     listeners = listeners_for(settings, app, role)
     if worker is not None:
-        structlog.contextvars.bind_contextvars(worker=worker.index)  # on each of its lines
+        structlog.contextvars.bind_contextvars(worker=worker.spec.index)  # on each of its lines
         for listener in listeners:
-            listener.sockets = [socket.socket(fileno=fd) for fd in worker.sockets.get(listener.name, [])]
+            inherited = worker.spec.sockets.get(listener.name, [])
+            listener.sockets = [socket.socket(fileno=fd) for fd in inherited]
             if not listener.sockets:
                 raise ConfigError(f"worker: no socket inherited for the {listener.name} listener")
     asyncio.run(
@@ -83,7 +83,7 @@ def _serve(
             listeners,
             access_log=access_logger if settings.http.access_log else None,
             shutdown_timeout=settings.http.shutdown_timeout,
-            parent_fd=worker.parent_fd if worker else None,
+            parent_fd=worker.spec.parent_fd if worker else None,
         )
     )
 
@@ -167,15 +167,15 @@ def _positive(raw: str) -> int:
 
 
 def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> Worker | None:
-    """The worker the parent of ``serve --workers`` started (``--worker``, see ``workers.worker_spec``);
+    """The worker the parent of ``serve --workers`` started (``--worker``, see ``workers.WorkerSpec``);
     None if this process is not one."""
     if args.command != "serve" or args.worker is None:
         return None
-    index, parent_fd, sockets = parse_worker_spec(args.worker)
+    spec = WorkerSpec.parse(args.worker)
     metrics_dir = environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not metrics_dir:
         raise ConfigError("--worker: PROMETHEUS_MULTIPROC_DIR is not set (the parent of --workers sets it)")
-    return Worker(index, parent_fd, sockets, Path(metrics_dir))
+    return Worker(spec, Path(metrics_dir))
 
 
 def _label(raw: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from receiver import guards, outbox_api, submit_api
 from receiver import web as routes
+from receiver.bell import Bell
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
@@ -107,6 +108,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     role: Literal["serve", "consume", "dispatch"] = "serve",
     metrics: Metrics | None = None,
+    bell: Bell | None = None,
 ) -> web.Application:
     """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed.
 
@@ -115,8 +117,9 @@ def create_app(
     dispatcher alone. The last two serve the health probes only. With ``http.management_port``
     set, this app serves the management API and the probes, and ``create_webhook_app`` the webhook
     (``listeners_for`` puts each on its address). The dispatcher and the maintenance loop run in
-    one process per store at a time, each under a store lease (``leases.LeasedJob``). ``metrics``:
-    the worker's (``Metrics.shared``) under ``serve --workers``; default, this process's own.
+    one process per store at a time, each under a store lease (``leases.LeasedJob``). Under
+    ``serve --workers``: ``metrics`` are the worker's share (``Metrics.shared``), and ``bell`` the
+    pipe it rings after a commit and listens to while it dispatches; default, this process alone.
     """
     # Check the signature settings and the exposure now, before anything listens.
     policies = {channel.value: settings.verify.policy_for(channel).value for channel in Channel}
@@ -151,10 +154,14 @@ def create_app(
         async def begin() -> Dispatcher:
             dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
             await dispatcher.start()
+            if bell is not None:
+                bell.listen(dispatcher.wake)  # the other workers' commits
             log.info("dispatching", sinks=[s.name for s in settings.sinks])
             return dispatcher
 
         async def end(dispatcher: Dispatcher) -> None:
+            if bell is not None:
+                bell.stop_listening()
             await dispatcher.stop(settings.http.shutdown_timeout)
 
         leased = LeasedJob(
@@ -168,9 +175,11 @@ def create_app(
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         leased = app.get(routes.DISPATCHER)
 
-        def wake() -> None:  # the dispatcher here, if here; another process's polls the store
+        def wake() -> None:  # the dispatcher here, if here; else the worker's that has it, if any
             if leased is not None and (dispatcher := leased.current) is not None:
                 dispatcher.wake()
+            elif bell is not None:
+                bell.ring()
 
         ingestor = build_ingestor(settings, app[routes.STORE], clock, wake if leased else None, metrics)
         app[routes.INGESTOR] = ingestor

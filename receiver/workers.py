@@ -5,7 +5,8 @@ The workers inherit the sockets, so one accept queue feeds them all: while a wor
 others go on taking connections from it, and none queued is lost. (``SO_REUSEPORT`` would give
 each worker its own queue, and the kernel resets the connections queued on one that closes.)
 Each worker is a whole ``receiver serve``: webhook, API, consumer; the store leases leave the
-dispatcher and the maintenance loop to one of them. The parent gives them a fresh directory for
+dispatcher and the maintenance loop to one of them, which the others ring (``Bell``) when they
+commit outbox rows. The parent gives them a fresh directory for
 prometheus_client's multiprocess mode, so that any worker's ``/metrics`` adds up all of them.
 """
 
@@ -21,11 +22,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from prometheus_client.multiprocess import mark_process_dead
 
+from receiver.bell import Bell
 from receiver.errors import ConfigError
 
 log = structlog.get_logger("receiver.workers")
@@ -101,6 +104,7 @@ class Supervisor:
         self._cannot_start: int | None = None
         self._metrics_dir = Path()
         self._parent_end = -1
+        self._bell = Bell(-1, -1)
 
     async def run(self) -> int:
         """Until SIGTERM or SIGINT (or a worker that cannot start): 0 once every worker drained."""
@@ -112,6 +116,7 @@ class Supervisor:
         # The workers hold the read end of this pipe: it reads end-of-file when the parent is gone
         # (even by kill -9), and they stop rather than serve on unsupervised.
         worker_end, self._parent_end = os.pipe()
+        self._bell = Bell.new()
         try:
             for name, socks in self._listening.items():
                 host, port = socks[0].getsockname()[:2]
@@ -126,6 +131,7 @@ class Supervisor:
         finally:
             os.close(worker_end)
             os.close(self._parent_end)
+            self._bell.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -145,12 +151,13 @@ class Supervisor:
         backoff = FIRST_BACKOFF
         while True:
             fds = {name: [s.fileno() for s in socks] for name, socks in self._listening.items()}
+            spec = WorkerSpec(index, worker_end, self._bell.fds, fds)
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *self._command,
                 "--worker",
-                worker_spec(index, worker_end, fds),
-                pass_fds=[worker_end, *(fd for fdlist in fds.values() for fd in fdlist)],
+                str(spec),
+                pass_fds=[worker_end, *self._bell.fds, *(fd for fdlist in fds.values() for fd in fdlist)],
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir)},
             )
@@ -208,21 +215,34 @@ def supervise(
                 sock.close()
 
 
-def worker_spec(index: int, parent_fd: int, sockets: dict[str, list[int]]) -> str:
-    """What ``serve --worker`` is given: ``0:7:http=5,http=6`` (index, parent's pipe, sockets)."""
-    return f"{index}:{parent_fd}:" + ",".join(f"{name}={fd}" for name, fds in sockets.items() for fd in fds)
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the parent tells each worker it starts (``serve --worker``)."""
 
+    index: int
+    parent_fd: int  # the read end of the parent's pipe: end-of-file once the parent is gone
+    bell: tuple[int, int]  # the shared ``Bell``'s read and write ends
+    sockets: dict[str, list[int]]  # listener name -> inherited descriptors
 
-def parse_worker_spec(spec: str) -> tuple[int, int, dict[str, list[int]]]:
-    try:
-        index, parent_fd, pairs = spec.split(":", 2)
-        sockets: dict[str, list[int]] = {}
-        for pair in pairs.split(","):
-            name, fd = pair.split("=")
-            sockets.setdefault(name, []).append(int(fd))
-        return int(index), int(parent_fd), sockets
-    except ValueError:
-        raise ConfigError(f"--worker: expected INDEX:PARENT_FD:NAME=FD[,NAME=FD...]; got {spec!r}") from None
+    def __str__(self) -> str:
+        """``0:7:8/9:http=5,http=6``: index, parent pipe, bell, sockets."""
+        sockets = ",".join(f"{name}={fd}" for name, fds in self.sockets.items() for fd in fds)
+        return f"{self.index}:{self.parent_fd}:{self.bell[0]}/{self.bell[1]}:{sockets}"
+
+    @classmethod
+    def parse(cls, spec: str) -> WorkerSpec:
+        try:
+            index, parent_fd, bell, pairs = spec.split(":", 3)
+            bell_read, bell_write = bell.split("/")
+            sockets: dict[str, list[int]] = {}
+            for pair in pairs.split(","):
+                name, fd = pair.split("=")
+                sockets.setdefault(name, []).append(int(fd))
+            return cls(int(index), int(parent_fd), (int(bell_read), int(bell_write)), sockets)
+        except ValueError:
+            raise ConfigError(
+                f"--worker: expected INDEX:PARENT_FD:BELL_READ/BELL_WRITE:NAME=FD[,NAME=FD...]; got {spec!r}"
+            ) from None
 
 
 def worker_command(config: Path | None) -> list[str]:

@@ -25,8 +25,9 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import events
+from receiver.bell import Bell
 from receiver.errors import ConfigError
-from receiver.workers import bind, metrics_directory, parse_worker_spec, worker_spec
+from receiver.workers import WorkerSpec, bind, metrics_directory
 from tests.amqp_broker import AMQP_URL, queue_for_a_process
 from tests.conftest import body
 from tests.test_process import KEY, RECEIVER, REVIEW, Server, free_port, live
@@ -263,6 +264,49 @@ async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_l
 
 
 @pytest.mark.slow
+async def test_what_a_standby_worker_commits_is_dispatched_at_once_not_at_the_next_poll(
+    tmp_path: Path,
+) -> None:
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        arrived.set()
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    db = tmp_path / "bell.db"
+    sinks = [{"name": "hook", "kind": "http", "options": {"url": f"http://127.0.0.1:{port}/hook"}}]
+    # A poll far longer than the test: only a wake-up gets the event out in time.
+    env = settings(db, RECEIVER_SINKS=orjson.dumps(sinks).decode(), RECEIVER_DISPATCH_POLL_INTERVAL="60")
+    env["RECEIVER_LEASE_SECONDS"] = "10"  # held through the pause below
+    server: Server | None = None
+    try:
+        server = await asyncio.to_thread(Server, tmp_path, env, [])
+        await asyncio.to_thread(until, server, lambda log: serving(log) == 2)
+        holder = lease_pid(db, "dispatch")
+        assert holder is not None
+        os.kill(holder, signal.SIGSTOP)  # so that the other worker takes the notification in
+        try:
+            await asyncio.to_thread(stopped, holder)
+            await post(server.url)
+        finally:
+            os.kill(holder, signal.SIGCONT)
+        [taker] = answered_by(lines(server))
+        assert workers(server)[taker] != holder
+        await asyncio.wait_for(arrived.wait(), timeout=5)
+        assert await asyncio.to_thread(server.stop) == 0
+    finally:
+        if server is not None and server.proc.poll() is None:
+            server.proc.kill()
+        await runner.cleanup()
+
+
+@pytest.mark.slow
 def test_a_worker_killed_is_restarted_and_meanwhile_the_other_answers_every_connection(
     tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -337,10 +381,27 @@ def test_workers_that_cannot_start_stop_the_parent_with_2(tmp_path: Path) -> Non
 
 
 def test_a_worker_spec_reads_back_what_the_parent_wrote() -> None:
-    spec = worker_spec(1, 7, {"management": [5], "webhook": [6, 8]})
-    assert parse_worker_spec(spec) == (1, 7, {"management": [5], "webhook": [6, 8]})
-    with pytest.raises(ConfigError, match="--worker: expected INDEX:PARENT_FD:NAME=FD"):
-        parse_worker_spec("1:http=5")
+    spec = WorkerSpec(1, 7, (9, 10), {"management": [5], "webhook": [6, 8]})
+    assert WorkerSpec.parse(str(spec)) == spec
+    with pytest.raises(ConfigError, match="--worker: expected INDEX:PARENT_FD:BELL_READ/BELL_WRITE:NAME=FD"):
+        WorkerSpec.parse("1:7:http=5")
+
+
+async def test_a_bell_rung_anywhere_wakes_its_listener_and_rings_while_nobody_listens_wait() -> None:
+    bell = Bell.new()
+    try:
+        heard = asyncio.Event()
+        for _ in range(3):
+            bell.ring()  # nobody listens yet: they wait in the pipe
+        bell.listen(heard.set)
+        await asyncio.wait_for(heard.wait(), timeout=5)
+        heard.clear()
+        for _ in range(100_000):  # more than the pipe holds: rings are dropped, never blocking
+            bell.ring()
+        await asyncio.wait_for(heard.wait(), timeout=5)
+        bell.stop_listening()
+    finally:
+        bell.close()
 
 
 def test_binding_port_0_on_every_address_of_a_name_gives_one_port() -> None:
