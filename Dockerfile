@@ -15,4 +15,5 @@ EXPOSE 8080
 # (RECEIVER_HTTP__HOST=0.0.0.0: deploy/compose.yaml, the k8s ConfigMap) gives it an API token too.
 HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
 ENTRYPOINT ["receiver", "--config", "config/receiver.toml"]
+# One process; RECEIVER_HTTP__WORKERS=N (or `serve --workers N`) runs N on the one port.
 CMD ["serve"]

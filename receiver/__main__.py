@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import re
+import socket
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -18,14 +22,17 @@ import structlog
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from receiver.app import create_app, listeners_for
-from receiver.errors import ReceiverError
+from receiver.app import create_app, listen_addresses, listeners_for
+from receiver.bell import Bell
+from receiver.errors import ConfigError, ReceiverError
 from receiver.listeners import serve
 from receiver.logs import configure_logging
+from receiver.metrics import Metrics
 from receiver.ports import DeliveryQuery, DeliveryState
 from receiver.redact import redact_url
 from receiver.settings import Settings, load_settings
 from receiver.stores import open_store
+from receiver.workers import WorkerSpec, supervise, worker_command
 
 DEFAULT_CONFIG = Path("config/receiver.toml")
 
@@ -42,21 +49,53 @@ async def _settle_gc(app: web.Application) -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _serve(settings: Settings, role: Literal["serve", "consume", "dispatch"]) -> None:
+@dataclass(frozen=True)
+class Worker:
+    """A worker the parent of ``serve --workers`` started: what it was told, and where its metrics go."""
+
+    spec: WorkerSpec
+    metrics_dir: Path
+
+
+def _serve(
+    settings: Settings, role: Literal["serve", "consume", "dispatch"], worker: Worker | None = None
+) -> None:
     try:
         import uvloop
     except ImportError:  # optional: the standard loop works, only slower
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings, role=role)  # refuses impossible settings before anything listens
+    metrics = Metrics.shared(worker.metrics_dir) if worker else None
+    bell = Bell(*worker.spec.bell) if worker else None
+    # Refuses impossible settings before anything listens.
+    app = create_app(settings, role=role, metrics=metrics, bell=bell)
     app.on_startup.append(_settle_gc)
+    listeners = listeners_for(settings, app, role)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker.spec.index)  # on each of its lines
+        for listener in listeners:
+            inherited = worker.spec.sockets.get(listener.name, [])
+            listener.sockets = [socket.socket(fileno=fd) for fd in inherited]
+            if not listener.sockets:
+                raise ConfigError(f"worker: no socket inherited for the {listener.name} listener")
     asyncio.run(
         serve(
-            listeners_for(settings, app, role),
+            listeners,
             access_log=access_logger if settings.http.access_log else None,
             shutdown_timeout=settings.http.shutdown_timeout,
+            parent_fd=worker.spec.parent_fd if worker else None,
         )
+    )
+
+
+def _supervise(settings: Settings, config: Path | None, count: int) -> int:
+    """``serve --workers N`` (N > 1): this process binds the sockets and minds the workers."""
+    create_app(settings, role="serve")  # refuses impossible settings before anything listens
+    # A worker drains its requests, then its dispatcher's deliveries and its consumer's messages.
+    stop_timeout = 2 * settings.http.shutdown_timeout + settings.amqp.shutdown_timeout + 5
+    return supervise(
+        worker_command(config), count, listen_addresses(settings, "serve"), stop_timeout=stop_timeout
     )
 
 
@@ -201,6 +240,28 @@ def _when(raw: str) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
+def _positive(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1; got {raw!r}")
+    return n
+
+
+def _worker(args: argparse.Namespace, environ: Mapping[str, str]) -> Worker | None:
+    """The worker the parent of ``serve --workers`` started (``--worker``, see ``workers.WorkerSpec``);
+    None if this process is not one."""
+    if args.command != "serve" or args.worker is None:
+        return None
+    spec = WorkerSpec.parse(args.worker)
+    metrics_dir = environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        raise ConfigError("--worker: PROMETHEUS_MULTIPROC_DIR is not set (the parent of --workers sets it)")
+    return Worker(spec, Path(metrics_dir))
+
+
 def _label(raw: str) -> tuple[str, str]:
     key, sep, value = raw.partition("=")
     if not sep or not key.strip():
@@ -311,11 +372,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists); RECEIVER_* variables override it",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _command(
+    serve_command = _command(
         commands,
         "serve",
         "run the webhook and the management API (and the consumer if amqp.url is set)",
-        "Listens on http.host:http.port; runs the outbox dispatcher too unless dispatch_in_serve = false.",
+        "Listens on http.host:http.port; runs the outbox dispatcher too unless dispatch_in_serve = false"
+        " (one process per store dispatches at a time, under a lease: the others stand by).",
+    )
+    serve_command.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="processes sharing the listening socket(s), which a parent binds once and restarts them"
+        " on; one of them runs the dispatcher and the maintenance loop (default: http.workers)",
+    )
+    serve_command.add_argument(
+        "--worker",
+        metavar="SPEC",
+        help="internal: how the parent of --workers starts each worker (its index, the parent's pipe"
+        " and the inherited sockets)",
     )
     _command(
         commands,
@@ -327,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "dispatch",
         "run the outbox dispatcher alone, with the health probes",
-        "Delivers stored events to the sinks; run one per store, with dispatch_in_serve = false in serve.",
+        "Delivers stored events to the sinks, with dispatch_in_serve = false in serve; one process per"
+        " store dispatches at a time (a lease), so a second one stands by.",
     )
     _command(
         commands,
@@ -431,8 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("receiver")
     log.info("starting", command=args.command, config=str(config) if config else None)
     try:
+        workers = (args.workers or settings.http.workers) if args.command == "serve" else 1
+        worker = _worker(args, os.environ)
+        if worker is None and workers > 1:
+            return _supervise(settings, config, workers)  # logs "listening" once the sockets are bound
         if args.command in ("serve", "consume", "dispatch"):
-            _serve(settings, args.command)  # logs "listening" once each listener is up
+            _serve(settings, args.command, worker)  # logs "listening" once each listener is up
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "replay":
@@ -450,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return _submit(settings, args)
     except ReceiverError as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        if args.command not in ("serve", "consume", "dispatch"):
+            raise
         log.error("cannot start", error=str(exc))
         return 2
     return 0

@@ -13,11 +13,13 @@ from aiohttp import web
 
 from receiver import abort_api, guards, outbox_api, submit_api
 from receiver import web as routes
+from receiver.bell import Bell
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
 from receiver.events import NOTIFICATION_CHANNELS, Event
 from receiver.ingest import Ingestor
+from receiver.leases import LeasedJob, holder_name
 from receiver.listeners import Listener
 from receiver.metrics import Metrics
 from receiver.mps import MpsClient
@@ -132,6 +134,8 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
     role: Literal["serve", "consume", "dispatch"] = "serve",
+    metrics: Metrics | None = None,
+    bell: Bell | None = None,
 ) -> web.Application:
     """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed.
 
@@ -139,7 +143,10 @@ def create_app(
     ``amqp.url`` is set. ``consume``: the AMQP consumer alone (worker replicas). ``dispatch``: the
     dispatcher alone. The last two serve the health probes only. With ``http.management_port``
     set, this app serves the management API and the probes, and ``create_webhook_app`` the webhook
-    (``listeners_for`` puts each on its address).
+    (``listeners_for`` puts each on its address). The dispatcher and the maintenance loop run in
+    one process per store at a time, each under a store lease (``leases.LeasedJob``). Under
+    ``serve --workers``: ``metrics`` are the worker's share (``Metrics.shared``), and ``bell`` the
+    pipe it rings after a commit and listens to while it dispatches; default, this process alone.
     """
     # Check the signature settings and the exposure now, before anything listens.
     policies = {c.value: settings.verify.policy_for(c).value for c in NOTIFICATION_CHANNELS}
@@ -166,22 +173,44 @@ def create_app(
             await app[routes.STORE].aclose()
             log.info("store closed")
 
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     app[routes.METRICS] = metrics
+    holder = holder_name()  # this process, in the leases it holds
 
     async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
-        dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
-        await dispatcher.start()
-        app[routes.DISPATCHER] = dispatcher
-        log.info("dispatching", sinks=[s.name for s in settings.sinks])
+        async def begin() -> Dispatcher:
+            dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
+            await dispatcher.start()
+            if bell is not None:
+                bell.listen(dispatcher.wake)  # the other workers' commits
+            log.info("dispatching", sinks=[s.name for s in settings.sinks])
+            return dispatcher
+
+        async def end(dispatcher: Dispatcher) -> None:
+            if bell is not None:
+                bell.stop_listening()
+            await dispatcher.stop(settings.http.shutdown_timeout)
+
+        leased = LeasedJob(
+            app[routes.STORE], "dispatch", holder=holder, ttl=settings.lease_seconds, begin=begin, end=end
+        )
+        app[routes.DISPATCHER] = leased
+        await leased.start()
         yield
-        await dispatcher.stop(settings.http.shutdown_timeout)
+        await leased.stop()
 
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
-        dispatcher = app.get(routes.DISPATCHER)
-        ingestor = build_ingestor(
-            settings, app[routes.STORE], clock, dispatcher.committed if dispatcher else None, metrics
-        )
+        leased = app.get(routes.DISPATCHER)
+
+        def committed(events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
+            # To the dispatcher here, if here (it sends them from memory); else a ring for the
+            # worker's that has it, if any.
+            if leased is not None and (dispatcher := leased.current) is not None:
+                dispatcher.committed(events, recorded)
+            elif bell is not None:
+                bell.ring()
+
+        ingestor = build_ingestor(settings, app[routes.STORE], clock, committed if leased else None, metrics)
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
             log.warning(
@@ -210,8 +239,22 @@ def create_app(
         )
         await consumer.start()
         app[routes.CONSUMER] = consumer
+        if not metrics.is_shared:
+            yield
+            await consumer.stop()
+            return
+
+        async def publish() -> None:  # for the scrapes the other workers answer
+            while True:
+                metrics.publish_amqp(consumer.counts)
+                await asyncio.sleep(1.0)
+
+        publisher = asyncio.create_task(publish())
         yield
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
         await consumer.stop()
+        metrics.publish_amqp(consumer.counts)
 
     # Registered in dependency order; teardown runs in reverse.
     app.cleanup_ctx.append(store_ctx)
@@ -224,20 +267,37 @@ def create_app(
         app.cleanup_ctx.append(consumer_ctx)
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock, stop))
+        async def begin() -> tuple[asyncio.Event, asyncio.Task[None]]:
+            stop = asyncio.Event()
+            return stop, asyncio.create_task(maintain(app[routes.STORE], settings.maintenance, clock, stop))
+
+        async def end(job: tuple[asyncio.Event, asyncio.Task[None]]) -> None:
+            stop, task = job
+            stop.set()
+            await task
+
+        leased = LeasedJob(
+            app[routes.STORE], "maintenance", holder=holder, ttl=settings.lease_seconds, begin=begin, end=end
+        )
+        await leased.start()
         yield
-        stop.set()
-        await task
+        await leased.stop()
 
     async def reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
-        dispatcher = app.get(routes.DISPATCHER)
+        leased = app.get(routes.DISPATCHER)
+
+        def wake() -> None:  # the dispatcher here, if here; else the worker's that has it, if any
+            if leased is not None and (dispatcher := leased.current) is not None:
+                dispatcher.wake()
+            elif bell is not None:
+                bell.ring()
+
         reconciler = build_reconciler(
             settings,
             app[routes.STORE],
             clock,
             route=app.get(routes.ROUTER),
-            on_recorded=dispatcher.wake if dispatcher else None,
+            on_recorded=wake if leased else None,
         )
         if reconciler is None:
             yield
@@ -284,16 +344,25 @@ def create_webhook_app(settings: Settings, main: web.Application) -> web.Applica
     return app
 
 
+def listen_addresses(
+    settings: Settings, role: Literal["serve", "consume", "dispatch"] = "serve"
+) -> list[tuple[str, str, int]]:
+    """Each listener's name, host and port, in start order (the management app first, as the
+    webhook's uses what it opened)."""
+    if not settings.http.split:
+        return [("http", settings.http.host, settings.http.port)]
+    host, port = settings.http.management_address
+    addresses = [("management", host, port)]
+    if role == "serve":
+        addresses.append(("webhook", settings.http.host, settings.http.port))
+    return addresses
+
+
 def listeners_for(
     settings: Settings, app: web.Application, role: Literal["serve", "consume", "dispatch"] = "serve"
 ) -> list[Listener]:
-    """Where ``app`` (from ``create_app``) listens: in start order (the management app first, as
-    the webhook's uses what it opened), stopped in reverse."""
-    if not settings.http.split:
-        return [Listener("http", app, settings.http.host, settings.http.port)]
-    host, port = settings.http.management_address
-    listeners = [Listener("management", app, host, port)]
-    if role == "serve":
-        webhook = create_webhook_app(settings, app)
-        listeners.append(Listener("webhook", webhook, settings.http.host, settings.http.port))
-    return listeners
+    """Where ``app`` (from ``create_app``) listens: in start order, stopped in reverse."""
+    apps = {"http": app, "management": app}
+    if settings.http.split and role == "serve":
+        apps["webhook"] = create_webhook_app(settings, app)
+    return [Listener(name, apps[name], host, port) for name, host, port in listen_addresses(settings, role)]

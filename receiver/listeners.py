@@ -1,4 +1,5 @@
-"""Running the applications on their sockets: one listener, or the webhook's and the management's.
+"""Running the applications on their sockets: one listener, or the webhook's and the management's
+(bound here, or inherited from the parent of ``serve --workers``).
 
 What ``web.run_app`` does, for several applications: start each on its own ``TCPSite`` in order,
 wait for SIGTERM or SIGINT, then stop them in reverse order, each bounded by the shutdown timeout
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,12 +22,14 @@ log = structlog.get_logger("receiver.listeners")
 
 @dataclass
 class Listener:
-    """One application on one address (port 0: any free port, see ``Listening.addresses``)."""
+    """One application on one address (port 0: any free port, see ``Listening.addresses``), or on
+    ``sockets`` bound already (by the parent of ``serve --workers``), which it then serves instead."""
 
     name: str
     app: web.Application
     host: str
     port: int
+    sockets: list[socket.socket] = field(default_factory=list)
 
 
 @dataclass
@@ -56,8 +60,9 @@ class Listening:
                 )
                 await runner.setup()
                 started.runners.append((listener.name, runner))
-                site = web.TCPSite(runner, listener.host, listener.port)
-                await site.start()
+                sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in listener.sockets]
+                for site in sites or [web.TCPSite(runner, listener.host, listener.port)]:
+                    await site.start()
                 host, port = runner.addresses[-1][:2]
                 started.addresses[listener.name] = (host, port)
                 log.info("listening", listener=listener.name, host=host, port=port)
@@ -73,13 +78,26 @@ class Listening:
 
 
 async def serve(
-    listeners: list[Listener], *, access_log: logging.Logger | None = None, shutdown_timeout: float = 10.0
+    listeners: list[Listener],
+    *,
+    access_log: logging.Logger | None = None,
+    shutdown_timeout: float = 10.0,
+    parent_fd: int | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully. ``parent_fd``: a worker's end of a pipe
+    from its parent, which reads end-of-file once the parent is gone: the worker stops then too."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    if parent_fd is not None:
+
+        def orphaned() -> None:
+            loop.remove_reader(parent_fd)
+            log.warning("the parent process is gone; stopping")
+            stopping.set()
+
+        loop.add_reader(parent_fd, orphaned)
     try:
         listening = await Listening.start(listeners, access_log=access_log, shutdown_timeout=shutdown_timeout)
         try:
@@ -90,3 +108,5 @@ async def serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if parent_fd is not None:
+            loop.remove_reader(parent_fd)

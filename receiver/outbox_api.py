@@ -9,6 +9,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from receiver.dispatch import Dispatcher
 from receiver.documents import iso
 from receiver.ports import DeliveryQuery, DeliveryRow, DeliveryState
 from receiver.web import (
@@ -25,6 +26,12 @@ from receiver.web import (
 
 log = structlog.get_logger("receiver.outbox_api")
 SINK_NAMES: web.AppKey[frozenset[str]] = web.AppKey("sink_names")  # the configured sinks
+
+
+def _dispatcher(request: web.Request) -> Dispatcher | None:
+    """This process's dispatcher, if it runs here (it runs in one process per store)."""
+    leased = request.app.get(DISPATCHER)
+    return leased.current if leased is not None else None
 
 
 def _delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
@@ -86,7 +93,7 @@ async def redrive(request: web.Request) -> web.Response:
     if not isinstance(dry_run, bool):
         raise BadParameterError("dry_run", "true or false")
     n = await request.app[STORE].redrive(query, now=request.app[CLOCK](), dry_run=dry_run)
-    if not dry_run and (dispatcher := request.app.get(DISPATCHER)) is not None:
+    if not dry_run and (dispatcher := _dispatcher(request)) is not None:
         dispatcher.wake()
     log.info("redrive", matched=n, dry_run=dry_run, **{k: v for k, v in body.items() if k != "dry_run"})
     return json_response({"matched" if dry_run else "redriven": n})
@@ -95,7 +102,7 @@ async def redrive(request: web.Request) -> web.Response:
 async def list_sinks(request: web.Request) -> web.Response:
     """Per sink: backlog, delivered, dead, the age of the oldest undelivered event, breaker state."""
     now = request.app[CLOCK]()
-    dispatcher = request.app.get(DISPATCHER)
+    dispatcher = _dispatcher(request)
     live = dispatcher.status() if dispatcher is not None else {}
     stats = {s.sink: s for s in await request.app[STORE].sink_stats()}
     items = []
@@ -124,7 +131,7 @@ async def enable_sink(request: web.Request) -> web.Response:
     if name not in configured:
         known = ", ".join(sorted(configured)) or "none configured"
         return error_response(404, "unknown_sink", f"no sink named {name!r} (sinks: {known})", field="name")
-    dispatcher = request.app.get(DISPATCHER)
+    dispatcher = _dispatcher(request)
     if dispatcher is not None:
         await dispatcher.enable(name)
     else:

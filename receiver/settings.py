@@ -50,6 +50,9 @@ class HttpSettings(Section):
     body_timeout: float = Field(default=10.0, gt=0)  # seconds to read a request body, else 408
     access_log: bool = False  # one summary line per notification is logged anyway
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    # serve: processes on the listening socket(s), which a parent binds once and restarts them on.
+    # 1: one process, no parent.
+    workers: int = Field(default=1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _management_listener_has_a_port(self) -> HttpSettings:
@@ -260,6 +263,10 @@ class Settings(BaseSettings):
     dispatch_poll_interval: float = Field(default=1.0, gt=0)
     # serve runs the dispatcher too; false when a separate `receiver dispatch` does (one per store).
     dispatch_in_serve: bool = True
+    # The dispatcher and the maintenance loop run in one process per store (of all workers and
+    # replicas), each under a lease of this many seconds, renewed every third of it: when its
+    # holder dies, another takes the job over within about 4/3 of this.
+    lease_seconds: float = Field(default=10.0, gt=0)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -28,6 +28,7 @@ from receiver.errors import (
 from receiver.events import Channel
 from receiver.guards import WEBHOOK_PATH
 from receiver.ingest import Ingestor
+from receiver.leases import LeasedJob
 from receiver.metrics import CONTENT_TYPE, Metrics, Snapshot
 from receiver.ports import EventQuery, Quarantined, Router, Store
 from receiver.responses import error_response as error_response  # re-exported for the API modules
@@ -41,7 +42,8 @@ STORE = web.AppKey("store", Store)
 MAX_BODY = web.AppKey("max_body", int)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 CONSUMER = web.AppKey("consumer", AmqpConsumer)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+# The dispatcher runs in one process per store: ``.current`` is None in the others.
+DISPATCHER: web.AppKey[LeasedJob[Dispatcher]] = web.AppKey("dispatcher")
 METRICS = web.AppKey("metrics", Metrics)
 ROUTER: web.AppKey[Router] = web.AppKey("router")  # set when sinks are configured
 TASK_DEADLINE = web.AppKey("task_deadline", float)  # seconds; 0 = tasks are never overdue

@@ -82,3 +82,26 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         pass
+
+
+class MemoryLeases:
+    """The ``Leases`` port in a dict, with the stores' rule; ``down`` makes every call unavailable."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[str, float]] = {}
+        self.down = False
+
+    async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool:
+        if self.down:
+            raise StoreUnavailableError("store down (fake)")
+        current = self.held.get(name)
+        if current is None or current[0] == holder or current[1] <= now:
+            self.held[name] = (holder, now + ttl)
+            return True
+        return False
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        if self.down:
+            raise StoreUnavailableError("store down (fake)")
+        if self.held.get(name, ("", 0.0))[0] == holder:
+            del self.held[name]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
-from receiver.dispatch import CircuitBreaker, RecentEvents, SinkPolicy, settle
+from receiver.dispatch import CircuitBreaker, Dispatcher, RecentEvents, SinkPolicy, settle
 from receiver.errors import SinkError, UndeliverableError
 from receiver.ports import Delivery, DeliveryState, Recorded
 from receiver.settings import Settings
@@ -71,8 +71,15 @@ def _clock() -> float:
     return FROZEN_NOW + (time.monotonic() - _STARTED)
 
 
+def dispatcher_of(client: TestClient[Any, Any]) -> Dispatcher:
+    """The app's dispatcher: it runs there, as the app holds the store's dispatch lease."""
+    dispatcher = client.app[DISPATCHER].current
+    assert dispatcher is not None
+    return dispatcher
+
+
 def sink(client: TestClient[Any, Any], name: str) -> MemorySink:
-    found = client.app[DISPATCHER].sink(name)
+    found = dispatcher_of(client).sink(name)
     assert isinstance(found, MemorySink)
     return found
 
@@ -331,7 +338,7 @@ async def test_an_event_its_sink_can_never_encode_is_dead_at_once_and_does_not_t
             break
         await asyncio.sleep(0.01)
     assert [(d["attempts"], d["last_error"]) for d in dead] == [(1, "cannot encode a AiReviewResult")] * 3
-    assert client.app[DISPATCHER].status()["bus"]["breaker"] == "closed"
+    assert dispatcher_of(client).status()["bus"]["breaker"] == "closed"
 
 
 async def test_orphans_reach_a_task_labels_sink_once_their_task_is_registered(

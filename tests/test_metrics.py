@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.app import create_app
+from receiver.errors import ConfigError
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 from tests.amqp_broker import AMQP_URL, Broker
@@ -108,3 +110,41 @@ async def test_a_consume_only_process_shows_the_store_gauges(
     helps = families(await scrape(client))
     assert set(helps) >= STORE_GAUGES
     assert set(helps.values()) == {1}
+
+
+def test_shared_metrics_add_up_every_worker_the_dead_ones_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``serve --workers`` does in each worker, two workers told apart by their process ids."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+
+    def worker(pid: int) -> Metrics:
+        # What importing prometheus_client in a worker the parent started does, with its pid.
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid))
+        return Metrics.shared(tmp_path)
+
+    one = worker(101)  # a worker that dies: what it counted still counts
+    for _ in range(3):
+        one.observe_ingest("http", "stored", 0.001)
+    one.publish_amqp({"acked": 5})
+    del one
+    two = worker(102)
+    two.observe_ingest("http", "stored", 0.002)
+    two.observe_ingest("amqp", "duplicate", 0.002)
+    two.publish_amqp({"acked": 2, "rejected": 1})
+    scraped = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(two.render().decode())
+        for s in family.samples
+    }
+    stored = ("receiver_notifications_total", (("channel", "http"), ("outcome", "stored")))
+    assert scraped[stored] == 4
+    assert scraped[("receiver_ingest_seconds_count", (("channel", "http"),))] == 4
+    assert scraped[("receiver_amqp_messages", (("outcome", "acked"),))] == 5 + 2
+    assert scraped[("receiver_amqp_messages", (("outcome", "rejected"),))] == 1
+    families(two.render().decode())  # every family once, as Prometheus reads it
+
+
+def test_shared_metrics_refuse_a_process_started_without_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR"):
+        Metrics.shared(tmp_path)

@@ -44,6 +44,8 @@ async def test_receiver_killed_mid_backlog_delivers_everything_after_restart(tmp
     env = {
         "RECEIVER_STORE__URL": f"sqlite:///{db}",
         "RECEIVER_VERIFY__NOTIFY_KEYS": orjson.dumps([KEY]).decode(),
+        # The killed process's dispatch lease runs out before the restarted one dispatches: soon.
+        "RECEIVER_LEASE_SECONDS": "2",
         "RECEIVER_SINKS": orjson.dumps(
             [
                 {

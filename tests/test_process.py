@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,6 +56,7 @@ class Server:
         args: list[str],
         command: str = "serve",
         port_setting: str = "RECEIVER_HTTP__PORT",
+        command_args: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         self.log = cwd / f"server-{self.port}.log"
@@ -67,7 +68,7 @@ class Server:
         }
         with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [*RECEIVER, *args, command],
+                [*RECEIVER, *args, command, *command_args],
                 cwd=cwd,
                 env=full_env,
                 stdout=out,

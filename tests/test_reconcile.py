@@ -50,7 +50,8 @@ def reconciler(mps: TestServer, client: TestClient[Any, Any] | None = None, **kw
     """A reconciler on the app's store (or ``kw["store"]``), asking the emulator."""
     app = client.app if client is not None else None
     settings = ReconcileSettings.model_validate(kw.pop("settings", {}))
-    dispatcher = app.get(DISPATCHER) if app is not None else None
+    leased = app.get(DISPATCHER) if app is not None else None
+    dispatcher = leased.current if leased is not None else None
     return Reconciler(
         kw.pop("store", None) or (app[STORE] if app is not None else None),
         MpsClient(mps_settings(mps)),

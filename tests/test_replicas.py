@@ -1,4 +1,8 @@
-"""Several replicas on one PostgreSQL: ingest dedup under concurrency, dispatchers sharing the outbox."""
+"""Several replicas on one PostgreSQL: ingest dedup under concurrency, dispatchers sharing the outbox.
+
+A deployment runs one dispatcher at a time (the store's dispatch lease); several at once still
+happen while one hands over to the next, and the claims' row leases keep them from sending a
+delivery twice or out of order."""
 
 from __future__ import annotations
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
-from receiver.web import DISPATCHER, STORE
+from receiver.web import STORE
 from tests import test_dispatch
-from tests.test_dispatch import FAST, REVIEW, ClientFactory, _clock, eventually, post, sink, start
+from tests.test_dispatch import (
+    FAST,
+    REVIEW,
+    ClientFactory,
+    _clock,
+    dispatcher_of,
+    eventually,
+    post,
+    sink,
+    start,
+)
 
 store_url = test_dispatch.store_url  # the fixture: SQLite and PostgreSQL
 
@@ -62,7 +72,7 @@ async def test_a_sink_re_enabled_through_another_process_resumes_in_the_dispatch
     resp = await api.post("/v1/sinks/gone/enable", json={})
     assert (resp.status, await resp.json()) == (200, {"sink": "gone", "enabled": True})
     await eventually(lambda: len(gone.received) == 2)
-    assert dispatcher.app[DISPATCHER].status()["gone"]["disabled"] is None
+    assert dispatcher_of(dispatcher).status()["gone"]["disabled"] is None
 
 
 async def test_a_sink_switched_off_in_the_store_by_another_replica_stops_here_too(
@@ -73,7 +83,7 @@ async def test_a_sink_switched_off_in_the_store_by_another_replica_stops_here_to
     other = await start(aiohttp_client, store_url, sinks, role="dispatch")
     # What the other replica writes when its delivery gets a 410.
     await other.app[STORE].set_sink_disabled("a", "410 from the other replica", now=_clock())
-    await eventually(lambda: one.app[DISPATCHER].status()["a"]["disabled"] == "410 from the other replica")
+    await eventually(lambda: dispatcher_of(one).status()["a"]["disabled"] == "410 from the other replica")
 
 
 async def test_enabling_a_sink_that_is_not_configured_is_a_404_naming_it(

@@ -1,7 +1,8 @@
 """``SqliteStore``: the embedded default store, one SQLite file in WAL mode.
 
 Writes: one connection on one thread (SQLite has one writer anyway), one transaction per group
-commit. Reads: a second connection on its own thread, which WAL lets run beside the writer.
+commit, each under the file's ``WriteLock`` (other processes writing the file queue on it). Reads:
+a second connection on its own thread, which WAL lets run beside the writer.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from receiver.stores.rows import (
     event_record,
     migrate,
 )
+from receiver.stores.sqlite_lock import WriteLock
 from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_from_row
 from receiver.tasks import MpsCheck, Task, TaskState
 
@@ -58,6 +60,7 @@ class SqliteStore:
         busy_timeout_ms: int = 5000,
     ) -> None:
         self.path = path
+        self._lock = WriteLock(path)  # other processes writing the file queue on it, and we on theirs
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout_ms / 1000
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -87,9 +90,10 @@ class SqliteStore:
 
     def _open_writer(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = self._connect()
-        migrate(con)
-        self._writer_side = SqliteWriter(con)
+        with self._lock:  # workers starting together: one creates the file and migrates, the rest wait
+            con = self._connect()
+            migrate(con)
+        self._writer_side = SqliteWriter(con, self._lock)
 
     def _open_reader(self) -> None:
         self._rcon = self._connect()
@@ -123,6 +127,7 @@ class SqliteStore:
         await loop.run_in_executor(self._writer, close, writer.con if writer else None)
         await loop.run_in_executor(self._reader, close, self._rcon)
         self._rcon = None
+        self._lock.close()
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 
@@ -137,6 +142,8 @@ class SqliteStore:
                 raise StoreUnavailableError("the store is closed")
             return fn(self._writer_side)
 
+        if self._writer_side is None:  # closed, its thread too: nothing can be scheduled there
+            raise StoreUnavailableError("the store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
     # --- ingest ---------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ during a transaction, written once per task at its end, and reach the cache only
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 
@@ -115,8 +117,9 @@ def task_from_row(row: Sequence[Any]) -> Task:
 
 
 class SqliteWriter:
-    def __init__(self, con: sqlite3.Connection) -> None:
+    def __init__(self, con: sqlite3.Connection, lock: AbstractContextManager[None] | None = None) -> None:
         self.con = con
+        self._lock = lock or contextlib.nullcontext()  # the file's WriteLock: taken around each transaction
         self._data_version = -1
         # Committed state: task by our id; our id (or None: no such task) by TaskId and by context.
         self._tasks: dict[str, Task] = {}
@@ -130,7 +133,14 @@ class SqliteWriter:
     # --- transactions -----------------------------------------------------------------------------
 
     def transaction(self, body: Callable[[], R]) -> R:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction; ``OperationalError`` = unavailable."""
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction; ``OperationalError`` = unavailable.
+
+        Other writers of the file (other processes) queue on the write lock first, so that
+        ``BEGIN IMMEDIATE`` finds SQLite's own lock free instead of polling for it."""
+        with self._lock:
+            return self._transaction(body)
+
+    def _transaction(self, body: Callable[[], R]) -> R:
         con = self.con
         try:
             con.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for the write lock
