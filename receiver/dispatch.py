@@ -51,6 +51,7 @@ from receiver.retries import SinkPolicy as SinkPolicy
 from receiver.retries import rescheduled, settle_batch
 from receiver.retries import settle as settle
 from receiver.throttle import TokenBucket
+from receiver.tracing import Tracing
 
 log = structlog.get_logger("receiver.dispatch")
 
@@ -102,8 +103,10 @@ class Dispatcher:
         observe: Callable[[str, str], None] | None = None,
         observe_held: Callable[[str, int], None] | None = None,
         alert: Callable[[str, str, dict[str, object]], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
+        self._tracing = tracing  # a client span per attempt; None: tracing is off
         self._observe = observe
         self._observe_held = observe_held  # events held back by a rate limit
         # Operator events (kind, sink, detail); never for an operator sink's own troubles.
@@ -398,7 +401,12 @@ class Dispatcher:
         """Send one delivery; what went wrong, if anything (the breaker and the counts told)."""
         error: SinkError | None = None
         try:
-            await lane.sink.deliver(delivery, event_document(delivery.event))
+            if self._tracing is None:
+                await lane.sink.deliver(delivery, event_document(delivery.event))
+            else:
+                event = delivery.event
+                with self._tracing.delivery(lane.sink.name, [event.traceparent], event_id=event.event_id):
+                    await lane.sink.deliver(delivery, event_document(event))
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a sink's bug must not stop its lane
@@ -463,8 +471,16 @@ class Dispatcher:
             now = self._clock()
             return [(None, rescheduled(d, now + held, now, held_why(lane))) for d in batch.deliveries]
         error: SinkError | None = None
+        sink = cast(BatchSink, lane.sink)
         try:
-            await cast(BatchSink, lane.sink).deliver_batch(batch)
+            if self._tracing is None:
+                await sink.deliver_batch(batch)
+            else:
+                traces = [d.event.traceparent for d in batch.deliveries]
+                with self._tracing.delivery(
+                    sink.name, traces, batch=True, batch_id=batch.id, batch_size=len(traces)
+                ):
+                    await sink.deliver_batch(batch)
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a sink's bug must not stop its lane
