@@ -38,6 +38,15 @@ OPERATOR_EVENT = "OperatorEvent"  # their notification_type
 DIGEST_LOOKBACK = 86400.0  # seconds: ended tasks this recent get a digest if they have none
 _SWEEP_LIMIT = 1000
 SIGNATURES = "signature_failures"
+KINDS = (
+    "sink_dead_letter",
+    "sink_gone",
+    "breaker_open",
+    "task_stalled",
+    "task_overdue",
+    "task_failed",
+    SIGNATURES,
+)
 
 
 def _message(kind: str, subject: str, d: dict[str, Any]) -> str:

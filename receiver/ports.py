@@ -250,7 +250,7 @@ class NoticeBook(Protocol):
     async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
 
 
-class Store(Protocol):
+class Store(NoticeBook, Protocol):
     """Durable state: events (deduplicated by ``event_id``) and tasks, changed together."""
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:

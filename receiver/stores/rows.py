@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
+from receiver import documents
 from receiver.events import Channel, Event, Verdict
 from receiver.findings import Finding
 from receiver.ports import (
@@ -34,7 +35,7 @@ encode_findings: Final = msgspec.json.Encoder().encode
 DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 
 # The channel of the events receiver makes itself (digests, operator events): never orphans.
-OWN_CHANNEL: Final = "receiver"
+OWN_CHANNEL: Final = documents.OWN_CHANNEL
 
 
 # The orphans a task would have matched had it been registered first, in the order received.
