@@ -328,6 +328,17 @@ def document() -> dict[str, Any]:
                 }
             },
             "/healthz": {"get": {"responses": {"200": _json("alive", OBJECT)}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text exposition format)",
+                    "responses": {
+                        "200": {
+                            "description": "the metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/readyz": {
                 "get": {"responses": {"200": _json("ready", OBJECT), "503": _json("not ready", OBJECT)}}
             },

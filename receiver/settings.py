@@ -10,6 +10,8 @@ import difflib
 import json
 import math
 import os
+import re
+import tomllib
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -417,6 +419,30 @@ def check_environment(environ: Mapping[str, str]) -> None:
             raise ConfigError(f"{name}: expected {kind}; got a value that is not JSON") from None
 
 
+def _sinks_by_name(message: str, config_file: Path | None, environ: Mapping[str, str]) -> str:
+    """``sinks.0.rate_limit`` said as ``sinks.alerts.rate_limit``: the sink by the name it was given
+    (from RECEIVER_SINKS when set, as the settings take it, else from the file)."""
+    given: Any = None
+    env = next((v for k, v in environ.items() if k.upper() == f"{ENV_PREFIX}SINKS"), None)
+    try:
+        if env is not None:
+            given = json.loads(env)
+        elif config_file is not None:
+            given = tomllib.loads(config_file.read_text()).get("sinks")
+    except (ValueError, OSError):
+        return message
+    if not isinstance(given, list):
+        return message
+    names = [s.get("name") if isinstance(s, dict) else None for s in given]
+
+    def named(match: re.Match[str]) -> str:
+        i = int(match.group(1))
+        name = names[i] if i < len(names) else None
+        return f"sinks.{name}." if isinstance(name, str) and name else match.group(0)
+
+    return re.sub(r"\bsinks\.(\d+)\.", named, message)
+
+
 def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it.
 
@@ -446,7 +472,7 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
     try:
         settings = Settings.model_validate(FromFile().model_dump())
     except ValidationError as exc:
-        raise ConfigError(messages.describe(exc)) from None
+        raise ConfigError(_sinks_by_name(messages.describe(exc), config_file, environ)) from None
     except SettingsError as exc:
         raise ConfigError(f"{exc} (lists and tables in RECEIVER_* variables are JSON)") from None
     # OTEL_* are not ours (not RECEIVER_*): the OpenTelemetry variables, read here once and no
