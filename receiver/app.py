@@ -40,11 +40,11 @@ TRACING = web.AppKey("tracing", Tracing)
 
 def committed_to(
     *hooks: Callable[[Sequence[Event], Sequence[Recorded]], None] | None,
-) -> Callable[[Sequence[Event], Sequence[Recorded]], None]:
+) -> Callable[[Sequence[Event], Sequence[Recorded]], None] | None:
     """Each committed batch told to every hook given."""
     called = [h for h in hooks if h is not None]
-    if len(called) == 1:
-        return called[0]
+    if len(called) <= 1:
+        return called[0] if called else None
 
     def tell(events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
         for hook in called:
@@ -241,7 +241,11 @@ def create_app(
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher = app.get(routes.DISPATCHER)
         notices = app[NOTICES]
-        on_recorded = committed_to(dispatcher.committed if dispatcher else None, notices.committed)
+        # A digest as soon as this process commits a task's end; without digest sinks, nothing is
+        # added per batch (a failed task is told by the sweep).
+        on_recorded = committed_to(
+            dispatcher.committed if dispatcher else None, notices.committed if notices.digests else None
+        )
         ingestor = build_ingestor(settings, app[routes.STORE], clock, on_recorded, metrics, notices)
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():

@@ -259,7 +259,7 @@ class Dispatcher:
 
     # --- one sink -----------------------------------------------------------------------------
 
-    def _free(self, lane: _Lane, now: float) -> int:
+    def _free(self, lane: _Lane) -> int:
         """How many task lines may be claimed now: room for lines, for their deliveries (batching),
         and for what the rate limit lets through."""
         free = (lane.policy.concurrency if lane.batcher is None else lane.lines) - len(lane.busy)
@@ -274,7 +274,7 @@ class Dispatcher:
             lane.wake.clear()
             claimed = 0
             now = self._clock()
-            free = self._free(lane, now)
+            free = self._free(lane)
             if free > 0 and lane.disabled is None and lane.breaker.allows(now):
                 trial = lane.breaker.trial
                 try:
@@ -300,7 +300,7 @@ class Dispatcher:
                 claimed = len(lines)
             if self._stopping:
                 return
-            if claimed and self._free(lane, now) > 0:
+            if claimed and self._free(lane) > 0:
                 continue  # there may be more right away
             timeout = self._poll
             if lane.bucket is not None and free <= 0:  # back when the rate limit lets one through
