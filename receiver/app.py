@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from aiohttp import web
 
-from receiver import abort_api, guards, outbox_api, submit_api
+from receiver import abort_api, guards, notices_api, outbox_api, submit_api
 from receiver import web as routes
 from receiver.bell import Bell
 from receiver.consumer import AmqpConsumer
@@ -23,15 +23,38 @@ from receiver.leases import LeasedJob, holder_name
 from receiver.listeners import Listener
 from receiver.metrics import Metrics
 from receiver.mps import MpsClient
-from receiver.ports import Recorded, Router, Store
+from receiver.notices import Notices
+from receiver.ports import NoticeBook, Recorded, Router, Store
 from receiver.reconcile import Reconciler
 from receiver.redact import redact_url
-from receiver.routing import router
+from receiver.routing import SinkFilter, router
 from receiver.settings import MaintenanceSettings, Settings
-from receiver.sinks import build_sink
+from receiver.sinks import build_sink, takes_batches
 from receiver.stores import open_store
+from receiver.tracing import Tracing, build_provider
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = structlog.get_logger("receiver.app")
+
+NOTICES = web.AppKey("notices", Notices)
+TRACING = web.AppKey("tracing", Tracing)
+
+
+def committed_to(
+    *hooks: Callable[[Sequence[Event], Sequence[Recorded]], None] | None,
+) -> Callable[[Sequence[Event], Sequence[Recorded]], None] | None:
+    """Each committed batch told to every hook given."""
+    called = [h for h in hooks if h is not None]
+    if len(called) <= 1:
+        return called[0] if called else None
+
+    def tell(events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
+        for hook in called:
+            hook(events, recorded)
+
+    return tell
 
 
 def build_ingestor(
@@ -40,10 +63,11 @@ def build_ingestor(
     clock: Callable[[], float] = time.time,
     on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
     metrics: Metrics | None = None,
+    notices: Notices | None = None,
 ) -> Ingestor:
     verify = settings.verify
     policies = {channel: verify.policy_for(channel) for channel in NOTIFICATION_CHANNELS}
-    sinks = [(s.name, s.filter) for s in settings.sinks]
+    sinks = mps_sinks(settings)
     return Ingestor(
         store,
         keys=verify.keys(),
@@ -57,19 +81,59 @@ def build_ingestor(
         on_recorded=on_recorded,
         observe=metrics.observe_ingest if metrics else None,
         observe_key=metrics.observe_key_match if metrics else None,
+        on_signature_failure=notices.signature_failed if notices else None,
+    )
+
+
+def mps_sinks(settings: Settings) -> list[tuple[str, SinkFilter]]:
+    """The sinks MPS events are routed to: all but the operator sinks."""
+    return [(s.name, s.filter) for s in settings.sinks if not s.operator]
+
+
+def build_notices(
+    settings: Settings, store: NoticeBook, clock: Callable[[], float] = time.time, *, sweep: bool = True
+) -> Notices:
+    return Notices(
+        store,
+        operator_sinks=[s.name for s in settings.sinks if s.operator],
+        digest_sinks=[(s.name, s.filter) for s in settings.sinks if s.digests],
+        settings=settings.operator,
+        task_deadline=settings.maintenance.task_deadline,
+        sweep_interval=settings.maintenance.interval,
+        sweep=sweep,
+        clock=clock,
     )
 
 
 def build_dispatcher(
-    settings: Settings, store: Store, clock: Callable[[], float] = time.time, metrics: Metrics | None = None
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
+    notices: Notices | None = None,
+    tracing: Tracing | None = None,
 ) -> Dispatcher:
-    sinks = [(build_sink(s.name, s.kind, s.options), s.policy()) for s in settings.sinks]
+    sinks = []
+    for s in settings.sinks:
+        sink = build_sink(s.name, s.kind, s.options)
+        if s.max_batch > 1 and not takes_batches(sink):
+            raise ConfigError(
+                f"sinks.{s.name}: max_batch: expected 1 for kind {s.kind!r}, whose sink takes no batches"
+                " (it has no encode and deliver_batch)"
+            )
+        sinks.append((sink, s.policy()))
+    if metrics is not None:
+        for s in settings.sinks:
+            metrics.set_rate_limit(s.name, s.rate_limit)
     return Dispatcher(
         store,
         sinks,
         poll_interval=settings.dispatch_poll_interval,
         clock=clock,
         observe=metrics.observe_delivery if metrics else None,
+        observe_held=metrics.observe_held if metrics else None,
+        alert=notices.alert if notices else None,
+        tracing=tracing,
     )
 
 
@@ -136,8 +200,10 @@ def create_app(
     role: Literal["serve", "consume", "dispatch"] = "serve",
     metrics: Metrics | None = None,
     bell: Bell | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
-    """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed.
+    """The aiohttp application. A ``store`` passed in is the caller's: it is used, not closed; so is
+    a ``tracer_provider`` (tracing is then on; otherwise it is on as ``settings.tracing`` says).
 
     ``serve``: the webhook, the management API and the dispatcher, plus the AMQP consumer when
     ``amqp.url`` is set. ``consume``: the AMQP consumer alone (worker replicas). ``dispatch``: the
@@ -160,8 +226,14 @@ def create_app(
     app[guards.BODY_TIMEOUT] = settings.http.body_timeout
     app[guards.GUARD] = guards.guard_for(settings)
     app[routes.CLOCK] = clock
-    if settings.sinks:  # adopted orphans are routed with the same filters as ingest
-        app[routes.ROUTER] = router([(s.name, s.filter) for s in settings.sinks])
+    if mps_sinks(settings):  # adopted orphans are routed with the same filters as ingest
+        app[routes.ROUTER] = router(mps_sinks(settings))
+    tracing = None
+    if tracer_provider is not None or settings.tracing.enabled:
+        # Only now is OpenTelemetry imported: with tracing off, nothing of it is loaded.
+        owned = tracer_provider is None
+        tracing = Tracing(tracer_provider or build_provider(settings.tracing), owned=owned)
+        app[TRACING] = tracing
     app[routes.TASK_DEADLINE] = settings.maintenance.task_deadline
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -177,9 +249,26 @@ def create_app(
     app[routes.METRICS] = metrics
     holder = holder_name()  # this process, in the leases it holds
 
+    async def notices_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Every process counts signature failures; sweeps run where maintenance does.
+        notices = build_notices(settings, app[routes.STORE], clock, sweep=role != "consume")
+        app[NOTICES] = notices
+        stop = asyncio.Event()
+        task = asyncio.create_task(notices.run(stop))
+        yield
+        stop.set()
+        await task
+
+    async def tracing_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if tracing is not None:
+            await asyncio.get_running_loop().run_in_executor(None, tracing.shutdown)  # flushes
+
     async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
+        notices = app[NOTICES]
+
         async def begin() -> Dispatcher:
-            dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
+            dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics, notices, tracing)
             await dispatcher.start()
             if bell is not None:
                 bell.listen(dispatcher.wake)  # the other workers' commits
@@ -201,8 +290,9 @@ def create_app(
 
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         leased = app.get(routes.DISPATCHER)
+        notices = app[NOTICES]
 
-        def committed(events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
+        def to_dispatcher(events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
             # To the dispatcher here, if here (it sends them from memory); else a ring for the
             # worker's that has it, if any.
             if leased is not None and (dispatcher := leased.current) is not None:
@@ -210,7 +300,12 @@ def create_app(
             elif bell is not None:
                 bell.ring()
 
-        ingestor = build_ingestor(settings, app[routes.STORE], clock, committed if leased else None, metrics)
+        # A digest as soon as this process commits a task's end; without digest sinks, nothing is
+        # added per batch (a failed task is told by the sweep).
+        on_recorded = committed_to(
+            to_dispatcher if leased else None, notices.committed if notices.digests else None
+        )
+        ingestor = build_ingestor(settings, app[routes.STORE], clock, on_recorded, metrics, notices)
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
             log.warning(
@@ -236,6 +331,7 @@ def create_app(
             settings.amqp,
             max_body_bytes=settings.http.max_body_bytes,
             clock=clock,
+            tracing=tracing,
         )
         await consumer.start()
         app[routes.CONSUMER] = consumer
@@ -257,7 +353,9 @@ def create_app(
         metrics.publish_amqp(consumer.counts)
 
     # Registered in dependency order; teardown runs in reverse.
+    app.cleanup_ctx.append(tracing_ctx)
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(notices_ctx)
     if role == "dispatch" or (role == "serve" and settings.dispatch_in_serve):
         app.cleanup_ctx.append(dispatch_ctx)
     app.cleanup_ctx.append(ingest_ctx)
@@ -316,9 +414,10 @@ def create_app(
     routes.add_probes(app)
     if role == "serve":
         if not settings.http.split:
-            routes.add_webhook(app)
+            routes.add_webhook(app, tracing)
         routes.add_management(app)
         outbox_api.add_routes(app, [s.name for s in settings.sinks])
+        notices_api.add_routes(app)
         submit_api.add_routes(app, settings.mps, settings.verify.keys())
         abort_api.add_routes(app)
     return app
@@ -339,7 +438,7 @@ def create_webhook_app(settings: Settings, main: web.Application) -> web.Applica
         app[routes.STORE] = main[routes.STORE]
 
     app.on_startup.append(share)
-    routes.add_webhook(app)
+    routes.add_webhook(app, main.get(TRACING))
     app.router.add_get("/healthz", routes.healthz)
     return app
 

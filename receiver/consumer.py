@@ -46,6 +46,7 @@ from receiver.events import Channel
 from receiver.ingest import Ingestor
 from receiver.ports import Quarantined, Store
 from receiver.settings import AmqpSettings
+from receiver.tracing import Tracing
 
 log = structlog.get_logger("receiver.consumer")
 
@@ -159,8 +160,10 @@ class AmqpConsumer:
         *,
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self._ingestor = ingestor
+        self._tracing = tracing  # a consumer span per message; None: tracing is off
         self._store = store
         self._settings = settings
         self._max_body = max_body_bytes
@@ -244,7 +247,10 @@ class AmqpConsumer:
 
     async def _consume(self) -> None:
         assert self._queue is not None
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        # Chosen once here: with tracing off, nothing is added per message.
+        self._consumer_tag = await self._queue.consume(
+            self._on_message if self._tracing is None else self._traced
+        )
 
     async def _cancel_consumer(self) -> None:
         tag, self._consumer_tag = self._consumer_tag, None
@@ -256,17 +262,23 @@ class AmqpConsumer:
 
     # --- one delivery -------------------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: AbstractIncomingMessage, traceparent: str | None = None) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            await self._handle(message)
+            await self._handle(message, traceparent)
         finally:
             if task is not None:
                 self._inflight.discard(task)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _traced(self, message: AbstractIncomingMessage) -> None:
+        assert self._tracing is not None
+        assert self._queue is not None
+        with self._tracing.consumer(self._queue.name, message.message_id, message.headers or {}) as span:
+            await self._on_message(message, self._tracing.traceparent(span))
+
+    async def _handle(self, message: AbstractIncomingMessage, traceparent: str | None = None) -> None:
         self.counts["consumed"] += 1
         if len(message.body) > self._max_body:
             # Never reaches ingest, so this is the notification's summary line (as the webhook's).
@@ -284,7 +296,7 @@ class AmqpConsumer:
         while True:
             await self._store_ok.wait()
             try:
-                result = await self._ingestor.ingest(body, Channel.AMQP)
+                result = await self._ingestor.ingest(body, Channel.AMQP, traceparent)
             except InvalidNotificationError as exc:
                 await self._dead_letter(message, exc.code, str(exc), exc.field)
                 return

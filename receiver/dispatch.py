@@ -3,6 +3,10 @@
 Per sink: up to ``concurrency`` tasks in flight, one delivery per task at a time and in the order
 received (so ``ProcessEof`` goes after every earlier event of its task); retries on a schedule with
 jitter; a circuit breaker; after the last attempt the row is ``dead`` (kept, redrivable). A sink
+with ``max_batch`` above 1 sends its events in batches (``batches.Batcher``: ``concurrency`` is then
+batches in flight, and a task still has one batch in flight at a time); one with a ``rate_limit``
+holds its deliveries back to it (``throttle.TokenBucket``): a delivery over the limit waits, and if
+the wait is long it is rescheduled, no attempt spent and the breaker not told. A sink
 whose target answers 410 is switched off until re-enabled; the store holds that switch, and every
 dispatcher reads it every ``poll_interval``, so a sink re-enabled through any process (or switched
 off by another replica's 410) is seen by all. A delivery its sink can never encode is dead at once,
@@ -14,144 +18,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
-import msgspec
 import structlog
 
+from receiver.batches import Batcher
 from receiver.documents import event_document
 from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, UndeliverableError
 from receiver.events import Event
 from receiver.group_commit import GroupCommit
-from receiver.ports import Delivery, DeliveryState, EventRecord, Recorded, Settlement, Sink, Store
+from receiver.ports import (
+    Batch,
+    BatchSink,
+    Delivery,
+    DeliveryState,
+    Recorded,
+    Settlement,
+    Sink,
+    Store,
+)
+from receiver.recent import RecentEvents as RecentEvents
+from receiver.retries import DEFAULT_SCHEDULE as DEFAULT_SCHEDULE
+from receiver.retries import CircuitBreaker as CircuitBreaker
+from receiver.retries import SinkPolicy as SinkPolicy
+from receiver.retries import rescheduled, settle_batch
+from receiver.retries import settle as settle
+from receiver.throttle import TokenBucket
+from receiver.tracing import Tracing
 
 log = structlog.get_logger("receiver.dispatch")
-
-_builtins = msgspec.to_builtins  # findings as the store gives them back: plain dicts
 
 # Deliveries of one task claimed at once and sent in a row (one claim and one settlement for all).
 LINE = 64
 
-# Seconds to wait before attempt 2, 3, ...: about seven and a half hours in all, then dead.
-DEFAULT_SCHEDULE = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
-
-
-@dataclass(frozen=True, slots=True)
-class SinkPolicy:
-    concurrency: int = 8  # tasks in flight at once for this sink
-    retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    jitter: float = 0.2  # each wait is scaled by a random factor in [1 - jitter, 1 + jitter]
-    breaker_threshold: int = 5  # consecutive failures that open the breaker
-    breaker_cooldown: float = 30.0  # seconds open before one trial delivery
-
-
-def settle(
-    delivery: Delivery, error: SinkError | None, policy: SinkPolicy, now: float, rng: random.Random
-) -> Settlement:
-    """What one attempt makes of a delivery: delivered, due again later, or dead. Pure."""
-    attempts = delivery.attempts + 1
-    if error is None:
-        return Settlement(delivery.id, DeliveryState.DELIVERED, attempts, now, None, now)
-    if attempts > len(policy.retry_schedule) or isinstance(error, UndeliverableError):
-        return Settlement(delivery.id, DeliveryState.DEAD, attempts, now, str(error), now)
-    wait = policy.retry_schedule[attempts - 1] * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
-    if error.retry_after is not None:
-        # Honoured, but no longer than the schedule's longest wait: a target cannot park a task forever.
-        wait = max(wait, min(error.retry_after, max(policy.retry_schedule)))
-    return Settlement(delivery.id, DeliveryState.PENDING, attempts, now + wait, str(error), now)
-
-
-@dataclass(slots=True)
-class CircuitBreaker:
-    """Closed: deliver. Open (after ``threshold`` failures in a row): wait ``cooldown``. Then let
-    one delivery through: success closes it, failure opens it again."""
-
-    threshold: int
-    cooldown: float
-    failures: int = 0
-    opened_at: float | None = None
-    trial: bool = False
-
-    def allows(self, now: float) -> bool:
-        if self.opened_at is None:
-            return True
-        if self.trial or now - self.opened_at < self.cooldown:
-            return False
-        self.trial = True  # half-open: exactly one delivery goes out
-        return True
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-        self.trial = False
-
-    def abstained(self) -> None:
-        """The attempt never reached the target (it could not be encoded): it proves nothing."""
-        self.trial = False
-
-    def failed(self, now: float) -> None:
-        self.failures += 1
-        self.trial = False
-        if self.failures >= self.threshold:
-            self.opened_at = now
-
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
-            return "closed"
-        return "half-open" if self.trial else "open"
-
-
-class RecentEvents:
-    """The events this process committed last, kept a little while so that the dispatcher sends
-    them without reading them back; the outbox stays the truth (a miss reads the store).
-
-    Only events matched to a task are kept: an orphan may be adopted meanwhile, and then its
-    stored row, not the copy, says so."""
-
-    def __init__(self, limit: int = 2048) -> None:
-        self._limit = limit
-        self._items: OrderedDict[int, tuple[Event, Recorded]] = OrderedDict()
-
-    def add(self, events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
-        items = self._items
-        for event, r in zip(events, recorded, strict=True):
-            if not r.duplicate and r.task is not None:
-                items[r.seq] = (event, r)
-        while len(items) > self._limit:
-            items.popitem(last=False)
-
-    def get(self, seq: int) -> EventRecord | None:
-        found = self._items.get(seq)
-        if found is None:
-            return None
-        e, r = found
-        assert r.task is not None  # only matched events are kept
-        return EventRecord(
-            seq=r.seq,
-            event_id=e.event_id,
-            task_id=e.task_id,
-            task_ref=r.task.id,
-            matched_by=r.matched_by,
-            notification_type=e.notification_type,
-            session_id=e.session_id,
-            session_context=e.session_context,
-            channel=e.channel.value,
-            received_at=e.received_at,
-            verdict=e.verdict.value,
-            late=r.late,
-            duplicates=0,
-            err_code=e.err_code,
-            err_message=e.err_message,
-            findings=_builtins(e.findings),
-            raw=e.raw,
-            sign_key=e.sign_key,
-        )
+# Longest a delivery over the rate limit waits in hand; past it, it is rescheduled in the store
+# (a claimed line is leased, and a lease must not run out while it waits).
+RATE_HOLD = 2.0
 
 
 @dataclass(slots=True)
@@ -167,6 +76,19 @@ class _Lane:
     disabled: str | None = None
     changed_at: float = 0.0  # monotonic time this process last switched it; inf while writing that
     runner: asyncio.Task[None] | None = None
+    bucket: TokenBucket | None = None  # its rate limit
+    batcher: Batcher[tuple[SinkError | None, Settlement]] | None = None  # max_batch above 1
+    held: int = 0  # deliveries claimed and not yet settled
+
+    @property
+    def lines(self) -> int:
+        """Task lines in flight at once: one per task, and enough of them to fill every batch."""
+        return self.policy.concurrency * self.policy.max_batch
+
+    @property
+    def per_key(self) -> int:
+        """Deliveries of one task claimed at once: a line, or a whole batch of one task."""
+        return max(LINE, self.policy.max_batch)
 
 
 class Dispatcher:
@@ -179,13 +101,32 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         observe: Callable[[str, str], None] | None = None,
+        observe_held: Callable[[str, int], None] | None = None,
+        alert: Callable[[str, str, dict[str, object]], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
+        self._tracing = tracing  # a client span per attempt; None: tracing is off
         self._observe = observe
+        self._observe_held = observe_held  # events held back by a rate limit
+        # Operator events (kind, sink, detail); never for an operator sink's own troubles.
+        self._alert = alert
         self._lanes = {
             sink.name: _Lane(sink, policy, CircuitBreaker(policy.breaker_threshold, policy.breaker_cooldown))
             for sink, policy in sinks
         }
+        for lane in self._lanes.values():
+            policy = lane.policy
+            if policy.rate_limit is not None:
+                lane.bucket = TokenBucket(policy.rate_limit, policy.rate_burst)
+            if policy.max_batch > 1:
+                lane.batcher = Batcher(
+                    max_batch=policy.max_batch,
+                    max_wait=policy.max_wait,
+                    pinned_wait=max(policy.max_wait, 2 * poll_interval),
+                    concurrency=policy.concurrency,
+                    send=functools.partial(self._attempt_batch, lane),
+                )
         self._poll = poll_interval
         self._clock = clock
         self._rng = rng or random.Random()
@@ -260,6 +201,9 @@ class Dispatcher:
         for runner in stuck:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+        for lane in self._lanes.values():
+            if lane.batcher is not None:
+                lane.batcher.flush_all()  # nothing more is coming: what waits to fill goes now
         in_flight = [t for lane in self._lanes.values() for t in lane.busy.values()]
         if in_flight:
             done, pending = await asyncio.wait(in_flight, timeout=drain_seconds)
@@ -299,14 +243,38 @@ class Dispatcher:
             for name, lane in self._lanes.items()
         }
 
+    def rate_limits(self) -> dict[str, dict[str, float]]:
+        """Each rate-limited sink's limit, what its bucket holds now, and the events it held back."""
+        now = time.monotonic()
+        return {
+            name: {
+                "per_second": lane.bucket.rate,
+                "burst": lane.bucket.burst,
+                "tokens": round(max(0.0, lane.bucket.available(now)), 3),
+                "held_back": lane.bucket.held_back,
+            }
+            for name, lane in self._lanes.items()
+            if lane.bucket is not None
+        }
+
     # --- one sink -----------------------------------------------------------------------------
+
+    def _free(self, lane: _Lane) -> int:
+        """How many task lines may be claimed now: room for lines, for their deliveries (batching),
+        and for what the rate limit lets through."""
+        free = (lane.policy.concurrency if lane.batcher is None else lane.lines) - len(lane.busy)
+        if lane.batcher is not None:
+            free = min(free, 2 * lane.lines - lane.held)
+        if lane.bucket is not None:
+            free = min(free, math.floor(lane.bucket.available(time.monotonic())))
+        return free
 
     async def _run(self, lane: _Lane) -> None:
         while not self._stopping:
             lane.wake.clear()
             claimed = 0
             now = self._clock()
-            free = lane.policy.concurrency - len(lane.busy)
+            free = self._free(lane)
             if free > 0 and lane.disabled is None and lane.breaker.allows(now):
                 trial = lane.breaker.trial
                 try:
@@ -315,7 +283,7 @@ class Dispatcher:
                         now=now,
                         limit=1 if trial else free,
                         busy_keys=set(lane.busy),
-                        per_key=1 if trial else LINE,
+                        per_key=1 if trial else lane.per_key,
                         known=self._recent.get,
                     )
                 except StoreUnavailableError as exc:
@@ -327,45 +295,55 @@ class Dispatcher:
                 for delivery in deliveries:
                     lines.setdefault(delivery.task_key, []).append(delivery)
                 for key, line in lines.items():
+                    lane.held += len(line)
                     lane.busy[key] = asyncio.create_task(self._deliver_line(lane, key, line))
                 claimed = len(lines)
             if self._stopping:
                 return
-            if claimed and len(lane.busy) < lane.policy.concurrency:
+            if claimed and self._free(lane) > 0:
                 continue  # there may be more right away
+            timeout = self._poll
+            if lane.bucket is not None and free <= 0:  # back when the rate limit lets one through
+                timeout = min(timeout, max(0.001, lane.bucket.wait_for(1, time.monotonic())))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.wake.wait(), timeout=self._poll)
+                await asyncio.wait_for(lane.wake.wait(), timeout=timeout)
 
     async def _deliver_line(self, lane: _Lane, key: str, line: Sequence[Delivery]) -> None:
-        """One task's deliveries, in order, one at a time; settled together at the end (the key
-        stays busy until then, so nothing of this task is claimed again meanwhile). The line
-        stops at the first delivery that must wait for a retry: every later one waits behind it."""
+        """One task's deliveries, in order, one at a time (or a batch at a time); settled together at
+        the end (the key stays busy until then, so nothing of this task is claimed again meanwhile).
+        The line stops at the first delivery that must wait for a retry: every later one waits behind it."""
         outcomes: list[Settlement] = []
         gone: SinkGoneError | None = None
+        at = 0
         try:
-            for delivery in line:
+            while at < len(line):
                 if outcomes and (self._stopping or lane.disabled is not None or lane.breaker.opened_at):
                     break  # the rest stay pending, as they were
-                error = await self._attempt(lane, delivery)
-                outcome = settle(delivery, error, lane.policy, self._clock(), self._rng)
-                outcomes.append(outcome)
-                if outcome.state == DeliveryState.DEAD:
-                    lane.counts["dead"] += 1
-                    if self._observe is not None:
-                        self._observe(lane.sink.name, "dead")
-                    log.error(
-                        "delivery dead",
-                        sink=lane.sink.name,
-                        event_id=delivery.event.event_id,
-                        error=str(error),
-                    )
-                if isinstance(error, SinkGoneError):
-                    gone = error
-                    lane.disabled = str(error)
-                    lane.changed_at = math.inf  # until the store has it, what it says is older than this
-                    log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
+                if lane.batcher is not None:
+                    tried = await self._offer(lane, line, at)
+                else:
+                    held = await self._throttle(lane, 1)
+                    if held is not None:  # over the rate limit: come back later, as it is
+                        if not outcomes:  # the line's head: rescheduled (it is leased until settled)
+                            outcomes.append(
+                                rescheduled(line[at], self._clock() + held, self._clock(), held_why(lane))
+                            )
+                        break
+                    delivery = line[at]
+                    error = await self._attempt(lane, delivery)
+                    tried = [
+                        (delivery, error, settle(delivery, error, lane.policy, self._clock(), self._rng))
+                    ]
+                at += len(tried)
+                for delivery, error, outcome in tried:
+                    outcomes.append(outcome)
+                    if outcome.state == DeliveryState.DEAD:
+                        self._dead(lane, delivery, error)
+                if any(isinstance(error, SinkGoneError) for _, error, _ in tried):
+                    gone = next(e for _, e, _ in tried if isinstance(e, SinkGoneError))
+                    self._gone(lane, gone)
                     break
-                if outcome.state == DeliveryState.PENDING:
+                if not tried or any(o.state == DeliveryState.PENDING for _, _, o in tried):
                     break
         finally:
             try:
@@ -374,6 +352,7 @@ class Dispatcher:
                 pass  # not settled: still pending in the store, so they go out again (at least once)
             finally:
                 lane.busy.pop(key, None)
+                lane.held -= len(line)
                 lane.wake.set()
         if gone is not None:
             try:
@@ -382,25 +361,136 @@ class Dispatcher:
             finally:
                 lane.changed_at = time.monotonic()
 
+    def _dead(self, lane: _Lane, delivery: Delivery, error: SinkError | None) -> None:
+        lane.counts["dead"] += 1
+        if self._observe is not None:
+            self._observe(lane.sink.name, "dead")
+        log.error("delivery dead", sink=lane.sink.name, event_id=delivery.event.event_id, error=str(error))
+        if self._alert is not None and not lane.policy.operator:
+            self._alert(
+                "sink_dead_letter", lane.sink.name, {"event_id": delivery.event.event_id, "error": str(error)}
+            )
+
+    def _gone(self, lane: _Lane, error: SinkGoneError) -> None:
+        if lane.disabled is not None:
+            return  # another line of this sink heard it first
+        lane.disabled = str(error)
+        lane.changed_at = math.inf  # until the store has it, what it says is older than this
+        log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
+        if self._alert is not None and not lane.policy.operator:
+            self._alert("sink_gone", lane.sink.name, {"reason": lane.disabled})
+
+    async def _throttle(self, lane: _Lane, events: int) -> float | None:
+        """Wait until the rate limit lets ``events`` through; None once they may go, or the seconds
+        to come back in when that is too far off to wait in hand (then they are rescheduled)."""
+        bucket = lane.bucket
+        if bucket is None:
+            return None
+        wait = bucket.reserve(events, time.monotonic())
+        if wait <= 0:
+            return None
+        if self._observe_held is not None:
+            self._observe_held(lane.sink.name, events)
+        if wait <= RATE_HOLD:
+            await asyncio.sleep(wait)
+            return None
+        bucket.cancel(events, time.monotonic())
+        return wait
+
     async def _attempt(self, lane: _Lane, delivery: Delivery) -> SinkError | None:
         """Send one delivery; what went wrong, if anything (the breaker and the counts told)."""
         error: SinkError | None = None
         try:
-            await lane.sink.deliver(delivery, event_document(delivery.event))
+            if self._tracing is None:
+                await lane.sink.deliver(delivery, event_document(delivery.event))
+            else:
+                event = delivery.event
+                with self._tracing.delivery(lane.sink.name, [event.traceparent], event_id=event.event_id):
+                    await lane.sink.deliver(delivery, event_document(event))
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a sink's bug must not stop its lane
             log.exception("sink raised", sink=lane.sink.name)
             error = SinkError(repr(exc))
+        self._heard(lane, error, 1)
+        return error
+
+    def _heard(self, lane: _Lane, error: SinkError | None, events: int) -> None:
+        """Tell the breaker and the counts how one attempt (of one event or a batch) went."""
         if error is None:
             lane.breaker.succeeded()
-            lane.counts["delivered"] += 1
+            lane.counts["delivered"] += events
         elif isinstance(error, UndeliverableError):
             lane.breaker.abstained()  # the target never saw it: no reason to stop sending the rest
-            lane.counts["undeliverable"] += 1
+            lane.counts["undeliverable"] += events
         else:
-            lane.breaker.failed(self._clock())
-            lane.counts["failed"] += 1
+            opened = lane.breaker.failed(self._clock())
+            lane.counts["failed"] += events
+            if opened and self._alert is not None and not lane.policy.operator:
+                self._alert(
+                    "breaker_open", lane.sink.name, {"failures": lane.breaker.failures, "error": str(error)}
+                )
         if self._observe is not None:
-            self._observe(lane.sink.name, "delivered" if error is None else "failed")
-        return error
+            for _ in range(events):
+                self._observe(lane.sink.name, "delivered" if error is None else "failed")
+
+    # --- batches ------------------------------------------------------------------------------
+
+    async def _offer(
+        self, lane: _Lane, line: Sequence[Delivery], at: int
+    ) -> list[tuple[Delivery, SinkError | None, Settlement]]:
+        """The next run of a line for a batch: the members of the batch its head failed in (retried
+        whole), or the deliveries of one group; one that cannot be encoded is dead alone, at once."""
+        assert lane.batcher is not None
+        sink = cast(BatchSink, lane.sink)
+        head = line[at]
+        members: list[tuple[Delivery, bytes]] = []
+        group = ""
+        for delivery in line[at : at + lane.policy.max_batch]:
+            if delivery.batch_id != head.batch_id:
+                break
+            try:
+                body, its_group = sink.encode(event_document(delivery.event))
+            except UndeliverableError as exc:
+                if members:
+                    break  # the batch so far goes first; this one is dead on its turn
+                self._heard(lane, exc, 1)
+                return [(delivery, exc, settle(delivery, exc, lane.policy, self._clock(), self._rng))]
+            if members and its_group != group and head.batch_id is None:
+                break
+            group = its_group
+            members.append((delivery, body))
+        pinned = (head.batch_id, head.batch_size or len(members)) if head.batch_id else None
+        tried = await lane.batcher.offer(members, group, pinned)
+        return [(d, error, outcome) for (d, _), (error, outcome) in zip(members, tried, strict=False)]
+
+    async def _attempt_batch(self, lane: _Lane, batch: Batch) -> list[tuple[SinkError | None, Settlement]]:
+        """Send one batch: one attempt, one request, one success or failure for the breaker."""
+        held = await self._throttle(lane, len(batch.deliveries))
+        if held is not None:
+            now = self._clock()
+            return [(None, rescheduled(d, now + held, now, held_why(lane))) for d in batch.deliveries]
+        error: SinkError | None = None
+        sink = cast(BatchSink, lane.sink)
+        try:
+            if self._tracing is None:
+                await sink.deliver_batch(batch)
+            else:
+                traces = [d.event.traceparent for d in batch.deliveries]
+                with self._tracing.delivery(
+                    sink.name, traces, batch=True, batch_id=batch.id, batch_size=len(traces)
+                ):
+                    await sink.deliver_batch(batch)
+        except SinkError as exc:
+            error = exc
+        except Exception as exc:  # a sink's bug must not stop its lane
+            log.exception("sink raised", sink=lane.sink.name)
+            error = SinkError(repr(exc))
+        lane.counts["batches"] += 1
+        self._heard(lane, error, len(batch.deliveries))
+        outcomes = settle_batch(batch, error, lane.policy, self._clock(), self._rng)
+        return [(error, outcome) for outcome in outcomes]
+
+
+def held_why(lane: _Lane) -> str:
+    return f"held back by the sink's rate limit ({lane.policy.rate_limit:g} events/s)"

@@ -8,6 +8,8 @@ from typing import Any
 from receiver.ports import EventRecord
 from receiver.tasks import MpsCheck, Task
 
+OWN_CHANNEL = "receiver"  # the channel of the events receiver makes itself (digests, operator events)
+
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
@@ -59,7 +61,7 @@ def event_document(e: EventRecord) -> dict[str, Any]:
         "event_id": e.event_id,
         "task_id": e.task_id,
         "task_ref": e.task_ref,
-        "orphan": e.task_ref is None,
+        "orphan": e.task_ref is None and e.channel != OWN_CHANNEL,
         "matched_by": e.matched_by.value if e.matched_by else None,
         "notification_type": e.notification_type,
         "session_id": e.session_id,
@@ -68,6 +70,7 @@ def event_document(e: EventRecord) -> dict[str, Any]:
         "received_at": iso(e.received_at),
         "verdict": e.verdict,
         "sign_key": e.sign_key,
+        "traceparent": e.traceparent,  # the trace it came in (tracing on)
         "late": e.late,
         "duplicates": e.duplicates,
         "err_code": e.err_code,

@@ -60,6 +60,7 @@ class Event:
     raw: dict[str, Any]
     body: bytes  # what is stored: the notification as received, unwrapped, Timestamp and Sign cut out
     sign_key: str | None = None  # which key verified the Sign (``Check.key``)
+    traceparent: str | None = None  # the trace it came in with, with tracing on (W3C traceparent)
     err_code: int | None = None  # ProcessEof only
     err_message: str | None = None
 

@@ -65,6 +65,7 @@ class Ingestor:
         on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
         observe: Callable[[str, str, float], None] | None = None,
         observe_key: Callable[[str], None] | None = None,
+        on_signature_failure: Callable[[Channel], None] | None = None,
     ) -> None:
         self._keys = keys
         self._policies = dict(policies)
@@ -76,6 +77,7 @@ class Ingestor:
         self._route = route
         self._observe = observe
         self._on_recorded = on_recorded
+        self._on_signature_failure = on_signature_failure  # counted for the operator events
         self._group: GroupCommit[Event, Recorded] = GroupCommit(self._commit, max_batch)
         self._store = store
 
@@ -86,8 +88,11 @@ class Ingestor:
             self._on_recorded(events, recorded)
         return recorded
 
-    async def ingest(self, raw: bytes | str, channel: Channel) -> IngestResult:
+    async def ingest(
+        self, raw: bytes | str, channel: Channel, traceparent: str | None = None
+    ) -> IngestResult:
         """Store one notification; returns once committed. Logs one summary line whatever happens.
+        ``traceparent``: the trace it came in (with tracing on), stored with the event.
 
         Raises ``InvalidNotificationError`` (never retry), ``SignatureError`` (never retry) or
         ``StoreUnavailableError`` (retry later).
@@ -125,6 +130,8 @@ class Ingestor:
                 received_at=received_at,
                 check=check,
             )
+            if traceparent is not None:
+                event.traceparent = traceparent
             summary["event_id"] = event.event_id
             summary["verdict"] = check.verdict.value
             if check.key is not None:
@@ -146,6 +153,8 @@ class Ingestor:
         except SignatureError as exc:
             outcome = "unauthorized"
             summary["error"] = exc.reason
+            if self._on_signature_failure is not None:
+                self._on_signature_failure(channel)
             raise
         except StoreUnavailableError as exc:
             outcome = "unavailable"

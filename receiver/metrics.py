@@ -57,6 +57,18 @@ class Metrics:
             ["sink", "outcome"],
             registry=own,
         )
+        self.held_back = Counter(
+            "receiver_sink_rate_limited_events",
+            "Events a sink's rate limit held back (they waited, or were rescheduled), by sink",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.rate_limit = Gauge(
+            "receiver_sink_rate_limit",
+            "A sink's rate limit in events per second (absent: none)",
+            ["sink"],
+            registry=self.registry,
+        )
         self.key_matches = Counter(
             "receiver_notify_key_matches",
             "Notifications whose Sign matched, by key (derived, or static:<index> in verify.notify_keys)",
@@ -89,6 +101,13 @@ class Metrics:
         if inc is None:
             inc = self._delivery[(sink, outcome)] = self.deliveries.labels(sink, outcome).inc
         inc()
+
+    def observe_held(self, sink: str, events: int) -> None:
+        self.held_back.labels(sink).inc(events)
+
+    def set_rate_limit(self, sink: str, per_second: float | None) -> None:
+        if per_second is not None:
+            self.rate_limit.labels(sink).set(per_second)
 
     def observe_key_match(self, key: str) -> None:
         """Count which key a verified notification matched, so an old key can be seen to fall out of use."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from receiver.notices import KINDS as OPERATOR_KINDS
 from receiver.submit import SubmitRequest
 from receiver.tasks import TaskState
 
@@ -308,7 +309,24 @@ def document() -> dict[str, Any]:
             "/v1/sinks": {
                 "get": {
                     "security": secured,
+                    "summary": "Per sink: backlog, delivered, dead, oldest undelivered, breaker, rate limit",
                     "responses": {"200": _json("per sink", OBJECT), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/operator-events": {
+                "get": {
+                    "security": secured,
+                    "summary": "receiver's own operator events, oldest first (one per kind, subject, window)",
+                    "parameters": [
+                        _query(
+                            "kind",
+                            {"type": "string", "enum": list(OPERATOR_KINDS)},
+                            "only events of this kind",
+                        ),
+                        LIMIT,
+                        CURSOR,
+                    ],
+                    "responses": {"200": _json("a page of operator events", PAGE), **MANAGEMENT_ERRORS},
                 }
             },
             "/v1/sinks/{name}/enable": {
@@ -327,6 +345,17 @@ def document() -> dict[str, Any]:
                 }
             },
             "/healthz": {"get": {"responses": {"200": _json("alive", OBJECT)}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text exposition format)",
+                    "responses": {
+                        "200": {
+                            "description": "the metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/readyz": {
                 "get": {"responses": {"200": _json("ready", OBJECT), "503": _json("not ready", OBJECT)}}
             },

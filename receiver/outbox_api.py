@@ -104,6 +104,7 @@ async def list_sinks(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     dispatcher = _dispatcher(request)
     live = dispatcher.status() if dispatcher is not None else {}
+    limits = dispatcher.rate_limits() if dispatcher is not None else {}
     stats = {s.sink: s for s in await request.app[STORE].sink_stats()}
     items = []
     for name in sorted(set(stats) | set(live)):
@@ -118,6 +119,7 @@ async def list_sinks(request: web.Request) -> web.Response:
                 if s and s.oldest_pending_at is not None
                 else None,
                 "disabled": s.disabled if s else None,
+                "rate_limit": limits.get(name),  # per_second, burst, tokens now, held_back
                 "since_start": live.get(name, {}),
             }
         )

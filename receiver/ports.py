@@ -35,6 +35,36 @@ class EventRecord:
     findings: list[dict[str, Any]]
     raw: dict[str, Any]
     sign_key: str | None = None  # which key verified the Sign: derived:N or static:N
+    traceparent: str | None = None  # the trace it came in with (W3C traceparent), with tracing on
+
+
+@dataclass(frozen=True, slots=True)
+class OwnEvent:
+    """An event receiver makes itself (a task's digest, an operator event), stored beside the MPS
+    events (channel ``receiver``) and delivered through the same outbox."""
+
+    event_id: str  # stable: the same digest or operator event twice is one event
+    notification_type: str  # TaskDigest | OperatorEvent
+    task_id: str  # the MPS TaskId it is about, or ""
+    task_ref: str | None  # our task it is about
+    task_key: str  # its line in the outbox: a digest goes after its task's events
+    at: float
+    document: dict[str, Any]  # what sinks get as its payload
+    session_id: str = ""
+    session_context: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorEvent:
+    """Something an operator should hear of; one of a kind and subject per window."""
+
+    kind: str
+    subject: str
+    window_start: float
+    at: float
+    detail: dict[str, Any]
+    id: int | None = None
+    event_id: str | None = None  # its event, when operator sinks take it
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +118,9 @@ class Delivery:
     task_key: str  # deliveries with the same key go out one at a time, in order
     attempts: int  # made so far
     event: EventRecord
+    # The batch it failed in, and that batch's size: it is retried in that batch, whole.
+    batch_id: str | None = None
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +133,8 @@ class Settlement:
     next_attempt_at: float
     error: str | None
     at: float
+    batch_id: str | None = None  # pending again with its batch: retried in it, with these members
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +262,64 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Store(Protocol):
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events going to one sink in one request or message: a JSON array of their documents."""
+
+    id: str  # the batch's own id (``webhook-id``, the message id); kept when it is retried
+    group: str  # what its members share (the amqp routing key; "" where nothing need be shared)
+    deliveries: Sequence[Delivery]
+    bodies: Sequence[bytes]  # each member's document as the sink encoded it, in order
+
+
+class BatchSink(Sink, Protocol):
+    """A sink that can also take several events at once (``max_batch`` above 1)."""
+
+    def encode(self, document: dict[str, Any]) -> tuple[bytes, str]:
+        """One member's body and its group; ``UndeliverableError`` if it can never be sent."""
+        ...
+
+    async def deliver_batch(self, batch: Batch) -> None:
+        """Send them all at once; returns once the target has them all, raises as ``deliver``."""
+        ...
+
+
+class NoticeBook(Protocol):
+    """What ``Notices`` (operator events, task digests) needs of the store."""
+
+    async def record_own_event(
+        self, event: OwnEvent, sinks: Sequence[str], operator: OperatorEvent | None = None
+    ) -> bool:
+        """In one transaction: the operator event (unless its kind, subject and window are stored
+        already) and, for ``sinks``, ``event`` with a pending delivery to each (unless its id is
+        stored already). True if it was new."""
+        ...
+
+    async def count_up(self, name: str, window_start: float, n: int) -> int:
+        """Add ``n`` to the counter ``name`` of that window (shared by every process); its total."""
+        ...
+
+    async def list_operator_events(
+        self, *, kind: str | None, after: int, limit: int
+    ) -> Page[OperatorEvent]: ...
+
+    async def undigested_tasks(self, since: float, limit: int) -> list[Task]:
+        """Tasks that ended at or after ``since`` and have no digest yet, oldest end first."""
+        ...
+
+    async def tasks_to_alert(
+        self, since: float, started: tuple[float, float] | None, limit: int
+    ) -> list[Task]:
+        """Tasks failed or stalled at or after ``since``, and, with ``started``, the tasks not ended
+        that started in that range (those that went overdue lately)."""
+        ...
+
+    async def get_task(self, task_id: str) -> Task | None: ...
+
+    async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
+
+
+class Store(NoticeBook, Protocol):
     """Durable state: events (deduplicated by ``event_id``) and tasks, changed together."""
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:

@@ -57,6 +57,17 @@ class SinkFilter(BaseModel):
             return any(self.finding_matches(f) for f in event.findings)
         return True
 
+    def matches_digest(self, task: Task) -> bool:
+        """A task's digest (for a sink with ``digests``): ``types`` and ``task_labels`` judge it;
+        it carries no findings, so the finding conditions do not."""
+        if self.types and DIGEST not in self.types:
+            return False
+        return not self.task_labels or all(task.labels.get(k) == v for k, v in self.task_labels.items())
+
+
+# The notification_type of a task digest (receiver.digests), as a filter's ``types`` names it.
+DIGEST = "TaskDigest"
+
 
 def router(filters: Sequence[tuple[str, SinkFilter]]) -> Router:
     """A ``Router`` over the configured sinks, in their configured order."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
+import re
+import tomllib
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -167,6 +170,17 @@ class SinkSettings(Section):
     jitter: float = Field(default=0.2, ge=0, lt=1)
     breaker_threshold: int = Field(default=5, gt=0)
     breaker_cooldown: float = Field(default=30.0, ge=0)
+    # Events per second (a token bucket counting events, batched or not); None: no limit. Over
+    # it a delivery waits: rescheduled, no attempt spent, the breaker not told.
+    rate_limit: float | None = Field(default=None, gt=0)
+    rate_burst: int | None = Field(
+        default=None, gt=0
+    )  # events the bucket holds; None: max(rate_limit, max_batch)
+    # Events per request (http) or message (amqp): a JSON array. 1: one event each, as always.
+    max_batch: int = Field(default=1, gt=0, le=1000)
+    max_wait: float = Field(default=0.1, ge=0, le=60)  # seconds a batch waits to fill before it goes
+    operator: bool = False  # takes receiver's own operator events, and no MPS event
+    digests: bool = False  # also takes a digest of each task once it has ended
 
     def policy(self) -> SinkPolicy:
         return SinkPolicy(
@@ -175,7 +189,90 @@ class SinkSettings(Section):
             jitter=self.jitter,
             breaker_threshold=self.breaker_threshold,
             breaker_cooldown=self.breaker_cooldown,
+            rate_limit=self.rate_limit,
+            rate_burst=self.rate_burst or max(math.ceil(self.rate_limit or 1), self.max_batch),
+            max_batch=self.max_batch,
+            max_wait=self.max_wait,
+            operator=self.operator,
         )
+
+    def problems(self) -> Iterator[str]:
+        """What cannot work in this sink's settings, each naming the sink and the option."""
+        where = f"sinks.{self.name}"
+        if self.max_batch > 1 and self.kind in UNBATCHED_KINDS:
+            yield (
+                f"{where}: max_batch: expected 1 for kind {self.kind!r} (http, amqp and memory sinks"
+                " take batches)"
+            )
+        if self.max_wait != SinkSettings.model_fields["max_wait"].default and self.max_batch == 1:
+            yield f"{where}: max_wait: expected max_batch above 1 (there is no batch to wait for)"
+        if self.rate_burst is not None and self.rate_limit is None:
+            yield f"{where}: rate_burst: expected rate_limit to be set too"
+        if self.rate_burst is not None and self.rate_burst < self.max_batch:
+            yield (
+                f"{where}: rate_burst: expected at least max_batch ({self.max_batch}): a batch takes"
+                " a token per event at once"
+            )
+        if self.operator and self.filter != SinkFilter():
+            yield (
+                f"{where}: filter: expected none on an operator sink (it takes every operator event"
+                " and no MPS event)"
+            )
+        if self.operator and self.digests:
+            yield f"{where}: digests: expected false on an operator sink (it takes operator events only)"
+
+
+# Built-in kinds whose sinks send one event at a time.
+UNBATCHED_KINDS = frozenset({"log", "jsonl"})
+
+
+class OperatorSettings(Section):
+    """receiver's own events (a sink's first dead letter, a sink switched off, a breaker opening, a
+    task stalled, overdue or failed, signature failures), for the sinks marked ``operator``."""
+
+    # One event of a kind and subject per window (the store keeps them unique); also the window
+    # in which signature failures are counted, across every process on the store.
+    window: float = Field(default=3600.0, gt=0)
+    signature_failures: int = Field(default=100, ge=0)  # failures in a window that raise an event (0: never)
+
+
+class TracingSettings(Section):
+    """OpenTelemetry traces: on when ``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (read once, by ``load_settings``), or when these are."""
+
+    exporter: Literal["otlp", "console", "none"] | None = None  # OTEL_TRACES_EXPORTER
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT + "/v1/traces" (http/protobuf)
+    endpoint: str | None = None
+    headers: SecretStr | None = None  # OTEL_EXPORTER_OTLP_(TRACES_)HEADERS: "key=value,key2=value2"
+    service_name: str = "receiver"  # OTEL_SERVICE_NAME
+
+    @property
+    def enabled(self) -> bool:
+        if self.exporter is not None:
+            return self.exporter != "none"
+        return self.endpoint is not None
+
+    def with_environment(self, environ: Mapping[str, str]) -> TracingSettings:
+        """These settings, with the OpenTelemetry variables filling in what they leave unset."""
+        update: dict[str, Any] = {}
+        exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+        if self.exporter is None and exporter:
+            if exporter not in ("otlp", "console", "none"):
+                raise ConfigError(f"OTEL_TRACES_EXPORTER: expected otlp, console or none, got {exporter!r}")
+            update["exporter"] = exporter
+        if self.endpoint is None:
+            if traces := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+                update["endpoint"] = traces
+            elif base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+                update["endpoint"] = base.rstrip("/") + "/v1/traces"
+        headers = environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get(
+            "OTEL_EXPORTER_OTLP_HEADERS"
+        )
+        if self.headers is None and headers:
+            update["headers"] = SecretStr(headers)
+        if self.service_name == "receiver" and environ.get("OTEL_SERVICE_NAME"):
+            update["service_name"] = environ["OTEL_SERVICE_NAME"]
+        return self.model_copy(update=update) if update else self
 
 
 class MpsSettings(Section):
@@ -269,6 +366,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=10.0, gt=0)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @model_validator(mode="after")
     def _sink_names_unique(self) -> Settings:
@@ -279,6 +378,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"sinks: names must be unique, {', '.join(map(repr, twice))} given more than once"
             )
+        problems = [p for sink in self.sinks for p in sink.problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -344,6 +446,30 @@ def check_environment(environ: Mapping[str, str]) -> None:
             raise ConfigError(f"{name}: expected {kind}; got a value that is not JSON") from None
 
 
+def _sinks_by_name(message: str, config_file: Path | None, environ: Mapping[str, str]) -> str:
+    """``sinks.0.rate_limit`` said as ``sinks.alerts.rate_limit``: the sink by the name it was given
+    (from RECEIVER_SINKS when set, as the settings take it, else from the file)."""
+    given: Any = None
+    env = next((v for k, v in environ.items() if k.upper() == f"{ENV_PREFIX}SINKS"), None)
+    try:
+        if env is not None:
+            given = json.loads(env)
+        elif config_file is not None:
+            given = tomllib.loads(config_file.read_text()).get("sinks")
+    except (ValueError, OSError):
+        return message
+    if not isinstance(given, list):
+        return message
+    names = [s.get("name") if isinstance(s, dict) else None for s in given]
+
+    def named(match: re.Match[str]) -> str:
+        i = int(match.group(1))
+        name = names[i] if i < len(names) else None
+        return f"sinks.{name}." if isinstance(name, str) and name else match.group(0)
+
+    return re.sub(r"\bsinks\.(\d+)\.", named, message)
+
+
 def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it.
 
@@ -352,7 +478,8 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
     """
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
-    check_environment(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    check_environment(environ)
 
     class FromFile(Settings):
         @classmethod
@@ -370,8 +497,11 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
             return tuple(sources)
 
     try:
-        return Settings.model_validate(FromFile().model_dump())
+        settings = Settings.model_validate(FromFile().model_dump())
     except ValidationError as exc:
-        raise ConfigError(messages.describe(exc)) from None
+        raise ConfigError(_sinks_by_name(messages.describe(exc), config_file, environ)) from None
     except SettingsError as exc:
         raise ConfigError(f"{exc} (lists and tables in RECEIVER_* variables are JSON)") from None
+    # OTEL_* are not ours (not RECEIVER_*): the OpenTelemetry variables, read here once and no
+    # more (the SDK is given what they say rather than reading the environment itself).
+    return settings.model_copy(update={"tracing": settings.tracing.with_environment(environ)})

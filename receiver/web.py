@@ -34,6 +34,7 @@ from receiver.ports import EventQuery, Quarantined, Router, Store
 from receiver.responses import error_response as error_response  # re-exported for the API modules
 from receiver.responses import json_response as json_response
 from receiver.tasks import Task, TaskState, new_id
+from receiver.tracing import Tracing
 
 log = structlog.get_logger("receiver.web")
 
@@ -99,11 +100,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 # --- the webhook -------------------------------------------------------------------------------
 
 
-async def receive_notification(request: web.Request) -> web.Response:
+async def receive_notification(request: web.Request, traceparent: str | None = None) -> web.Response:
     """``POST /v1/notifications``: answered ``200 {"code":0}`` only once the event is committed."""
     body = await request.read()
     try:
-        await request.app[INGESTOR].ingest(body, Channel.HTTP)
+        await request.app[INGESTOR].ingest(body, Channel.HTTP, traceparent)
     except InvalidNotificationError as exc:
         if exc.signed:  # signed (or not asked to be) yet refused: keep it for inspection
             await _quarantine(request, body, exc.code, str(exc), exc.field)
@@ -328,8 +329,21 @@ async def openapi_document(request: web.Request) -> web.Response:
     return json_response(openapi.document())
 
 
-def add_webhook(app: web.Application) -> None:
-    app.router.add_post(WEBHOOK_PATH, receive_notification)
+def traced(tracing: Tracing) -> Handler:
+    """The webhook in a server span (tracing on), whose trace is stored with the event."""
+
+    async def receive(request: web.Request) -> web.StreamResponse:
+        with tracing.server(request.method, request.path, request.headers) as span:
+            response = await receive_notification(request, tracing.traceparent(span))
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    return receive
+
+
+def add_webhook(app: web.Application, tracing: Tracing | None = None) -> None:
+    # Chosen once here: with tracing off the handler is the plain one, nothing added per request.
+    app.router.add_post(WEBHOOK_PATH, receive_notification if tracing is None else traced(tracing))
 
 
 def add_management(app: web.Application) -> None:

@@ -45,3 +45,20 @@ async def test_openapi_json_publishes_the_submit_request_model_and_an_example_it
     prefix = "#/components/schemas/"
     assert all(ref.startswith(prefix) and ref[len(prefix) :] in schemas for ref in refs(doc))
     assert "nullable" not in str(doc)  # OpenAPI 3.0 only; 3.1 says "type": [..., "null"]
+
+
+async def test_every_route_is_in_the_document_and_every_documented_route_is_served(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"store": {"url": f"sqlite:///{tmp_path}/openapi.db"}})
+    app = create_app(settings)
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+        and route.method != "HEAD"
+        and route.resource.canonical != "/openapi.json"
+    }
+    from receiver.openapi import document
+
+    documented = {(method, path) for path, item in document()["paths"].items() for method in item}
+    assert served == documented
+    assert ("get", "/v1/operator-events") in documented

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import Any, get_args, get_origin
 
+import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -13,6 +14,7 @@ from receiver.errors import ConfigError
 from receiver.events import Channel, SignPolicy
 from receiver.settings import Settings, _env_names, load_settings
 from receiver.sinks import build_sink
+from receiver.sinks.log import LogOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,3 +237,43 @@ def test_bad_sink_options_name_the_option_and_no_model_class() -> None:
         "sinks.alerts: bad options for kind 'http': url: expected a value (the member is required);"
         " urll: expected a known member name (this one is not)"
     )
+
+
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    [
+        ({"kind": "log", "max_batch": 10}, "sinks.s: max_batch: expected 1 for kind 'log'"),
+        ({"kind": "memory", "max_wait": 1.0}, "sinks.s: max_wait: expected max_batch above 1"),
+        ({"kind": "memory", "rate_burst": 5}, "sinks.s: rate_burst: expected rate_limit to be set too"),
+        (
+            {"kind": "memory", "rate_limit": 5, "rate_burst": 5, "max_batch": 10},
+            "sinks.s: rate_burst: expected at least max_batch (10)",
+        ),
+        (
+            {"kind": "memory", "operator": True, "filter": {"types": ["ProcessEof"]}},
+            "sinks.s: filter: expected none on an operator sink",
+        ),
+        ({"kind": "memory", "operator": True, "digests": True}, "sinks.s: digests: expected false"),
+        ({"kind": "memory", "rate_limit": 0}, "sinks.s.rate_limit: expected greater than 0"),
+    ],
+)
+def test_sink_settings_that_cannot_work_are_refused_naming_the_sink_and_option(
+    monkeypatch: pytest.MonkeyPatch, sink: dict[str, Any], message: str
+) -> None:
+    monkeypatch.setenv("RECEIVER_SINKS", orjson.dumps([{"name": "s", **sink}]).decode())
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_plugin_sink_without_batches_is_refused_a_max_batch_at_start_up() -> None:
+    from receiver.app import build_dispatcher
+    from receiver.sinks.log import LogSink
+
+    settings = Settings.model_validate({"sinks": [{"name": "s", "kind": "memory", "max_batch": 5}]})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("receiver.app.build_sink", lambda name, kind, options: LogSink(name, LogOptions()))
+        with pytest.raises(
+            ConfigError, match=r"sinks\.s: max_batch: expected 1 for kind 'memory', whose sink"
+        ):
+            build_dispatcher(settings, store=None)  # type: ignore[arg-type]

@@ -55,6 +55,11 @@ def factory_for(kind: str) -> SinkFactory:
     )
 
 
+def takes_batches(sink: Sink) -> bool:
+    """Whether the sink can send several events at once (see ``receiver.ports.BatchSink``)."""
+    return callable(getattr(sink, "encode", None)) and callable(getattr(sink, "deliver_batch", None))
+
+
 def build_sink(name: str, kind: str, options: Mapping[str, Any]) -> Sink:
     try:
         return factory_for(kind)(name, options)

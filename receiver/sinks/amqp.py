@@ -5,6 +5,10 @@ Delivered only once the broker confirms. Routing key ``mps.<NotificationType>.<w
 finding's kind, else ``none``: a consumer can bind ``mps.AiReviewResult.block`` or ``mps.#``.
 An event the broker could never take (a routing key past AMQP's 255 bytes, a header so large the
 broker closes the connection) is refused before publishing: undeliverable, not a broker failure.
+
+A batch (``max_batch`` above 1) is one message, a JSON array of the documents of events that share
+a routing key (the batch's key), its message id the batch's id (kept when it is retried), with
+``x-batch-size``. With tracing on, a ``traceparent`` header names the attempt's span.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from pydantic import Field, SecretStr
 
 from receiver.errors import SinkError, UndeliverableError
-from receiver.ports import Delivery
+from receiver.ports import Batch, Delivery
 from receiver.sinks.options import SinkOptions
+from receiver.tracing import TRACEPARENT
 
 _STRENGTH = {"block": 3, "review": 2, "pass": 1}
 MAX_ROUTING_KEY_BYTES = 255  # an AMQP short string
@@ -49,6 +54,22 @@ def routing_key(document: Mapping[str, Any]) -> str:
 
 def encoded(document: Mapping[str, Any]) -> tuple[aio_pika.Message, str]:
     """The message and its routing key; ``UndeliverableError`` if no broker could ever take them."""
+    body, key = encoded_body(document)
+    headers: dict[str, Any] = {"x-task-id": str(document["task_id"])}
+    if (traceparent := TRACEPARENT.get()) is not None:
+        headers["traceparent"] = traceparent
+    message = aio_pika.Message(
+        body,
+        content_type="application/json",
+        message_id=document["event_id"],
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=headers,
+    )
+    return message, key
+
+
+def encoded_body(document: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The document's JSON and routing key; ``UndeliverableError`` if no broker could take them."""
     key = routing_key(document)
     if len(key.encode()) > MAX_ROUTING_KEY_BYTES:
         raise UndeliverableError(
@@ -61,17 +82,9 @@ def encoded(document: Mapping[str, Any]) -> tuple[aio_pika.Message, str]:
             f"x-task-id header would be {len(task_id.encode())} bytes, at most {MAX_HEADER_BYTES} are sent"
         )
     try:
-        body = orjson.dumps(document)
+        return orjson.dumps(document), key
     except orjson.JSONEncodeError as exc:
         raise UndeliverableError(f"cannot encode the event as JSON: {exc}") from exc
-    message = aio_pika.Message(
-        body,
-        content_type="application/json",
-        message_id=document["event_id"],
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers={"x-task-id": task_id},
-    )
-    return message, key
 
 
 class AmqpSink:
@@ -107,8 +120,27 @@ class AmqpSink:
                 self._connection = connection
             return self._exchange
 
+    def encode(self, document: dict[str, Any]) -> tuple[bytes, str]:
+        return encoded_body(document)
+
+    async def deliver_batch(self, batch: Batch) -> None:
+        headers: dict[str, Any] = {"x-batch-size": len(batch.bodies)}
+        if (traceparent := TRACEPARENT.get()) is not None:
+            headers["traceparent"] = traceparent
+        message = aio_pika.Message(
+            b"[" + b",".join(batch.bodies) + b"]",
+            content_type="application/json",
+            message_id=batch.id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers,
+        )
+        await self._publish(message, batch.group)
+
     async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
         message, key = encoded(document)
+        await self._publish(message, key)
+
+    async def _publish(self, message: aio_pika.Message, key: str) -> None:
         try:
             exchange = await self._ready()
             await exchange.publish(message, routing_key=key, timeout=self._timeout)

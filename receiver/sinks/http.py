@@ -6,6 +6,10 @@ package). 2xx = delivered; 410 = the target is gone (the sink is switched off un
 anything else, a timeout or a network error = retry, after ``Retry-After`` when the target gives one.
 Redirects are never followed (a 3xx is a failure): a target must not be able to send the event and
 its secret headers somewhere else. At most ``MAX_RESPONSE_BYTES`` of an answer are read.
+
+A batch (``max_batch`` above 1) is one POST of a JSON array of event documents, each with its own
+``event_id``; ``webhook-id`` is then the batch's id (kept when the batch is retried) and the
+signature covers the whole array. With tracing on, ``traceparent`` names the attempt's span.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from receiver.errors import SinkError, SinkGoneError, UndeliverableError
-from receiver.ports import Delivery
+from receiver.ports import Batch, Delivery
 from receiver.sinks.options import SinkOptions
+from receiver.tracing import TRACEPARENT
 
 # What we read of an answer: enough to finish a small reply on a kept-alive connection, never a
 # body a hostile target makes huge (the rest is dropped with the connection).
@@ -73,18 +78,28 @@ class HttpSink:
     def from_options(cls, name: str, options: Mapping[str, Any]) -> HttpSink:
         return cls(name, HttpOptions.model_validate(options))
 
-    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+    def encode(self, document: dict[str, Any]) -> tuple[bytes, str]:
         try:
-            payload = orjson.dumps(document)
+            return orjson.dumps(document), ""
         except orjson.JSONEncodeError as exc:  # e.g. nested past orjson's depth: never sendable
             raise UndeliverableError(f"cannot encode the event as JSON: {exc}") from exc
+
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+        payload, _ = self.encode(document)
+        await self._post(payload, document["event_id"])
+
+    async def deliver_batch(self, batch: Batch) -> None:
+        await self._post(b"[" + b",".join(batch.bodies) + b"]", batch.id)
+
+    async def _post(self, payload: bytes, message_id: str) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         now = datetime.now(UTC)
-        event_id = document["event_id"]
-        headers = {**self._headers, "webhook-id": event_id, "webhook-timestamp": str(int(now.timestamp()))}
+        headers = {**self._headers, "webhook-id": message_id, "webhook-timestamp": str(int(now.timestamp()))}
         if self._signer is not None:
-            headers["webhook-signature"] = self._signer.sign(event_id, now, payload.decode())
+            headers["webhook-signature"] = self._signer.sign(message_id, now, payload.decode())
+        if (traceparent := TRACEPARENT.get()) is not None:
+            headers["traceparent"] = traceparent
         try:
             async with self._session.post(
                 self.url, data=payload, headers=headers, allow_redirects=False

@@ -6,9 +6,12 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from receiver.errors import SinkError, SinkGoneError, UndeliverableError
-from receiver.ports import Delivery
+from receiver.ports import Batch, Delivery
 from receiver.sinks.options import SinkOptions
+from receiver.tracing import TRACEPARENT
 
 
 class MemoryOptions(SinkOptions):
@@ -28,23 +31,40 @@ class MemorySink:
         self.undeliverable_types = options.undeliverable_types
         self.gone = False
         self.retry_after: float | None = None
+        self.batches: list[tuple[str, list[str]]] = []  # each batch taken: its id, its event ids
+        self.tried_batches: list[tuple[str, list[str]]] = []  # each batch offered, taken or not
+        self.traceparents: list[str | None] = []  # what each attempt carried
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> MemorySink:
         return cls(name, MemoryOptions.model_validate(options))
 
     async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+        self.encode(document)
+        await self._take([document])
+
+    def encode(self, document: dict[str, Any]) -> tuple[bytes, str]:
+        if document["notification_type"] in self.undeliverable_types:
+            raise UndeliverableError(f"cannot encode a {document['notification_type']}")
+        return orjson.dumps(document), ""
+
+    async def deliver_batch(self, batch: Batch) -> None:
+        documents = [orjson.loads(body) for body in batch.bodies]
+        self.tried_batches.append((batch.id, [d["event_id"] for d in documents]))
+        await self._take(documents)
+        self.batches.append((batch.id, [d["event_id"] for d in documents]))
+
+    async def _take(self, documents: list[dict[str, Any]]) -> None:
         self.attempts += 1
+        self.traceparents.append(TRACEPARENT.get())
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.gone:
             raise SinkGoneError("gone")
-        if document["notification_type"] in self.undeliverable_types:
-            raise UndeliverableError(f"cannot encode a {document['notification_type']}")
         if self.fail_remaining > 0:
             self.fail_remaining -= 1
             raise SinkError("told to fail", retry_after=self.retry_after)
-        self.received.append(document)
+        self.received.extend(documents)
 
     @property
     def event_ids(self) -> list[str]:

@@ -28,6 +28,8 @@ from receiver.ports import (
     DeliveryRow,
     EventQuery,
     EventRecord,
+    OperatorEvent,
+    OwnEvent,
     Page,
     Quarantined,
     ReconcileQuery,
@@ -48,7 +50,7 @@ from receiver.stores.rows import (
     encode_findings,
     event_record,
 )
-from receiver.stores.sqlite_writer import TASK_COLUMN_COUNT, TASK_COLUMNS, task_from_row
+from receiver.stores.sqlite_writer import TASK_COLUMN_COUNT, TASK_COLUMNS, task_columns, task_from_row
 from receiver.tasks import MatchedBy, MpsCheck, Task, TaskState
 
 R = TypeVar("R")
@@ -83,14 +85,14 @@ _UPDATE_TASK = (
 # A batch's new events, in the batch's order (their seqs follow it), in one statement.
 _INSERT_EVENTS = (
     "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
-    " channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
+    " channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key, traceparent)"
     " SELECT event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context, channel,"
-    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key FROM unnest($1::text[],"
+    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key, traceparent FROM unnest($1::text[],"
     " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[],"
-    " $10::text[], $11::bool[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[])"
+    " $10::text[], $11::bool[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])"
     " WITH ORDINALITY AS b(event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key, n)"
-    " ORDER BY n ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
+    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key,"
+    " traceparent, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
 )
 _INSERT_DELIVERIES = (
     "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at, updated_at)"
@@ -110,16 +112,19 @@ def _event_values(step: tasks.Step) -> tuple[Any, ...]:
         e.event_id, e.task_id, step.task.id if step.task else None,
         step.matched_by.value if step.matched_by else None, e.notification_type, e.session_id,
         e.session_context, e.channel.value, e.received_at, e.verdict.value, step.late, e.err_code,
-        e.err_message, encode_findings(e.findings).decode(), e.body.decode(), e.sign_key,
+        e.err_message, encode_findings(e.findings).decode(), e.body.decode(), e.sign_key, e.traceparent,
     )  # fmt: skip
 
 
 async def _settle(con: asyncpg.Connection, settlements: Sequence[Settlement]) -> None:
     await con.executemany(
         "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = $3, last_error = $4,"
-        " updated_at = $5, lease_until = NULL,"
+        " updated_at = $5, lease_until = NULL, batch_id = $7, batch_size = $8,"
         " delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
-        [(x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id) for x in settlements],
+        [
+            (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id, x.batch_id, x.batch_size)
+            for x in settlements
+        ],
     )
 
 
@@ -471,7 +476,7 @@ class PostgresStore:
             return int(await self._run(lambda con: con.fetchval(count_sql, *args), write=False))
         chunk_sql = pg(
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL,"
-            f" updated_at = ?, lease_until = NULL WHERE id IN (SELECT d.id {DELIVERIES_WITH_EVENTS}"
+            f" updated_at = ?, lease_until = NULL, batch_id = NULL, batch_size = NULL WHERE id IN (SELECT d.id {DELIVERIES_WITH_EVENTS}"
             f" WHERE {where} AND d.id > ? ORDER BY d.id LIMIT 2000) RETURNING id"
         )
         total, after = 0, 0
@@ -578,6 +583,68 @@ class PostgresStore:
             if n < 1000:
                 return total
 
+    # --- receiver's own events ---------------------------------------------------------------
+
+    async def record_own_event(
+        self, event: OwnEvent, sinks: Sequence[str], operator: OperatorEvent | None = None
+    ) -> bool:
+        async def body(con: asyncpg.Connection) -> bool:
+            op_id = None
+            if operator is not None:
+                op_id = await con.fetchval(
+                    pg(rows.OPERATOR_EVENT_INSERT), operator.kind, operator.subject, operator.window_start,
+                    operator.at, orjson.dumps(operator.detail).decode(),
+                )  # fmt: skip
+                if op_id is None:
+                    return False  # this kind, subject and window are told already
+            if not sinks:
+                return operator is not None
+            seq = await con.fetchval(pg(rows.OWN_EVENT_INSERT), *rows.own_event_values(event))
+            if seq is None:
+                return False
+            at = event.at
+            await con.executemany(
+                pg(rows.OWN_DELIVERY_INSERT), [(sink, seq, event.task_key, at, at, at) for sink in sinks]
+            )
+            if op_id is not None:
+                await con.execute(pg(rows.OPERATOR_EVENT_LINK), seq, op_id)
+            return True
+
+        return await self._run(body)
+
+    async def count_up(self, name: str, window_start: float, n: int) -> int:
+        async def body(con: asyncpg.Connection) -> int:
+            total = await con.fetchval(pg(rows.COUNT_UP), name, window_start, n)
+            await con.execute(pg(rows.COUNTERS_PURGE), window_start - 86400)  # old windows: nobody asks
+            return int(total)
+
+        return await self._run(body)
+
+    async def list_operator_events(self, *, kind: str | None, after: int, limit: int) -> Page[OperatorEvent]:
+        sql = pg(
+            rows.OPERATOR_EVENTS_PAGE.replace("(? IS NULL OR o.kind = ?)", "(?::text IS NULL OR o.kind = ?)")
+        )
+
+        async def body(con: asyncpg.Connection) -> Page[OperatorEvent]:
+            found = await con.fetch(sql, after, kind, kind, limit + 1)
+            items = [rows.operator_event(tuple(r)) for r in found[:limit]]
+            return Page(items, str(items[-1].id) if len(found) > limit else None)
+
+        return await self._run(body, write=False)
+
+    async def undigested_tasks(self, since: float, limit: int) -> list[Task]:
+        sql = pg(rows.UNDIGESTED.format(columns=task_columns("t")))
+        found = await self._run(lambda con: con.fetch(sql, since, limit), write=False)
+        return [task_from_row(tuple(r)) for r in found]
+
+    async def tasks_to_alert(
+        self, since: float, started: tuple[float, float] | None, limit: int
+    ) -> list[Task]:
+        sql = pg(rows.TO_ALERT.format(columns=task_columns("t")))
+        low, high = started or (0.0, 0.0)
+        found = await self._run(lambda con: con.fetch(sql, since, since, low, high, limit), write=False)
+        return [task_from_row(tuple(r)) for r in found]
+
     # --- leases -------------------------------------------------------------------------------
 
     async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool:
@@ -596,4 +663,5 @@ class PostgresStore:
         await self._run(lambda con: con.execute("SELECT 1"), write=False)
 
     async def count_events(self) -> int:
-        return int(await self._run(lambda con: con.fetchval("SELECT count(*) FROM events"), write=False))
+        sql = f"SELECT count(*) FROM events WHERE channel <> '{rows.OWN_CHANNEL}'"  # MPS's only
+        return int(await self._run(lambda con: con.fetchval(sql), write=False))

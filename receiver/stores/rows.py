@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
+from receiver import documents
 from receiver.events import Channel, Event, Verdict
 from receiver.findings import Finding
 from receiver.ports import (
@@ -20,6 +21,8 @@ from receiver.ports import (
     DeliveryQuery,
     EventQuery,
     EventRecord,
+    OperatorEvent,
+    OwnEvent,
     Quarantined,
     ReconcileQuery,
     Router,
@@ -32,12 +35,15 @@ encode_findings: Final = msgspec.json.Encoder().encode
 
 DELIVERIES_WITH_EVENTS: Final = "FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 
+# The channel of the events receiver makes itself (digests, operator events): never orphans.
+OWN_CHANNEL: Final = documents.OWN_CHANNEL
+
 
 # The orphans a task would have matched had it been registered first, in the order received.
 ORPHANS_OF: Final = (
     "SELECT seq, task_id, session_context, notification_type, received_at, err_code, err_message, channel"
     " FROM events WHERE task_ref IS NULL AND (task_id = ? OR (session_context <> '' AND session_context = ?))"
-    " ORDER BY seq"
+    f" AND channel <> '{OWN_CHANNEL}' ORDER BY seq"
 )
 ADOPT: Final = "UPDATE events SET task_ref = ?, matched_by = ?, late = ? WHERE seq = ?"
 # An adopted event routed again, now that its task is known: only the sinks that lacked it.
@@ -63,7 +69,8 @@ class Orphan:
 
 EVENT_COLUMNS = (
     "seq, event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
-    " channel, received_at, verdict, late, duplicates, err_code, err_message, findings, raw, sign_key"
+    " channel, received_at, verdict, late, duplicates, err_code, err_message, findings, raw, sign_key,"
+    " traceparent"
 )
 
 
@@ -78,7 +85,7 @@ CLAIM_HEADS: Final = (
     " WHERE p.sink = d.sink AND p.task_key = d.task_key AND p.state = 'pending') ORDER BY d.id LIMIT ?"
 )
 # One task's line, from its head: the pending deliveries of one key, oldest first.
-LINE_COLUMNS: Final = "d.id, d.task_key, d.attempts, d.next_attempt_at, d.event_seq"
+LINE_COLUMNS: Final = "d.id, d.task_key, d.attempts, d.next_attempt_at, d.event_seq, d.batch_id, d.batch_size"
 CLAIM_LINE: Final = (
     f"SELECT {LINE_COLUMNS} FROM deliveries d WHERE d.sink = ? AND d.task_key = ?"
     " AND d.state = 'pending' AND d.id >= ? ORDER BY d.id LIMIT ?"
@@ -103,7 +110,18 @@ def due_line(rows: Sequence[Sequence[Any]], now: float) -> list[Sequence[Any]]:
 def claimed(
     sink: str, lines: Sequence[Sequence[Any]], events: Callable[[int], EventRecord]
 ) -> list[Delivery]:
-    return [Delivery(id=r[0], sink=sink, task_key=r[1], attempts=r[2], event=events(r[4])) for r in lines]
+    return [
+        Delivery(
+            id=r[0],
+            sink=sink,
+            task_key=r[1],
+            attempts=r[2],
+            event=events(r[4]),
+            batch_id=r[5],
+            batch_size=r[6],
+        )
+        for r in lines
+    ]
 
 
 def stored_event(r: EventRecord) -> Event:
@@ -121,6 +139,7 @@ def stored_event(r: EventRecord) -> Event:
         raw=r.raw,
         body=orjson.dumps(r.raw),
         sign_key=r.sign_key,
+        traceparent=r.traceparent,
         err_code=r.err_code,
         err_message=r.err_message,
     )
@@ -169,6 +188,7 @@ def event_record(row: Sequence[Any]) -> EventRecord:
         findings=orjson.loads(row[15]),
         raw=orjson.loads(row[16]),
         sign_key=row[17],
+        traceparent=row[18],
     )
 
 
@@ -220,7 +240,9 @@ def event_filter(q: EventQuery) -> tuple[str, list[Any]]:
         clauses.append("received_at >= ?")
         args.append(q.since)
     if q.orphan is not None:
-        clauses.append("task_ref IS NULL" if q.orphan else "task_ref IS NOT NULL")
+        clauses.append(
+            f"task_ref IS NULL AND channel <> '{OWN_CHANNEL}'" if q.orphan else "task_ref IS NOT NULL"
+        )
     return " AND ".join(clauses), args
 
 
@@ -356,4 +378,67 @@ def checks_from_json(text: str | None) -> tuple[MpsCheck, ...]:
             code=c.get("code"),
         )
         for c in orjson.loads(text)
+    )
+
+
+# --- receiver's own events: digests and operator events ----------------------------------------
+
+OWN_EVENT_INSERT: Final = (
+    "INSERT INTO events (event_id, task_id, task_ref, notification_type, session_id, session_context,"
+    " channel, received_at, verdict, late, findings, raw)"
+    f" VALUES (?, ?, ?, ?, ?, ?, '{OWN_CHANNEL}', ?, 'own', ?, '[]', ?) ON CONFLICT (event_id) DO NOTHING"
+    " RETURNING seq"
+)
+OWN_DELIVERY_INSERT: Final = (
+    "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at, updated_at)"
+    " VALUES (?, ?, ?, 'pending', ?, ?, ?)"
+)
+OPERATOR_EVENT_INSERT: Final = (
+    "INSERT INTO operator_events (kind, subject, window_start, at, detail) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (kind, subject, window_start) DO NOTHING RETURNING id"
+)
+OPERATOR_EVENT_LINK: Final = "UPDATE operator_events SET event_seq = ? WHERE id = ?"
+OPERATOR_EVENTS_PAGE: Final = (
+    "SELECT o.id, o.kind, o.subject, o.window_start, o.at, o.detail, e.event_id FROM operator_events o"
+    " LEFT JOIN events e ON e.seq = o.event_seq WHERE o.id > ? AND (? IS NULL OR o.kind = ?)"
+    " ORDER BY o.id LIMIT ?"
+)
+COUNT_UP: Final = (
+    "INSERT INTO counters (name, window_start, n) VALUES (?, ?, ?) ON CONFLICT (name, window_start)"
+    " DO UPDATE SET n = counters.n + excluded.n RETURNING n"
+)
+COUNTERS_PURGE: Final = "DELETE FROM counters WHERE window_start < ?"
+# Ended tasks with no digest yet (its event id is "receiver:digest:<our task id>").
+UNDIGESTED: Final = (
+    "SELECT {columns} FROM tasks t WHERE t.ended_at IS NOT NULL AND t.ended_at >= ? AND NOT EXISTS"
+    " (SELECT 1 FROM events e WHERE e.event_id = 'receiver:digest:' || t.id) ORDER BY t.ended_at LIMIT ?"
+)
+# Tasks an operator may want to hear of: failed or stalled lately, or lately overdue (started in a range).
+TO_ALERT: Final = (
+    "SELECT {columns} FROM tasks t WHERE t.state = 'failed' AND t.ended_at >= ?"
+    " UNION ALL SELECT {columns} FROM tasks t WHERE t.state = 'stalled' AND t.updated_at >= ?"
+    " UNION ALL SELECT {columns} FROM tasks t WHERE t.ended_at IS NULL"
+    " AND t.state NOT IN ('finished', 'failed') AND t.created_at >= ? AND t.created_at < ? LIMIT ?"
+)
+
+
+def own_event_values(e: OwnEvent) -> tuple[Any, ...]:
+    """The ``OWN_EVENT_INSERT`` arguments."""
+    return (
+        e.event_id,
+        e.task_id,
+        e.task_ref,
+        e.notification_type,
+        e.session_id,
+        e.session_context,
+        e.at,
+        False,
+        orjson.dumps(e.document).decode(),
+    )
+
+
+def operator_event(r: Sequence[Any]) -> OperatorEvent:
+    """From the columns of ``OPERATOR_EVENTS_PAGE``."""
+    return OperatorEvent(
+        kind=r[1], subject=r[2], window_start=r[3], at=r[4], detail=orjson.loads(r[5]), id=r[0], event_id=r[6]
     )

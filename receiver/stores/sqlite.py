@@ -25,6 +25,8 @@ from receiver.ports import (
     DeliveryRow,
     EventQuery,
     EventRecord,
+    OperatorEvent,
+    OwnEvent,
     Page,
     Quarantined,
     ReconcileQuery,
@@ -43,7 +45,7 @@ from receiver.stores.rows import (
     migrate,
 )
 from receiver.stores.sqlite_lock import WriteLock
-from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_from_row
+from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_columns, task_from_row
 from receiver.tasks import MpsCheck, Task, TaskState
 
 R = TypeVar("R")
@@ -410,6 +412,46 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"sqlite: {exc}") from exc
 
+    # --- receiver's own events ---------------------------------------------------------------
+
+    async def record_own_event(
+        self, event: OwnEvent, sinks: Sequence[str], operator: OperatorEvent | None = None
+    ) -> bool:
+        return await self._write_with(lambda w: w.record_own_event(event, sinks, operator))
+
+    async def count_up(self, name: str, window_start: float, n: int) -> int:
+        return await self._write_with(lambda w: w.count_up(name, window_start, n))
+
+    async def list_operator_events(self, *, kind: str | None, after: int, limit: int) -> Page[OperatorEvent]:
+        def run() -> Page[OperatorEvent]:
+            assert self._rcon is not None
+            found = self._rcon.execute(rows.OPERATOR_EVENTS_PAGE, (after, kind, kind, limit + 1)).fetchall()
+            items = [rows.operator_event(r) for r in found[:limit]]
+            return Page(items, str(items[-1].id) if len(found) > limit else None)
+
+        return await self._read_safely(run)
+
+    async def undigested_tasks(self, since: float, limit: int) -> list[Task]:
+        sql = rows.UNDIGESTED.format(columns=task_columns("t"))
+
+        def run() -> list[Task]:
+            assert self._rcon is not None
+            return [task_from_row(r) for r in self._rcon.execute(sql, (since, limit))]
+
+        return await self._read_safely(run)
+
+    async def tasks_to_alert(
+        self, since: float, started: tuple[float, float] | None, limit: int
+    ) -> list[Task]:
+        sql = rows.TO_ALERT.format(columns=task_columns("t"))
+        low, high = started or (0.0, 0.0)
+
+        def run() -> list[Task]:
+            assert self._rcon is not None
+            return [task_from_row(r) for r in self._rcon.execute(sql, (since, since, low, high, limit))]
+
+        return await self._read_safely(run)
+
     # --- leases -------------------------------------------------------------------------------
 
     async def hold_lease(self, name: str, holder: str, *, ttl: float, now: float) -> bool:
@@ -433,6 +475,7 @@ class SqliteStore:
     async def count_events(self) -> int:
         def run() -> int:
             assert self._rcon is not None
-            return int(self._rcon.execute("SELECT count(*) FROM events").fetchone()[0])
+            sql = f"SELECT count(*) FROM events WHERE channel <> '{rows.OWN_CHANNEL}'"  # MPS's only
+            return int(self._rcon.execute(sql).fetchone()[0])
 
         return await self._read_safely(run)

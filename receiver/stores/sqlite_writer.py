@@ -20,7 +20,7 @@ import orjson
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import Quarantined, Recorded, Router, Settlement
+from receiver.ports import OperatorEvent, OwnEvent, Quarantined, Recorded, Router, Settlement
 from receiver.stores import rows
 from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan, encode_findings
 from receiver.tasks import MatchedBy, Task, TaskState
@@ -33,10 +33,17 @@ TASK_COLUMNS: Final = (
     " checked_at, live_at, reconciled_at"
 )
 TASK_COLUMN_COUNT: Final = TASK_COLUMNS.count(",") + 1
+
+
+def task_columns(alias: str) -> str:
+    """``TASK_COLUMNS`` of the table known as ``alias``."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in TASK_COLUMNS.split(","))
+
+
 _INSERT_EVENT = (
     "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key,"
+    " traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
@@ -66,6 +73,7 @@ def _event_row(seq: int, step: tasks.Step) -> tuple[Any, ...]:
         encode_findings(e.findings),
         e.body.decode(),
         e.sign_key,
+        e.traceparent,
     )
 
 
@@ -313,10 +321,21 @@ class SqliteWriter:
     def _settle(self, settlements: Sequence[Settlement]) -> None:
         self.con.executemany(
             "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
-            " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
-            " WHERE id = ?",
+            " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
+            " batch_id = ?, batch_size = ? WHERE id = ?",
             [
-                (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.state, x.at, x.id)
+                (
+                    x.state,
+                    x.attempts,
+                    x.next_attempt_at,
+                    x.error,
+                    x.at,
+                    x.state,
+                    x.at,
+                    x.batch_id,
+                    x.batch_size,
+                    x.id,
+                )
                 for x in settlements
             ],
         )
@@ -337,7 +356,7 @@ class SqliteWriter:
             ]
             self.con.executemany(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " last_error = NULL, updated_at = ? WHERE id = ?",
+                " last_error = NULL, updated_at = ?, batch_id = NULL, batch_size = NULL WHERE id = ?",
                 [(now, now, i) for i in ids],
             )
             return len(ids), (ids[-1] if ids else after)
@@ -352,6 +371,50 @@ class SqliteWriter:
                 (sink, now if reason else None, reason),
             )
         )
+
+    # --- receiver's own events ---------------------------------------------------------------
+
+    def record_own_event(
+        self, event: OwnEvent, sinks: Sequence[str], operator: OperatorEvent | None = None
+    ) -> bool:
+        def run() -> bool:
+            op_id = None
+            if operator is not None:
+                row = self.con.execute(
+                    rows.OPERATOR_EVENT_INSERT,
+                    (
+                        operator.kind,
+                        operator.subject,
+                        operator.window_start,
+                        operator.at,
+                        orjson.dumps(operator.detail).decode(),
+                    ),
+                ).fetchone()
+                if row is None:
+                    return False  # this kind, subject and window are told already
+                op_id = row[0]
+            if not sinks:
+                return operator is not None
+            row = self.con.execute(rows.OWN_EVENT_INSERT, rows.own_event_values(event)).fetchone()
+            if row is None:
+                return False
+            at = event.at
+            self.con.executemany(
+                rows.OWN_DELIVERY_INSERT, [(sink, row[0], event.task_key, at, at, at) for sink in sinks]
+            )
+            if op_id is not None:
+                self.con.execute(rows.OPERATOR_EVENT_LINK, (row[0], op_id))
+            return True
+
+        return self.transaction(run)
+
+    def count_up(self, name: str, window_start: float, n: int) -> int:
+        def run() -> int:
+            (total,) = self.con.execute(rows.COUNT_UP, (name, window_start, n)).fetchone()
+            self.con.execute(rows.COUNTERS_PURGE, (window_start - 86400,))  # old windows: nobody asks
+            return int(total)
+
+        return self.transaction(run)
 
     # --- leases -------------------------------------------------------------------------------
 
