@@ -64,8 +64,23 @@ class EventQuery:
     notification_type: str | None = None
     since: float | None = None  # received at or after, unix seconds
     orphan: bool | None = None
-    after: int = 0  # seq cursor: events strictly after it
+    after: int = 0  # seq cursor: events strictly after it (strictly before it when descending)
     limit: int = 100
+    until: float | None = None  # received before, unix seconds
+    # Finding conditions, met together by one finding of the event (as sink filters have them):
+    kind: str | None = None
+    label: str | None = None
+    suggestion: str | None = None
+    min_confidence: float | None = None
+    text: str | None = None  # a case-insensitive substring of the recognized text (ASR, OCR, subtitles)
+    descending: bool = False  # newest first; ``after`` 0 then means from the newest
+
+    @property
+    def searches(self) -> bool:
+        """Whether it asks about findings (then only events with findings can match)."""
+        return any(
+            v is not None for v in (self.kind, self.label, self.suggestion, self.min_confidence, self.text)
+        )
 
 
 # Which sinks an event goes to, decided at ingest (inside the transaction, once its task is known).
@@ -92,7 +107,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """What became of one delivery attempt."""
+    """What became of one delivery attempt (kept in its delivery's attempt history too)."""
 
     id: int
     state: str  # DeliveryState
@@ -100,6 +115,35 @@ class Settlement:
     next_attempt_at: float
     error: str | None
     at: float
+    status: int | None = None  # the target's HTTP status, when it answered one
+    latency_ms: float | None = None  # how long the sink took
+    snippet: str | None = None  # the first bytes of the target's answer (``SNIPPET_CHARS`` at most)
+
+
+# What an attempt keeps of the target's answer: enough to see why, never a whole body.
+SNIPPET_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a sink may say about a delivery the target took: its answer's status and first bytes."""
+
+    status: int | None = None
+    snippet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at one delivery, as its history lists it."""
+
+    delivery_id: int
+    attempt: int
+    at: float
+    outcome: str  # delivered | failed | dead
+    error: str | None
+    status: int | None
+    latency_ms: float | None
+    snippet: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +173,7 @@ class DeliveryQuery:
     until: float | None = None  # event received before
     after: int = 0
     limit: int = 100
+    id: int | None = None  # this one delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +184,17 @@ class SinkStats:
     dead: int
     oldest_pending_at: float | None
     disabled: str | None  # why, when the sink's target switched it off
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBacklog:
+    """What waits for a sink: read from indexes only, so it costs little however large the outbox."""
+
+    sink: str
+    pending: int
+    dead: int
+    oldest_pending_at: float | None  # of the first delivery in line
+    disabled: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +209,7 @@ class Sink(Protocol):
 
     name: str
 
-    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None: ...
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> Receipt | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -215,7 +271,19 @@ class Store(Protocol):
         """The task with this MPS ``TaskId`` or, failing that, this id of ours."""
         ...
 
-    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]: ...
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        after: str | None,
+        limit: int,
+        label: tuple[str, str] | None = None,
+        search: str | None = None,
+        newest_first: bool = False,
+    ) -> Page[Task]:
+        """Tasks in the order registered (or newest first); ``label`` is a (key, value) they carry,
+        ``search`` a TaskId, SessionId or SessionContext, or a part of one."""
+        ...
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
 
@@ -251,6 +319,34 @@ class Store(Protocol):
         ...
 
     async def sink_stats(self) -> list[SinkStats]: ...
+
+    async def list_attempts(self, delivery_id: int) -> list[Attempt]:
+        """A delivery's attempts, oldest first."""
+        ...
+
+    async def sink_backlog(self, sinks: Collection[str]) -> list[SinkBacklog]:
+        """Per sink named (and per sink switched off): pending, dead, the oldest pending's age."""
+        ...
+
+    async def task_delivery_counts(self, task_id: str) -> list[tuple[str, str, int]]:
+        """(sink, state, count) of the deliveries of the events carrying this MPS TaskId."""
+        ...
+
+    # --- the console's counts -----------------------------------------------------------------
+
+    async def add_ingest_counts(self, counts: Sequence[tuple[int, str, int]]) -> None:
+        """Add (minute, outcome, n) to the counts every process shares."""
+        ...
+
+    async def ingest_counts(self, since_minute: int) -> list[tuple[int, str, int]]:
+        """(minute, outcome, n) from ``since_minute`` on."""
+        ...
+
+    async def purge_ingest_counts(self, before: float) -> int:
+        """Delete the counts of minutes before ``before``; returns how many rows."""
+        ...
+
+    async def quarantine_count(self) -> int: ...
 
     async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
         """Switch a sink off (with the reason) or, with ``None``, back on."""

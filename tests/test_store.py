@@ -271,7 +271,8 @@ async def test_reopening_keeps_everything_and_migrations_are_idempotent(tmp_path
         await s.aclose()
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     shipped = Path(__file__).parents[1] / "receiver" / "stores" / "migrations" / "sqlite"
-    assert version == len(list(shipped.glob("*.sql")))
+    # Numbered, not necessarily contiguous (each change is given its numbers): the highest applies last.
+    assert version == max(int(p.name.split("_", 1)[0]) for p in shipped.glob("*.sql"))
 
 
 async def test_concurrent_batches_from_many_callers_all_commit(store: Any) -> None:
@@ -366,4 +367,6 @@ async def test_a_task_of_our_own_adopts_no_orphan_that_lacks_its_context(store: 
 def test_migration_numbers_are_unique_so_none_is_skipped(dialect: str) -> None:
     folder = Path(__file__).parent.parent / "receiver" / "stores" / "migrations" / dialect
     numbers = [int(p.name.split("_", 1)[0]) for p in folder.glob("*.sql")]
-    assert sorted(numbers) == list(range(1, len(numbers) + 1))
+    # Unique; not necessarily contiguous on a branch (numbers are handed out to changes made at once).
+    assert len(set(numbers)) == len(numbers)
+    assert min(numbers) == 1

@@ -22,6 +22,7 @@ from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import (
+    Attempt,
     Delivery,
     DeliveryQuery,
     DeliveryRow,
@@ -32,9 +33,10 @@ from receiver.ports import (
     Recorded,
     Router,
     Settlement,
+    SinkBacklog,
     SinkStats,
 )
-from receiver.stores import rows
+from receiver.stores import reads, rows
 from receiver.stores.rows import DELIVERIES_WITH_EVENTS, EVENT_COLUMNS, delivery_filter, event_record
 from receiver.stores.sqlite_writer import TASK_COLUMNS, task_from_row
 from receiver.tasks import MatchedBy, Task, TaskState
@@ -155,6 +157,7 @@ class PostgresStore:
             known = {r[0]: task_from_row(r) for r in rows}
             changed: dict[str, Task] = {}
             out = []
+            searched: list[tuple[Any, ...]] = []
             for e in events:
                 current = [changed.get(ref, t) for ref, t in known.items()]
                 by_context = [
@@ -191,6 +194,8 @@ class PostgresStore:
                     matched = MatchedBy(dup["matched_by"]) if dup["matched_by"] else None
                     out.append(Recorded(e.event_id, dup["seq"], True, task, matched, bool(dup["late"])))
                     continue
+                if (found_row := reads.search_row(seq, e.notification_type, e.received_at, e.findings)) is not None:
+                    searched.append(found_row)
                 new_task = transition.task if transition else None
                 if route is not None and (sinks := route(e, new_task)):
                     await con.executemany(
@@ -205,6 +210,8 @@ class PostgresStore:
                 out.append(Recorded(e.event_id, seq, False, transition.task, found[1], transition.late))
             if changed:
                 await con.executemany(_UPDATE_TASK, [_task_row(t) for t in changed.values()])
+            if searched:
+                await con.executemany(pg(reads.SEARCH_INSERT), searched)
             return out
 
         return await self._run(body)
@@ -285,28 +292,47 @@ class PostgresStore:
 
         return await self._run(body, write=False)
 
-    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]:
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        after: str | None,
+        limit: int,
+        label: tuple[str, str] | None = None,
+        search: str | None = None,
+        newest_first: bool = False,
+    ) -> Page[Task]:
+        if reads.unanswerable(search, *(label or ())):
+            return Page([], None)
+        sql, args = reads.task_statement(
+            TASK_COLUMNS,
+            "postgres",
+            state=state.value if state else None,
+            after=int(after) if after else 0,
+            label=label,
+            search=search,
+            newest_first=newest_first,
+        )
+        sql = pg(sql)
+
         async def body(con: asyncpg.Connection) -> Page[Task]:
-            rows = await con.fetch(
-                f"SELECT rowid, {TASK_COLUMNS} FROM tasks WHERE rowid > $1 AND ($2::text IS NULL OR state = $2)"
-                " ORDER BY rowid LIMIT $3",
-                int(after) if after else 0,
-                state.value if state else None,
-                limit + 1,
-            )
+            rows = await con.fetch(sql, *args, limit + 1)
             items = [task_from_row(tuple(r)[1:]) for r in rows[:limit]]
             return Page(items, str(rows[limit - 1][0]) if len(rows) > limit else None)
 
         return await self._run(body, write=False)
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
-        where, args = rows.event_filter(query)
-        sql = pg(rows.EVENT_QUERY_STATEMENT.format(columns=EVENT_COLUMNS, where=where))
+        if reads.unanswerable(query.task_id, query.task_ref, query.notification_type):
+            return Page([], None)
+        sql, args = reads.event_statement(query, EVENT_COLUMNS, "postgres")
+        sql = pg(sql)
 
         async def body(con: asyncpg.Connection) -> Page[EventRecord]:
-            found = await con.fetch(sql, *args, query.limit + 1)
-            items = [event_record(tuple(r)) for r in found[: query.limit]]
-            return Page(items, str(items[-1].seq) if len(found) > query.limit else None)
+            found = [event_record(tuple(r)) for r in await con.fetch(sql, *args, query.limit + 1)]
+            page = found[: query.limit]
+            items = [r for r in page if reads.matches(query, r)]
+            return Page(items, str(page[-1].seq) if len(found) > query.limit else None)
 
         return await self._run(body, write=False)
 
@@ -354,6 +380,7 @@ class PostgresStore:
                 " delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
                 [(x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id) for x in settlements],
             )
+            await con.executemany(pg(reads.ATTEMPT_INSERT), reads.attempt_rows(settlements))
 
         await self._run(body)
 
@@ -404,6 +431,50 @@ class PostgresStore:
             return rows.sink_stats(await con.fetch(rows.SINK_COUNTS), await con.fetch(rows.SINKS_DISABLED))
 
         return await self._run(body, write=False)
+
+    async def list_attempts(self, delivery_id: int) -> list[Attempt]:
+        async def body(con: asyncpg.Connection) -> list[Attempt]:
+            return [Attempt(*tuple(r)) for r in await con.fetch(pg(reads.ATTEMPTS_OF), delivery_id)]
+
+        return await self._run(body, write=False)
+
+    async def sink_backlog(self, sinks: Collection[str]) -> list[SinkBacklog]:
+        async def body(con: asyncpg.Connection) -> list[SinkBacklog]:
+            disabled = {r[0]: r[1] for r in await con.fetch(rows.SINKS_DISABLED)}
+            out = []
+            for sink in sorted(set(sinks) | set(disabled)):
+                pending, first = await con.fetchrow(pg(reads.SINK_PENDING), sink)
+                dead = await con.fetchval(pg(reads.SINK_DEAD), sink)
+                oldest = await con.fetchval(pg(reads.CREATED_AT), first) if first is not None else None
+                out.append(SinkBacklog(sink, pending, dead, oldest, disabled.get(sink)))
+            return out
+
+        return await self._run(body, write=False)
+
+    async def task_delivery_counts(self, task_id: str) -> list[tuple[str, str, int]]:
+        if reads.unanswerable(task_id):
+            return []
+
+        async def body(con: asyncpg.Connection) -> list[tuple[str, str, int]]:
+            return [(r[0], r[1], r[2]) for r in await con.fetch(pg(reads.TASK_DELIVERY_COUNTS), task_id)]
+
+        return await self._run(body, write=False)
+
+    async def add_ingest_counts(self, counts: Sequence[tuple[int, str, int]]) -> None:
+        await self._run(lambda con: con.executemany(pg(reads.INGEST_COUNTS_ADD), counts))
+
+    async def ingest_counts(self, since_minute: int) -> list[tuple[int, str, int]]:
+        async def body(con: asyncpg.Connection) -> list[tuple[int, str, int]]:
+            return [(r[0], r[1], r[2]) for r in await con.fetch(pg(reads.INGEST_COUNTS_SINCE), since_minute)]
+
+        return await self._run(body, write=False)
+
+    async def purge_ingest_counts(self, before: float) -> int:
+        status = await self._run(lambda con: con.execute(pg(reads.INGEST_COUNTS_PURGE), int(before // 60)))
+        return int(str(status).split()[-1])
+
+    async def quarantine_count(self) -> int:
+        return int(await self._run(lambda con: con.fetchval(reads.QUARANTINE_COUNT), write=False))
 
     async def disabled_sinks(self) -> dict[str, str]:
         async def body(con: asyncpg.Connection) -> dict[str, str]:

@@ -16,7 +16,6 @@ from receiver.findings import Finding
 from receiver.ports import (
     QUARANTINE_BODY_BYTES,
     DeliveryQuery,
-    EventQuery,
     EventRecord,
     Quarantined,
     Router,
@@ -92,9 +91,10 @@ def delivery_filter(q: DeliveryQuery) -> tuple[str, list[Any]]:
     clauses = ["1 = 1"]
     args: list[Any] = []
     for clause, value in (
+        ("d.id = ?", q.id),
         ("d.sink = ?", q.sink),
         ("d.state = ?", q.state),
-        ("e.task_id = ?", q.task_id),
+        ("d.task_key = ?", q.task_id),  # the event's TaskId, kept on the row (and indexed there)
         ("e.notification_type = ?", q.notification_type),
         ("e.received_at >= ?", q.since),
         ("e.received_at < ?", q.until),
@@ -141,29 +141,6 @@ def migrate(con: sqlite3.Connection) -> int:
         con.executescript(f"BEGIN;\n{script.read_text()}\nPRAGMA user_version = {version};\nCOMMIT;")
         current = version
     return int(current)
-
-
-EVENT_QUERY_STATEMENT: Final = "SELECT {columns} FROM events WHERE {where} ORDER BY seq LIMIT ?"
-
-
-def event_filter(q: EventQuery) -> tuple[str, list[Any]]:
-    """The WHERE clause (``?`` placeholders) and its arguments for an event query, cursor included."""
-    clauses = ["seq > ?"]
-    args: list[Any] = [q.after]
-    for column, value in (
-        ("task_id", q.task_id),
-        ("task_ref", q.task_ref),
-        ("notification_type", q.notification_type),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    if q.since is not None:
-        clauses.append("received_at >= ?")
-        args.append(q.since)
-    if q.orphan is not None:
-        clauses.append("task_ref IS NULL" if q.orphan else "task_ref IS NOT NULL")
-    return " AND ".join(clauses), args
 
 
 QUARANTINE_PAGE: Final = (

@@ -19,7 +19,7 @@ from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
-from receiver.stores import rows
+from receiver.stores import reads, rows
 from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan
 from receiver.tasks import MatchedBy, Task, TaskState
 
@@ -228,14 +228,18 @@ class SqliteWriter:
             ).fetchone()
             rows: list[tuple[Any, ...]] = []
             deliveries: list[tuple[Any, ...]] = []
+            searched: list[tuple[Any, ...]] = []
             for offset, step in enumerate(new, start=1):
                 e, seq = step.event, last + offset
                 seqs[e.event_id] = seq
                 rows.append(_event_row(seq, step))
+                if (found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)) is not None:
+                    searched.append(found)
                 deliveries.extend(
                     (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks
                 )
             self.con.executemany(_INSERT_EVENT, rows)
+            self.con.executemany(reads.SEARCH_INSERT, searched)
             if deliveries:
                 self.con.executemany(
                     "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at,"
@@ -281,8 +285,8 @@ class SqliteWriter:
     # --- the outbox -------------------------------------------------------------------------------
 
     def settle(self, settlements: Sequence[Settlement]) -> None:
-        self.transaction(
-            lambda: self.con.executemany(
+        def run() -> None:
+            self.con.executemany(
                 "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
                 " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
                 " WHERE id = ?",
@@ -291,7 +295,9 @@ class SqliteWriter:
                     for x in settlements
                 ],
             )
-        )
+            self.con.executemany(reads.ATTEMPT_INSERT, reads.attempt_rows(settlements))
+
+        self.transaction(run)
 
     def redrive_chunk(
         self, where: str, args: Sequence[Any], now: float, after: int, limit: int
