@@ -13,6 +13,8 @@ from aiohttp import web
 
 from receiver import guards, outbox_api, submit_api
 from receiver import web as routes
+from receiver.console import add_console
+from receiver.console.counts import IngestCounts
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
@@ -36,8 +38,18 @@ def build_ingestor(
     clock: Callable[[], float] = time.time,
     on_recorded: Callable[[], None] | None = None,
     metrics: Metrics | None = None,
+    counts: IngestCounts | None = None,
 ) -> Ingestor:
     verify = settings.verify
+    observe = metrics.observe_ingest if metrics else None
+    if counts is not None:  # every outcome also goes to the counts the console reads
+
+        def observe_and_count(channel: str, outcome: str, seconds: float) -> None:
+            if metrics is not None:
+                metrics.observe_ingest(channel, outcome, seconds)
+            counts.add(outcome)
+
+        observe = observe_and_count
     policies = {channel: verify.policy_for(channel) for channel in Channel}
     sinks = [(s.name, s.filter) for s in settings.sinks]
     return Ingestor(
@@ -51,7 +63,7 @@ def build_ingestor(
         clock=clock,
         route=router(sinks) if sinks else None,
         on_recorded=on_recorded,
-        observe=metrics.observe_ingest if metrics else None,
+        observe=observe,
         observe_key=metrics.observe_key_match if metrics else None,
     )
 
@@ -86,12 +98,14 @@ async def maintain(
                 before = now - settings.retention_days * 86400
                 payloads, deliveries = await store.purge(before)
                 quarantined = await store.purge_quarantine(before)
-                if payloads or deliveries or quarantined:
+                counts = await store.purge_ingest_counts(before)
+                if payloads or deliveries or quarantined or counts:
                     log.info(
                         "retention",
                         payloads_dropped=payloads,
                         deliveries_deleted=deliveries,
                         quarantine_deleted=quarantined,
+                        ingest_counts_deleted=counts,
                     )
         except ReceiverError as exc:
             log.warning("maintenance pass failed; next pass retries", error=str(exc))
@@ -141,6 +155,14 @@ def create_app(
 
     metrics = Metrics()
     app[routes.METRICS] = metrics
+    counts = IngestCounts(clock)
+
+    async def counts_ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        flusher = asyncio.create_task(counts.run(app[routes.STORE], stop))
+        yield
+        stop.set()  # after ingest has drained (registered before it): the last counts go too
+        await flusher
 
     async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher = build_dispatcher(settings, app[routes.STORE], clock, metrics)
@@ -153,7 +175,7 @@ def create_app(
     async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher = app.get(routes.DISPATCHER)
         ingestor = build_ingestor(
-            settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None, metrics
+            settings, app[routes.STORE], clock, dispatcher.wake if dispatcher else None, metrics, counts
         )
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
@@ -188,6 +210,7 @@ def create_app(
 
     # Registered in dependency order; teardown runs in reverse.
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(counts_ctx)
     if role == "dispatch" or (role == "serve" and settings.dispatch_in_serve):
         app.cleanup_ctx.append(dispatch_ctx)
     app.cleanup_ctx.append(ingest_ctx)
@@ -212,6 +235,7 @@ def create_app(
         routes.add_management(app)
         outbox_api.add_routes(app, [s.name for s in settings.sinks])
         submit_api.add_routes(app, settings.mps, settings.verify.keys())
+        add_console(app, settings)  # where the management API is served
     return app
 
 

@@ -19,14 +19,14 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
 from receiver.documents import event_document
 from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, UndeliverableError
 from receiver.group_commit import GroupCommit
-from receiver.ports import Delivery, DeliveryState, Settlement, Sink, Store
+from receiver.ports import SNIPPET_CHARS, Delivery, DeliveryState, Receipt, Settlement, Sink, Store
 
 log = structlog.get_logger("receiver.dispatch")
 
@@ -270,13 +270,16 @@ class Dispatcher:
 
     async def _deliver(self, lane: _Lane, delivery: Delivery) -> None:
         error: SinkError | None = None
+        receipt: Receipt | None = None
+        started = time.perf_counter()
         try:
-            await lane.sink.deliver(delivery, event_document(delivery.event))
+            receipt = await lane.sink.deliver(delivery, event_document(delivery.event))
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a sink's bug must not stop its lane
             log.exception("sink raised", sink=lane.sink.name)
             error = SinkError(repr(exc))
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
         now = self._clock()
         if error is None:
             lane.breaker.succeeded()
@@ -288,6 +291,16 @@ class Dispatcher:
             lane.breaker.failed(now)
             lane.counts["failed"] += 1
         outcome = settle(delivery, error, lane.policy, now, self._rng)
+        if error is not None:
+            status, snippet = error.status, error.snippet
+        elif isinstance(receipt, Receipt):
+            status, snippet = receipt.status, receipt.snippet
+        else:
+            status, snippet = None, None
+        # What the attempt history keeps of it.
+        outcome = replace(
+            outcome, latency_ms=latency_ms, status=status, snippet=snippet and snippet[:SNIPPET_CHARS]
+        )
         if self._observe is not None:
             self._observe(lane.sink.name, "delivered" if error is None else "failed")
         if outcome.state == DeliveryState.DEAD:

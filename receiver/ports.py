@@ -57,6 +57,9 @@ class Quarantined:
 QUARANTINE_BODY_BYTES = 64 * 1024
 
 
+MIN_TEXT = 2  # characters a free-text search of events needs
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     task_id: str | None = None  # MPS TaskId carried by the event
@@ -286,6 +289,11 @@ class Store(Protocol):
         ...
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
+
+    async def task_timeline(self, task_ref: str, limit: int) -> list[EventRecord]:
+        """The first ``limit`` events of our task ``task_ref`` with their findings, without their raw
+        payloads (``raw`` is empty): what a timeline and a transcript are drawn from."""
+        ...
 
     async def quarantine(self, entry: Quarantined) -> None:
         """Keep a message that can never become an event (committed before the message is dropped)."""

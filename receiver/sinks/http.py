@@ -22,7 +22,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from receiver.errors import SinkError, SinkGoneError, UndeliverableError
-from receiver.ports import Delivery
+from receiver.ports import SNIPPET_CHARS, Delivery, Receipt
 from receiver.sinks.options import SinkOptions
 
 # What we read of an answer: enough to finish a small reply on a kept-alive connection, never a
@@ -73,7 +73,7 @@ class HttpSink:
     def from_options(cls, name: str, options: Mapping[str, Any]) -> HttpSink:
         return cls(name, HttpOptions.model_validate(options))
 
-    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> Receipt:
         try:
             payload = orjson.dumps(document)
         except orjson.JSONEncodeError as exc:  # e.g. nested past orjson's depth: never sendable
@@ -89,23 +89,28 @@ class HttpSink:
             async with self._session.post(
                 self.url, data=payload, headers=headers, allow_redirects=False
             ) as resp:
-                await resp.content.read(MAX_RESPONSE_BYTES)
+                answer = await resp.content.read(MAX_RESPONSE_BYTES)
                 if not resp.content.at_eof():
                     resp.close()  # more than we read: drop the connection rather than drain it
+                snippet = answer[: SNIPPET_CHARS * 4].decode("utf-8", "replace")[:SNIPPET_CHARS]
                 if 200 <= resp.status < 300:
-                    return
+                    return Receipt(resp.status, snippet)
                 if resp.status == 410:
-                    raise SinkGoneError(f"{self._shown} answered 410 Gone")
+                    raise SinkGoneError(f"{self._shown} answered 410 Gone", status=410, snippet=snippet)
                 if 300 <= resp.status < 400:
                     location = resp.headers.get("Location")
                     shown = redacted(urljoin(str(resp.url), location)) if location else "nowhere"
                     raise SinkError(
                         f"{self._shown} answered {resp.status} redirecting to {shown}; redirects are"
                         " not followed: configure the final URL",
+                        status=resp.status,
+                        snippet=snippet,
                     )
                 raise SinkError(
                     f"{self._shown} answered {resp.status}",
                     retry_after=retry_after(resp.headers.get("Retry-After"), now),
+                    status=resp.status,
+                    snippet=snippet,
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SinkError(f"{self._shown}: {type(exc).__name__}") from exc

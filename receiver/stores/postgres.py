@@ -194,7 +194,9 @@ class PostgresStore:
                     matched = MatchedBy(dup["matched_by"]) if dup["matched_by"] else None
                     out.append(Recorded(e.event_id, dup["seq"], True, task, matched, bool(dup["late"])))
                     continue
-                if (found_row := reads.search_row(seq, e.notification_type, e.received_at, e.findings)) is not None:
+                if (
+                    found_row := reads.search_row(seq, e.notification_type, e.received_at, e.findings)
+                ) is not None:
                     searched.append(found_row)
                 new_task = transition.task if transition else None
                 if route is not None and (sinks := route(e, new_task)):
@@ -333,6 +335,14 @@ class PostgresStore:
             page = found[: query.limit]
             items = [r for r in page if reads.matches(query, r)]
             return Page(items, str(page[-1].seq) if len(found) > query.limit else None)
+
+        return await self._run(body, write=False)
+
+    async def task_timeline(self, task_ref: str, limit: int) -> list[EventRecord]:
+        sql = pg(reads.timeline_statement(EVENT_COLUMNS))
+
+        async def body(con: asyncpg.Connection) -> list[EventRecord]:
+            return [event_record(tuple(r)) for r in await con.fetch(sql, task_ref, limit)]
 
         return await self._run(body, write=False)
 

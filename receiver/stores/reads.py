@@ -32,7 +32,6 @@ TEXT_KINDS: Final = frozenset(
         "SmartSubtitle",
     }
 )
-MIN_TEXT = 2  # characters a free-text search needs
 
 SEARCH_INSERT: Final = (
     "INSERT INTO event_search (seq, notification_type, received_at, kinds, labels, suggestions,"
@@ -161,6 +160,12 @@ def event_statement(q: EventQuery, columns: str, dialect: Dialect) -> tuple[str,
     return f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {lead}.seq {order} LIMIT ?", args
 
 
+def timeline_statement(columns: str) -> str:
+    """A task's events in order, their raw payloads left in the store (``'{}'`` in their place)."""
+    cols = ", ".join("'{}' AS raw" if c.strip() == "raw" else c.strip() for c in columns.split(","))
+    return f"SELECT {cols} FROM events WHERE task_ref = ? ORDER BY seq LIMIT ?"
+
+
 def label_needle(key: str, value: str) -> str:
     """The label as it reads inside the stored labels (orjson, no spaces): ``"key":"value"``.
 
@@ -197,7 +202,8 @@ def task_statement(
         args.append(label_needle(*label))
     if search is not None:
         parts = " OR ".join(
-            ["task_id = ?", "id = ?"] + [_contains(dialect, c) for c in ("task_id", "session_id", "session_context")]
+            ["task_id = ?", "id = ?"]
+            + [_contains(dialect, c) for c in ("task_id", "session_id", "session_context")]
         )
         clauses.append(f"({parts})")
         args.extend([search] * 5)
@@ -222,7 +228,8 @@ SINK_PENDING: Final = "SELECT count(*), min(id) FROM deliveries WHERE sink = ? A
 SINK_DEAD: Final = "SELECT count(*) FROM deliveries WHERE sink = ? AND state = 'dead'"
 CREATED_AT: Final = "SELECT created_at FROM deliveries WHERE id = ?"
 TASK_DELIVERY_COUNTS: Final = (
-    "SELECT sink, state, count(*) FROM deliveries WHERE task_key = ? GROUP BY sink, state ORDER BY sink, state"
+    "SELECT sink, state, count(*) FROM deliveries WHERE task_key = ?"
+    " GROUP BY sink, state ORDER BY sink, state"
 )
 
 INGEST_COUNTS_ADD: Final = (
@@ -240,7 +247,16 @@ def attempt_rows(settlements: Sequence[Any]) -> list[tuple[Any, ...]]:
     """The ``ATTEMPT_INSERT`` arguments of a batch of settlements (``ports.Settlement``)."""
     outcome = {"delivered": "delivered", "pending": "failed", "dead": "dead"}
     return [
-        (x.id, x.attempts, x.at, outcome.get(x.state, x.state), x.error, x.status, x.latency_ms, x.snippet, x.id)
+        (
+            x.id,
+            x.attempts,
+            x.at,
+            outcome.get(x.state, x.state),
+            x.error,
+            x.status,
+            x.latency_ms,
+            x.snippet,
+            x.id,
+        )
         for x in settlements
     ]
-

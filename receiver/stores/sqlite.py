@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
@@ -254,7 +254,9 @@ class SqliteStore:
                 pending, first = con.execute(reads.SINK_PENDING, (sink,)).fetchone()
                 (dead,) = con.execute(reads.SINK_DEAD, (sink,)).fetchone()
                 oldest = con.execute(reads.CREATED_AT, (first,)).fetchone() if first is not None else None
-                out.append(SinkBacklog(sink, pending, dead, oldest[0] if oldest else None, disabled.get(sink)))
+                out.append(
+                    SinkBacklog(sink, pending, dead, oldest[0] if oldest else None, disabled.get(sink))
+                )
             return out
 
         return await self._read_safely(run)
@@ -271,12 +273,16 @@ class SqliteStore:
     # --- the console's counts -------------------------------------------------------------------
 
     async def add_ingest_counts(self, counts: Sequence[tuple[int, str, int]]) -> None:
-        await self._write_with(lambda w: w.transaction(lambda: w.con.executemany(reads.INGEST_COUNTS_ADD, counts)))
+        await self._write_with(
+            lambda w: w.transaction(lambda: w.con.executemany(reads.INGEST_COUNTS_ADD, counts))
+        )
 
     async def ingest_counts(self, since_minute: int) -> list[tuple[int, str, int]]:
         def run() -> list[tuple[int, str, int]]:
             assert self._rcon is not None
-            return [tuple(r) for r in self._rcon.execute(reads.INGEST_COUNTS_SINCE, (since_minute,)).fetchall()]
+            return [
+                tuple(r) for r in self._rcon.execute(reads.INGEST_COUNTS_SINCE, (since_minute,)).fetchall()
+            ]
 
         return await self._read_safely(run)
 
@@ -401,6 +407,15 @@ class SqliteStore:
             page = found[: query.limit]
             items = [r for r in page if reads.matches(query, r)]
             return Page(items, str(page[-1].seq) if len(found) > query.limit else None)
+
+        return await self._read_safely(run)
+
+    async def task_timeline(self, task_ref: str, limit: int) -> list[EventRecord]:
+        sql = reads.timeline_statement(EVENT_COLUMNS)
+
+        def run() -> list[EventRecord]:
+            assert self._rcon is not None
+            return [event_record(r) for r in self._rcon.execute(sql, (task_ref, limit)).fetchall()]
 
         return await self._read_safely(run)
 

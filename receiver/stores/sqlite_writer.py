@@ -233,7 +233,9 @@ class SqliteWriter:
                 e, seq = step.event, last + offset
                 seqs[e.event_id] = seq
                 rows.append(_event_row(seq, step))
-                if (found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)) is not None:
+                if (
+                    found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)
+                ) is not None:
                     searched.append(found)
                 deliveries.extend(
                     (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks

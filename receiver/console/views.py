@@ -1,0 +1,319 @@
+"""What the console's pages show, made from stored records: the timeline of a task on its stream's own
+time axis, its transcript, the overview's chart, safe previews and links. Pure: no I/O, no markup
+(the templates escape and draw; nothing here is trusted to be HTML)."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from receiver.ports import EventRecord
+
+WIDTH = 1000  # the timeline's and the chart's drawing width (viewBox units)
+BINS = 500  # marks per lane at most: a task of 10,000 events draws no more than this
+SNAPSHOTS = 12  # images shown under a task's timeline
+TRANSCRIPT_LINES = 500  # per page of a task's transcript
+STRENGTH = {"block": 3, "review": 2, "pass": 1}
+
+MODERATION = frozenset({"ImagePorn", "ImageTerrorism", "ImagePolitical", "VoicePorn"})
+QUALITY = frozenset({"QualityControl", "Diagnose"})
+ANALYSIS = frozenset({"SegmentRecognition", "Highlight", "Description"})
+SPEECH = frozenset({"AsrFullTextRecognition", "TransTextRecognition", "SmartSubtitle"})
+LANES = ("Moderation", "Quality", "Recognition", "Analysis", "Subtitles", "Recording")
+
+
+def safe_url(url: object) -> str | None:
+    """A URL a page may link to or load: http(s) only (never ``javascript:`` or ``data:``)."""
+    if not isinstance(url, str) or len(url) > 4096:
+        return None
+    if any(unicodedata.category(c)[0] in ("C", "Z") for c in url):  # controls, spaces, separators
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+_VISIBLE = frozenset("\n\t")
+_BIDI = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)  # text direction overrides: a preview must read in the order it is stored
+
+
+def preview(body: bytes | str, limit: int = 4096) -> tuple[str, bool]:
+    """A body as text a page can show: UTF-8 (bad bytes replaced), control and direction characters
+    written as ``\\u{..}``, cut at ``limit`` characters; and whether it was cut."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    cut = len(text) > limit
+    out = []
+    for c in text[:limit]:
+        if c in _VISIBLE:
+            out.append(c)
+        elif c in _BIDI or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co"):
+            out.append(f"\\u{{{ord(c):04x}}}")
+        else:
+            out.append(c)
+    return "".join(out), cut
+
+
+# --- the timeline ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    x: float
+    width: float
+    css: str  # block | review | pass | none | band | eof-ok | eof-failed
+    title: str  # a tooltip (escaped by the template)
+
+
+@dataclass(slots=True)
+class Lane:
+    name: str
+    marks: list[Mark] = field(default_factory=list)
+    count: int = 0  # findings drawn in it
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    url: str
+    label: str
+    suggestion: str
+    start: float | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFile:
+    url: str | None
+    begin: str | None
+    end: str | None
+    duration: Any
+    size: Any
+
+
+@dataclass(slots=True)
+class Timeline:
+    duration: float
+    lanes: list[Lane]
+    ticks: list[tuple[float, str]]
+    snapshots: list[Snapshot]
+    records: list[RecordFile]
+    eof: Mark | None
+    events: int
+
+
+def _lane_of(kind: str, suggestion: str | None) -> str:
+    if kind in MODERATION or suggestion in STRENGTH:
+        return "Moderation"
+    if kind in QUALITY:
+        return "Quality"
+    if kind in ANALYSIS:
+        return "Analysis"
+    if kind == "SmartSubtitle":
+        return "Subtitles"
+    if kind == "RecordFile":
+        return "Recording"
+    return "Recognition"
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _wall(v: object) -> datetime | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        return datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _title(f: Mapping[str, Any]) -> str:
+    parts = [str(f.get("kind"))]
+    for key in ("label", "suggestion", "text", "severity"):
+        if f.get(key):
+            parts.append(str(f[key])[:120])
+    if f.get("confidence") is not None:
+        parts.append(f"{f['confidence']}%")
+    start, end = _num(f.get("start")), _num(f.get("end"))
+    if start is not None:
+        parts.append(f"{start:.1f}s" + (f"–{end:.1f}s" if end is not None else ""))
+    return " · ".join(parts)
+
+
+def timeline(events: Sequence[EventRecord]) -> Timeline:
+    """Every finding of a task's events on the stream's time axis (PTS seconds), binned per lane so
+    that a long task draws a bounded number of marks; the strongest suggestion wins a bin."""
+    spans: list[tuple[str, float, float, str, str]] = []  # lane, start, end, css, title
+    snapshots: list[Snapshot] = []
+    records: list[RecordFile] = []
+    record_starts: list[tuple[datetime, dict[str, Any]]] = []
+    eof: tuple[bool, str] | None = None
+    end_of_stream = 0.0
+    for e in events:
+        if e.notification_type == "ProcessEof":
+            ok = (e.err_code or 0) == 0
+            eof = (ok, f"ProcessEof · {'finished' if ok else 'failed'} · {e.err_code} {e.err_message or ''}")
+        for f in e.findings:
+            kind = str(f.get("kind"))
+            suggestion = f.get("suggestion") if isinstance(f.get("suggestion"), str) else None
+            if kind == "RecordFile":
+                attrs = f.get("attrs") or {}
+                records.append(
+                    RecordFile(
+                        safe_url(f.get("url")),
+                        attrs.get("begin_time"),
+                        attrs.get("end_time"),
+                        attrs.get("duration"),
+                        attrs.get("size"),
+                    )
+                )
+                if (begin := _wall(attrs.get("begin_time"))) is not None:
+                    record_starts.append((begin, f))
+                continue
+            start = _num(f.get("start"))
+            if start is None:
+                continue
+            end = _num(f.get("end"))
+            end = max(start, end if end is not None else start)
+            end_of_stream = max(end_of_stream, end)
+            lane = _lane_of(kind, suggestion)
+            css = suggestion if suggestion in STRENGTH else ("band" if kind == "QualityControl" else "none")
+            spans.append((lane, start, end, str(css), _title(f)))
+            url = safe_url(f.get("url"))
+            if url is not None and lane == "Moderation":
+                snapshots.append(
+                    Snapshot(url, str(f.get("label") or kind), str(suggestion or ""), start, e.seq)
+                )
+    # Recording files carry wall-clock times: placed from the first one's start.
+    if record_starts:
+        first = min(b for b, _ in record_starts)
+        for begin, f in record_starts:
+            offset = (begin - first).total_seconds()
+            length = _num((f.get("attrs") or {}).get("duration")) or 0.0
+            end_of_stream = max(end_of_stream, offset + length)
+            spans.append(("Recording", offset, offset + length, "record", _title(f)))
+    duration = max(end_of_stream, 1.0)
+    lanes = {name: Lane(name) for name in LANES}
+    binned: dict[tuple[str, int], list[Any]] = {}
+    for lane_name, start, end, css, title in spans:
+        key = (lane_name, min(BINS - 1, int(start / duration * BINS)))
+        lanes[lane_name].count += 1
+        held = binned.get(key)
+        if held is None:
+            binned[key] = [start, end, css, title, 1]
+            continue
+        held[1] = max(held[1], end)
+        held[4] += 1
+        if STRENGTH.get(css, 0) > STRENGTH.get(held[2], 0):
+            held[2], held[3] = css, title
+    for (lane_name, _), (start, end, css, title, n) in sorted(binned.items(), key=lambda kv: kv[1][0]):
+        x = start / duration * WIDTH
+        width = max(2.0, (end - start) / duration * WIDTH)
+        more = f" (+{n - 1} more here)" if n > 1 else ""
+        lanes[lane_name].marks.append(Mark(round(x, 2), round(min(width, WIDTH - x), 2), css, title + more))
+    snapshots.sort(key=lambda s: (-STRENGTH.get(s.suggestion, 0), s.start or 0.0))
+    step = _tick_step(duration)
+    ticks = [(round(t / duration * WIDTH, 2), _clock(t)) for t in _frange(0.0, duration, step)]
+    eof_mark = None
+    if eof is not None:
+        eof_mark = Mark(WIDTH - 3, 3, "eof-ok" if eof[0] else "eof-failed", eof[1])
+    return Timeline(
+        duration=duration,
+        lanes=[lane for lane in lanes.values() if lane.marks],
+        ticks=ticks,
+        snapshots=snapshots[:SNAPSHOTS],
+        records=records,
+        eof=eof_mark,
+        events=len(events),
+    )
+
+
+def _tick_step(duration: float) -> float:
+    for step in (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600):
+        if duration / step <= 8:
+            return float(step)
+    return 86400.0
+
+
+def _frange(start: float, stop: float, step: float) -> Iterable[float]:
+    t = start
+    while t <= stop:
+        yield t
+        t += step
+
+
+# --- the transcript --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    start: float
+    end: float | None
+    kind: str
+    text: str
+    translation: str | None
+    seq: int
+
+
+def transcript(events: Iterable[EventRecord]) -> list[Line]:
+    """Speech recognition, translation and subtitle results in stream-time order; partial results
+    (``SteadyState`` false, sent again as a sentence grows) are left out, repeats shown once."""
+    seen: set[tuple[str, float, str]] = set()
+    lines = []
+    for e in events:
+        for f in e.findings:
+            kind = f.get("kind")
+            start = _num(f.get("start"))
+            if kind not in SPEECH or start is None or not isinstance(f.get("text"), str):
+                continue
+            if (f.get("attrs") or {}).get("steady_state") is False:
+                continue
+            key = (str(kind), start, f["text"])
+            if key in seen:
+                continue
+            seen.add(key)
+            translation = f.get("translation") if isinstance(f.get("translation"), str) else None
+            lines.append(Line(start, _num(f.get("end")), str(kind), f["text"], translation, e.seq))
+    lines.sort(key=lambda line: (line.start, line.seq))
+    return lines
+
+
+# --- the overview's chart ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    label: str
+
+
+CHART_HEIGHT = 120.0
+
+
+def rate_bars(rates: Sequence[tuple[str, float]]) -> tuple[list[Bar], float]:
+    """Bars for (label, notifications/s) in a ``WIDTH`` x ``CHART_HEIGHT`` box; and the scale top."""
+    top = max([r for _, r in rates] + [1.0])
+    width = WIDTH / max(len(rates), 1)
+    bars = []
+    for i, (label, rate) in enumerate(rates):
+        h = rate / top * (CHART_HEIGHT - 4)
+        bars.append(
+            Bar(round(i * width + 1, 2), round(CHART_HEIGHT - h, 2), round(width - 2, 2), round(h, 2), label)
+        )
+    return bars, top
