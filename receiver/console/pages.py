@@ -219,7 +219,7 @@ async def task_page(request: web.Request) -> web.Response:
 
 
 def _event_view(e: EventRecord) -> dict[str, Any]:
-    texts = [str(f.get("text")) for f in e.findings if f.get("text")][:3]
+    texts = [str(v) for f in e.findings for v in (f.get("text"), f.get("translation")) if v][:4]
     return {"record": e, "texts": texts, "findings": e.findings[:4], "more": max(0, len(e.findings) - 4)}
 
 

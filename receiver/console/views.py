@@ -197,18 +197,23 @@ def timeline(events: Sequence[EventRecord]) -> Timeline:
                 snapshots.append(
                     Snapshot(url, str(f.get("label") or kind), str(suggestion or ""), start, e.seq)
                 )
-    # Recording files carry wall-clock times: placed from the first one's start.
+    # Recording files carry wall-clock times: placed from the first one's start. A file may run
+    # past the last finding (an hour's recording, ten minutes of results): it is cut at the axis's
+    # end rather than stretch the axis, unless there is nothing else to draw.
+    recorded = 0.0
     if record_starts:
         first = min(b for b, _ in record_starts)
         for begin, f in record_starts:
             offset = (begin - first).total_seconds()
             length = _num((f.get("attrs") or {}).get("duration")) or 0.0
-            end_of_stream = max(end_of_stream, offset + length)
+            recorded = max(recorded, offset + length)
             spans.append(("Recording", offset, offset + length, "record", _title(f)))
-    duration = max(end_of_stream, 1.0)
+    duration = max(end_of_stream or recorded, 1.0)
     lanes = {name: Lane(name) for name in LANES}
     binned: dict[tuple[str, int], list[Any]] = {}
     for lane_name, start, end, css, title in spans:
+        if start > duration:
+            continue
         key = (lane_name, min(BINS - 1, int(start / duration * BINS)))
         lanes[lane_name].count += 1
         held = binned.get(key)
@@ -221,7 +226,7 @@ def timeline(events: Sequence[EventRecord]) -> Timeline:
             held[2], held[3] = css, title
     for (lane_name, _), (start, end, css, title, n) in sorted(binned.items(), key=lambda kv: kv[1][0]):
         x = start / duration * WIDTH
-        width = max(2.0, (end - start) / duration * WIDTH)
+        width = max(2.0, (min(end, duration) - start) / duration * WIDTH)
         more = f" (+{n - 1} more here)" if n > 1 else ""
         lanes[lane_name].marks.append(Mark(round(x, 2), round(min(width, WIDTH - x), 2), css, title + more))
     snapshots.sort(key=lambda s: (-STRENGTH.get(s.suggestion, 0), s.start or 0.0))
