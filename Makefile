@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run migrate test lint typecheck unit services demo soak bench clean
+.PHONY: install run migrate test lint typecheck unit services browser demo soak bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ migrate: install
 services:
 	scripts/ensure-services
 
+browser:
+	scripts/ensure-browser
+
 lint: install
 	$(BIN)/ruff check receiver tests bench
 	$(BIN)/ruff format --check receiver tests bench
@@ -33,7 +36,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q
 
-test: install services lint typecheck unit
+test: install services browser lint typecheck unit
 
 soak: install services
 	$(BIN)/python -m tests.soak
