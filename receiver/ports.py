@@ -61,6 +61,17 @@ MIN_TEXT = 2  # characters a free-text search of events needs
 
 
 @dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """What a task's timeline needs of one of its events (read without the payload)."""
+
+    seq: int
+    notification_type: str
+    err_code: int | None
+    err_message: str | None
+    findings: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class EventQuery:
     task_id: str | None = None  # MPS TaskId carried by the event
     task_ref: str | None = None  # our task id the event is attached to
@@ -290,9 +301,9 @@ class Store(Protocol):
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
 
-    async def task_timeline(self, task_ref: str, limit: int) -> list[EventRecord]:
-        """The first ``limit`` events of our task ``task_ref`` with their findings, without their raw
-        payloads (``raw`` is empty): what a timeline and a transcript are drawn from."""
+    async def task_timeline(self, task_ref: str, *, after: int, limit: int) -> list[TimelineEvent]:
+        """Up to ``limit`` events of our task ``task_ref`` after seq ``after``, in order, with their
+        findings only: what a timeline and a transcript are drawn from."""
         ...
 
     async def quarantine(self, entry: Quarantined) -> None:

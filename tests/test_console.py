@@ -432,3 +432,28 @@ def test_the_transcript_is_in_stream_time_order_without_partial_results_or_repea
         (2.0, "first", None),
         (9.0, "later", "稍后"),
     ]
+
+
+async def test_a_tasks_page_shows_events_that_came_after_it_was_drawn_and_adopted_orphans(
+    tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
+    client = await aiohttp_client(app_for(tmp_path))
+    auth = {"Content-Type": "application/json"}
+
+    async def notify(doc: dict[str, Any]) -> None:
+        assert (await client.post("/v1/notifications", data=body(signed(doc)))).status == 200
+
+    async def page() -> str:
+        return await (await client.get(f"/console/tasks/{console_data.TASK_ID}")).text()
+
+    await notify(console_data.speech(1.0, "the first line", "第一句", 1))  # an orphan: no task yet
+    registered = await client.post("/v1/tasks", json={"task_id": console_data.TASK_ID}, headers=auth)
+    assert registered.status == 201
+    assert "the first line" in await page()
+    await notify(console_data.speech(9.0, "the second line", "第二句", 2))
+    drawn = await page()  # drawn again from where it was: only the new event read
+    assert drawn.index("the first line") < drawn.index("the second line")
+    other = "1300099999-procedure-live-other"
+    await notify({**console_data.speech(5.0, "an orphan of another", "", 3), "TaskId": other})
+    assert (await client.post("/v1/tasks", json={"task_id": other}, headers=auth)).status == 201
+    assert "an orphan of another" in await (await client.get(f"/console/tasks/{other}")).text()

@@ -198,13 +198,17 @@ async def test_backlog_dead_letters_and_a_tasks_deliveries_are_read_per_sink(sto
     assert [d.state for d in page.items] == ["dead"]
 
 
-async def test_a_tasks_timeline_reads_its_findings_without_the_payloads(store: Any) -> None:
+async def test_a_tasks_timeline_reads_its_events_findings_from_a_seq_on(store: Any) -> None:
     task = new_task("T-search")
     await store.register_task(task)
-    await store.record_events([review(n, ("ImagePorn", hit("block", "porn", 90.0))) for n in range(3)])
-    drawn = await store.task_timeline(task.id, 2)
-    assert [e.findings[0]["kind"] for e in drawn] == ["ImagePorn", "ImagePorn"]
-    assert all(e.raw == {} for e in drawn)
+    recorded = await store.record_events(
+        [review(n, ("ImagePorn", hit("block", "porn", 90.0))) for n in range(3)]
+    )
+    first = await store.task_timeline(task.id, after=0, limit=2)
+    assert [e.seq for e in first] == [r.seq for r in recorded[:2]]
+    assert first[0].findings[0]["suggestion"] == "block"
+    rest = await store.task_timeline(task.id, after=first[-1].seq, limit=10)
+    assert [e.seq for e in rest] == [recorded[2].seq]
 
 
 @pytest.mark.parametrize("text", ["a", ""])

@@ -5,11 +5,12 @@ the API's own parameters, checked by the same functions, so a page and ``/v1/`` 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from markupsafe import Markup
 from yarl import URL
 
 from receiver import web as routes
@@ -20,7 +21,7 @@ from receiver.documents import overdue
 from receiver.outbox_api import SINK_NAMES, delivery_query, find_delivery
 from receiver.ports import DeliveryState, EventQuery, EventRecord
 from receiver.responses import json_response
-from receiver.tasks import TaskState
+from receiver.tasks import Task, TaskState
 from receiver.web import BadParameterError, cursor_param, event_query
 
 OUTCOMES = ("stored", "duplicate", "invalid", "unauthorized", "unavailable")
@@ -28,6 +29,8 @@ MINUTES = 15  # of the overview's chart
 PAGE = 50
 TASK_EVENTS = 25  # events listed per page of a task
 TIMELINE_EVENTS = 20_000  # events a task's timeline and transcript are drawn from, at most
+DRAWN_TASKS = 32  # drawings kept (per process), the most recently viewed
+DRAWINGS: web.AppKey[OrderedDict[str, views.Drawing]] = web.AppKey("console_drawings")
 SUGGESTIONS = ("block", "review", "pass")
 
 
@@ -174,6 +177,27 @@ async def tasks_page(request: web.Request) -> web.Response:
     )
 
 
+async def drawing_of(request: web.Request, task: Task) -> views.Drawing:
+    """The task's drawing, brought up to date: from this process's last drawing of it, only the
+    events since are read (a task of 10,000 events is read whole once, not on every page)."""
+    store = request.config_dict[routes.STORE]
+    cache = request.app[DRAWINGS]
+    want = min(task.event_count + task.late_count, TIMELINE_EVENTS)
+    drawing = cache.pop(task.id, None)
+    if drawing is None or drawing.events > want:
+        drawing = views.Drawing()
+    if drawing.events < want:
+        drawing.add(
+            await store.task_timeline(task.id, after=drawing.last_seq, limit=TIMELINE_EVENTS - drawing.events)
+        )
+        if drawing.events != want:  # orphans adopted (older events), or more arrived meanwhile: all again
+            drawing = views.Drawing().add(await store.task_timeline(task.id, after=0, limit=TIMELINE_EVENTS))
+    cache[task.id] = drawing
+    while len(cache) > DRAWN_TASKS:
+        cache.popitem(last=False)
+    return drawing
+
+
 async def task_page(request: web.Request) -> web.Response:
     store = request.config_dict[routes.STORE]
     task = await store.get_task(request.match_info["task_id"])
@@ -184,11 +208,27 @@ async def task_page(request: web.Request) -> web.Response:
         offset = int(request.query.get("lines", "0"))
     except (BadParameterError, ValueError):
         cursor, offset = 0, 0
-    drawn = await store.task_timeline(task.id, TIMELINE_EVENTS)
-    lines = views.transcript(drawn)
+    drawing = await drawing_of(request, task)
+    lines = drawing.transcript()
     offset = max(0, min(offset, len(lines)))
-    shown = lines[offset : offset + views.TRANSCRIPT_LINES]
-    more_lines = offset + views.TRANSCRIPT_LINES if offset + views.TRANSCRIPT_LINES < len(lines) else None
+    truncated = task.event_count + task.late_count > TIMELINE_EVENTS
+    # The timeline and the transcript's page, rendered (escaped) once until the task has new events.
+    drawn = drawing.rendered.get(offset)
+    if drawn is None:
+        more = offset + views.TRANSCRIPT_LINES
+        drawn = drawing.rendered[offset] = Markup(
+            request.app[ENV]
+            .get_template("drawing.html")
+            .render(
+                timeline=drawing.timeline(),
+                truncated=truncated,
+                width=views.WIDTH,
+                lines=lines[offset:more],
+                lines_total=len(lines),
+                lines_offset=offset,
+                more_lines=str(request.rel_url.with_query(lines=more)) if more < len(lines) else None,
+            )
+        )
     events = await store.list_events(EventQuery(task_ref=task.id, after=cursor, limit=TASK_EVENTS))
     counts = await store.task_delivery_counts(task.task_id) if task.task_id else []
     per_sink: dict[str, dict[str, int]] = {}
@@ -202,13 +242,7 @@ async def task_page(request: web.Request) -> web.Response:
         "tasks",
         task=task,
         overdue=overdue(task, config[routes.CLOCK](), config[routes.TASK_DEADLINE]),
-        timeline=views.timeline(drawn),
-        truncated=len(drawn) == TIMELINE_EVENTS,
-        width=views.WIDTH,
-        lines=shown,
-        lines_total=len(lines),
-        lines_offset=offset,
-        more_lines=None if more_lines is None else str(request.rel_url.update_query(lines=more_lines)),
+        drawn=drawn,
         events=[_event_view(e) for e in events.items],
         next_url=_next_url(request, events.next),
         deliveries=per_sink,
@@ -368,6 +402,7 @@ async def quarantine_page(request: web.Request) -> web.Response:
 
 
 def add_routes(console: web.Application) -> None:
+    console[DRAWINGS] = OrderedDict()
     console.router.add_get("/", overview)
     console.router.add_get("/overview.json", overview_json)
     console.router.add_get("/tasks", tasks_page)

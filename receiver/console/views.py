@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from receiver.ports import EventRecord
+from receiver.ports import EventRecord, TimelineEvent
 
 WIDTH = 1000  # the timeline's and the chart's drawing width (viewBox units)
-BINS = 500  # marks per lane at most: a task of 10,000 events draws no more than this
+BINS = 250  # marks per lane at most: a task of 10,000 events draws no more than this
 SNAPSHOTS = 12  # images shown under a task's timeline
 TRANSCRIPT_LINES = 500  # per page of a task's transcript
 STRENGTH = {"block": 3, "review": 2, "pass": 1}
@@ -153,97 +153,159 @@ def _title(f: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def timeline(events: Sequence[EventRecord]) -> Timeline:
-    """Every finding of a task's events on the stream's time axis (PTS seconds), binned per lane so
-    that a long task draws a bounded number of marks; the strongest suggestion wins a bin."""
-    spans: list[tuple[str, float, float, str, str]] = []  # lane, start, end, css, title
-    snapshots: list[Snapshot] = []
-    records: list[RecordFile] = []
-    record_starts: list[tuple[datetime, dict[str, Any]]] = []
-    eof: tuple[bool, str] | None = None
-    end_of_stream = 0.0
-    for e in events:
-        if e.notification_type == "ProcessEof":
-            ok = (e.err_code or 0) == 0
-            eof = (ok, f"ProcessEof · {'finished' if ok else 'failed'} · {e.err_code} {e.err_message or ''}")
-        for f in e.findings:
-            kind = str(f.get("kind"))
-            suggestion = f.get("suggestion") if isinstance(f.get("suggestion"), str) else None
-            if kind == "RecordFile":
-                attrs = f.get("attrs") or {}
-                records.append(
-                    RecordFile(
-                        safe_url(f.get("url")),
-                        attrs.get("begin_time"),
-                        attrs.get("end_time"),
-                        attrs.get("duration"),
-                        attrs.get("size"),
-                    )
+class Drawing:
+    """A task's timeline and transcript, added to event by event: a page of a long task reads only
+    the events that arrived since it was last drawn (``last_seq``). What it keeps is compact (one
+    tuple per finding with a stream time); the binning and the titles are done when drawn."""
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.events = 0
+        self._spans: list[
+            tuple[str, float, float, str, dict[str, Any]]
+        ] = []  # lane, start, end, css, finding
+        self._snapshots: list[tuple[int, float, int, dict[str, Any]]] = []  # -strength, start, seq, finding
+        self._records: list[dict[str, Any]] = []
+        self._eof: tuple[bool, str] | None = None
+        self._end = 0.0
+        self._lines: list[Line] = []
+        self._said: set[tuple[str, float, str]] = set()
+        self._drawn: Timeline | None = None
+        self._ordered: list[Line] | None = None
+        # What pages made of this drawing (rendered fragments), until it changes.
+        self.rendered: dict[Any, Any] = {}
+
+    def add(self, events: Iterable[EventRecord | TimelineEvent]) -> Drawing:
+        for e in events:
+            self._drawn = self._ordered = None
+            self.rendered.clear()
+            self.last_seq = max(self.last_seq, e.seq)
+            self.events += 1
+            if e.notification_type == "ProcessEof":
+                ok = (e.err_code or 0) == 0
+                self._eof = (
+                    ok,
+                    f"ProcessEof · {'finished' if ok else 'failed'} · {e.err_code} {e.err_message or ''}",
                 )
-                if (begin := _wall(attrs.get("begin_time"))) is not None:
-                    record_starts.append((begin, f))
+            for f in e.findings:
+                self._finding(e.seq, f)
+        return self
+
+    def _finding(self, seq: int, f: dict[str, Any]) -> None:
+        kind = f.get("kind")
+        if kind == "RecordFile":
+            self._records.append(f)
+            return
+        start = _num(f.get("start"))
+        if start is None:
+            return
+        end = _num(f.get("end"))
+        end = max(start, end if end is not None else start)
+        self._end = max(self._end, end)
+        suggestion = f.get("suggestion")
+        lane = _lane_of(str(kind), suggestion if isinstance(suggestion, str) else None)
+        css = suggestion if suggestion in STRENGTH else ("band" if kind == "QualityControl" else "none")
+        self._spans.append((lane, start, end, str(css), f))
+        if lane == "Moderation" and f.get("url"):
+            self._snapshots.append((-STRENGTH.get(str(suggestion), 0), start, seq, f))
+        if kind in SPEECH and isinstance(f.get("text"), str):
+            if (f.get("attrs") or {}).get("steady_state") is False:
+                return  # a partial result: the steady one follows
+            key = (str(kind), start, f["text"])
+            if key not in self._said:
+                self._said.add(key)
+                translation = f.get("translation") if isinstance(f.get("translation"), str) else None
+                self._lines.append(Line(start, _num(f.get("end")), str(kind), f["text"], translation, seq))
+
+    def transcript(self) -> list[Line]:
+        if self._ordered is None:
+            self._ordered = sorted(self._lines, key=lambda line: (line.start, line.seq))
+        return self._ordered
+
+    def timeline(self) -> Timeline:
+        """Every finding on the stream's time axis (PTS seconds), binned per lane so that a long
+        task draws a bounded number of marks; the strongest suggestion wins a bin."""
+        if self._drawn is None:
+            self._drawn = self._draw()
+        return self._drawn
+
+    def _draw(self) -> Timeline:
+        spans = list(self._spans)
+        records: list[RecordFile] = []
+        starts: list[tuple[datetime, dict[str, Any]]] = []
+        for f in self._records:
+            attrs = f.get("attrs") or {}
+            records.append(
+                RecordFile(
+                    safe_url(f.get("url")),
+                    attrs.get("begin_time"),
+                    attrs.get("end_time"),
+                    attrs.get("duration"),
+                    attrs.get("size"),
+                )
+            )
+            if (begin := _wall(attrs.get("begin_time"))) is not None:
+                starts.append((begin, f))
+        # Recording files carry wall-clock times: placed from the first one's start. A file may run
+        # past the last finding (an hour's recording, ten minutes of results): it is cut at the
+        # axis's end rather than stretch the axis, unless there is nothing else to draw.
+        recorded = 0.0
+        if starts:
+            first = min(b for b, _ in starts)
+            for begin, f in starts:
+                offset = (begin - first).total_seconds()
+                length = _num((f.get("attrs") or {}).get("duration")) or 0.0
+                recorded = max(recorded, offset + length)
+                spans.append(("Recording", offset, offset + length, "record", f))
+        duration = max(self._end or recorded, 1.0)
+        lanes = {name: Lane(name) for name in LANES}
+        binned: dict[tuple[str, int], list[Any]] = {}
+        for lane_name, start, end, css, f in spans:
+            if start > duration:
                 continue
-            start = _num(f.get("start"))
-            if start is None:
+            key = (lane_name, min(BINS - 1, int(start / duration * BINS)))
+            lanes[lane_name].count += 1
+            held = binned.get(key)
+            if held is None:
+                binned[key] = [start, end, css, f, 1]
                 continue
-            end = _num(f.get("end"))
-            end = max(start, end if end is not None else start)
-            end_of_stream = max(end_of_stream, end)
-            lane = _lane_of(kind, suggestion)
-            css = suggestion if suggestion in STRENGTH else ("band" if kind == "QualityControl" else "none")
-            spans.append((lane, start, end, str(css), _title(f)))
+            held[1] = max(held[1], end)
+            held[4] += 1
+            if STRENGTH.get(css, 0) > STRENGTH.get(held[2], 0):
+                held[2], held[3] = css, f
+        for (lane_name, _), (start, end, css, f, n) in sorted(binned.items(), key=lambda kv: kv[1][0]):
+            x = start / duration * WIDTH
+            width = max(2.0, (min(end, duration) - start) / duration * WIDTH)
+            more = f" (+{n - 1} more here)" if n > 1 else ""
+            lanes[lane_name].marks.append(
+                Mark(round(x, 2), round(min(width, WIDTH - x), 2), css, _title(f) + more)
+            )
+        snapshots = []
+        for _, start, seq, f in sorted(self._snapshots, key=lambda s: (s[0], s[1])):
             url = safe_url(f.get("url"))
-            if url is not None and lane == "Moderation":
-                snapshots.append(
-                    Snapshot(url, str(f.get("label") or kind), str(suggestion or ""), start, e.seq)
-                )
-    # Recording files carry wall-clock times: placed from the first one's start. A file may run
-    # past the last finding (an hour's recording, ten minutes of results): it is cut at the axis's
-    # end rather than stretch the axis, unless there is nothing else to draw.
-    recorded = 0.0
-    if record_starts:
-        first = min(b for b, _ in record_starts)
-        for begin, f in record_starts:
-            offset = (begin - first).total_seconds()
-            length = _num((f.get("attrs") or {}).get("duration")) or 0.0
-            recorded = max(recorded, offset + length)
-            spans.append(("Recording", offset, offset + length, "record", _title(f)))
-    duration = max(end_of_stream or recorded, 1.0)
-    lanes = {name: Lane(name) for name in LANES}
-    binned: dict[tuple[str, int], list[Any]] = {}
-    for lane_name, start, end, css, title in spans:
-        if start > duration:
-            continue
-        key = (lane_name, min(BINS - 1, int(start / duration * BINS)))
-        lanes[lane_name].count += 1
-        held = binned.get(key)
-        if held is None:
-            binned[key] = [start, end, css, title, 1]
-            continue
-        held[1] = max(held[1], end)
-        held[4] += 1
-        if STRENGTH.get(css, 0) > STRENGTH.get(held[2], 0):
-            held[2], held[3] = css, title
-    for (lane_name, _), (start, end, css, title, n) in sorted(binned.items(), key=lambda kv: kv[1][0]):
-        x = start / duration * WIDTH
-        width = max(2.0, (min(end, duration) - start) / duration * WIDTH)
-        more = f" (+{n - 1} more here)" if n > 1 else ""
-        lanes[lane_name].marks.append(Mark(round(x, 2), round(min(width, WIDTH - x), 2), css, title + more))
-    snapshots.sort(key=lambda s: (-STRENGTH.get(s.suggestion, 0), s.start or 0.0))
-    step = _tick_step(duration)
-    ticks = [(round(t / duration * WIDTH, 2), _clock(t)) for t in _frange(0.0, duration, step)]
-    eof_mark = None
-    if eof is not None:
-        eof_mark = Mark(WIDTH - 3, 3, "eof-ok" if eof[0] else "eof-failed", eof[1])
-    return Timeline(
-        duration=duration,
-        lanes=[lane for lane in lanes.values() if lane.marks],
-        ticks=ticks,
-        snapshots=snapshots[:SNAPSHOTS],
-        records=records,
-        eof=eof_mark,
-        events=len(events),
-    )
+            if url is not None:
+                label = str(f.get("label") or f.get("kind"))
+                snapshots.append(Snapshot(url, label, str(f.get("suggestion") or ""), start, seq))
+                if len(snapshots) == SNAPSHOTS:
+                    break
+        step = _tick_step(duration)
+        ticks = [(round(t / duration * WIDTH, 2), _clock(t)) for t in _frange(0.0, duration, step)]
+        eof = None
+        if self._eof is not None:
+            eof = Mark(WIDTH - 3, 3, "eof-ok" if self._eof[0] else "eof-failed", self._eof[1])
+        return Timeline(
+            duration,
+            [lane for lane in lanes.values() if lane.marks],
+            ticks,
+            snapshots,
+            records,
+            eof,
+            self.events,
+        )
+
+
+def timeline(events: Sequence[EventRecord | TimelineEvent]) -> Timeline:
+    return Drawing().add(events).timeline()
 
 
 def _tick_step(duration: float) -> float:
@@ -273,27 +335,10 @@ class Line:
     seq: int
 
 
-def transcript(events: Iterable[EventRecord]) -> list[Line]:
+def transcript(events: Iterable[EventRecord | TimelineEvent]) -> list[Line]:
     """Speech recognition, translation and subtitle results in stream-time order; partial results
     (``SteadyState`` false, sent again as a sentence grows) are left out, repeats shown once."""
-    seen: set[tuple[str, float, str]] = set()
-    lines = []
-    for e in events:
-        for f in e.findings:
-            kind = f.get("kind")
-            start = _num(f.get("start"))
-            if kind not in SPEECH or start is None or not isinstance(f.get("text"), str):
-                continue
-            if (f.get("attrs") or {}).get("steady_state") is False:
-                continue
-            key = (str(kind), start, f["text"])
-            if key in seen:
-                continue
-            seen.add(key)
-            translation = f.get("translation") if isinstance(f.get("translation"), str) else None
-            lines.append(Line(start, _num(f.get("end")), str(kind), f["text"], translation, e.seq))
-    lines.sort(key=lambda line: (line.start, line.seq))
-    return lines
+    return Drawing().add(events).transcript()
 
 
 # --- the overview's chart ----------------------------------------------------------------------------

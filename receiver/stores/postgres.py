@@ -35,6 +35,7 @@ from receiver.ports import (
     Settlement,
     SinkBacklog,
     SinkStats,
+    TimelineEvent,
 )
 from receiver.stores import reads, rows
 from receiver.stores.rows import DELIVERIES_WITH_EVENTS, EVENT_COLUMNS, delivery_filter, event_record
@@ -338,11 +339,11 @@ class PostgresStore:
 
         return await self._run(body, write=False)
 
-    async def task_timeline(self, task_ref: str, limit: int) -> list[EventRecord]:
-        sql = pg(reads.timeline_statement(EVENT_COLUMNS))
+    async def task_timeline(self, task_ref: str, *, after: int, limit: int) -> list[TimelineEvent]:
+        sql = pg(reads.TIMELINE)
 
-        async def body(con: asyncpg.Connection) -> list[EventRecord]:
-            return [event_record(tuple(r)) for r in await con.fetch(sql, task_ref, limit)]
+        async def body(con: asyncpg.Connection) -> list[TimelineEvent]:
+            return [reads.timeline_event(tuple(r)) for r in await con.fetch(sql, task_ref, after, limit)]
 
         return await self._run(body, write=False)
 

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from receiver.findings import Finding
-from receiver.ports import EventQuery, EventRecord
+from receiver.ports import EventQuery, EventRecord, TimelineEvent
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -160,10 +160,15 @@ def event_statement(q: EventQuery, columns: str, dialect: Dialect) -> tuple[str,
     return f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {lead}.seq {order} LIMIT ?", args
 
 
-def timeline_statement(columns: str) -> str:
-    """A task's events in order, their raw payloads left in the store (``'{}'`` in their place)."""
-    cols = ", ".join("'{}' AS raw" if c.strip() == "raw" else c.strip() for c in columns.split(","))
-    return f"SELECT {cols} FROM events WHERE task_ref = ? ORDER BY seq LIMIT ?"
+# A task's events in order, from the index by task, their payloads left in the store.
+TIMELINE: Final = (
+    "SELECT seq, notification_type, err_code, err_message, findings FROM events"
+    " WHERE task_ref = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def timeline_event(row: Sequence[Any]) -> TimelineEvent:
+    return TimelineEvent(row[0], row[1], row[2], row[3], orjson.loads(row[4]))
 
 
 def label_needle(key: str, value: str) -> str:

@@ -30,6 +30,7 @@ from receiver.ports import (
     Settlement,
     SinkBacklog,
     SinkStats,
+    TimelineEvent,
 )
 from receiver.stores import reads, rows
 from receiver.stores.rows import (
@@ -410,12 +411,11 @@ class SqliteStore:
 
         return await self._read_safely(run)
 
-    async def task_timeline(self, task_ref: str, limit: int) -> list[EventRecord]:
-        sql = reads.timeline_statement(EVENT_COLUMNS)
-
-        def run() -> list[EventRecord]:
+    async def task_timeline(self, task_ref: str, *, after: int, limit: int) -> list[TimelineEvent]:
+        def run() -> list[TimelineEvent]:
             assert self._rcon is not None
-            return [event_record(r) for r in self._rcon.execute(sql, (task_ref, limit)).fetchall()]
+            found = self._rcon.execute(reads.TIMELINE, (task_ref, after, limit)).fetchall()
+            return [reads.timeline_event(r) for r in found]
 
         return await self._read_safely(run)
 
