@@ -217,3 +217,27 @@ def test_a_text_search_needs_two_characters(text: str) -> None:
 
     with pytest.raises(BadParameterError, match="text: expected at least 2 characters"):
         event_query({"text": text})
+
+
+async def test_a_search_looks_through_a_bounded_window_per_page_and_its_next_goes_on(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from receiver.stores import reads
+
+    monkeypatch.setattr(reads, "SEARCH_WINDOW", 4)
+    docs = [console_data.ocr(float(i), "needle" if i in (1, 9) else "hay", i) for i in range(12)]
+    recorded = await store.record_events([event(d, at=FROZEN_NOW + i) for i, d in enumerate(docs)])
+    wanted = [recorded[1].seq, recorded[9].seq]
+    for descending in (False, True):
+        seen, pages, after = [], 0, 0
+        while True:
+            page = await store.list_events(
+                EventQuery(text="needle", descending=descending, after=after, limit=10)
+            )
+            seen += [e.seq for e in page.items]
+            pages += 1
+            if page.next is None:
+                break
+            after = int(page.next)
+        assert seen == (wanted[::-1] if descending else wanted)
+        assert pages == 3  # twelve events, four a page, whatever the matches

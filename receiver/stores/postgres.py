@@ -328,14 +328,20 @@ class PostgresStore:
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
         if reads.unanswerable(query.task_id, query.task_ref, query.notification_type):
             return Page([], None)
-        sql, args = reads.event_statement(query, EVENT_COLUMNS, "postgres")
-        sql = pg(sql)
 
         async def body(con: asyncpg.Connection) -> Page[EventRecord]:
-            found = [event_record(tuple(r)) for r in await con.fetch(sql, *args, query.limit + 1)]
+            window, top = None, 0
+            if query.searches:
+                top = int(await con.fetchval(reads.SEARCH_TOP))
+                if (window := reads.search_window(query, top)) is None:
+                    return Page([], None)
+            sql, args = reads.event_statement(query, EVENT_COLUMNS, "postgres", window)
+            found = [event_record(tuple(r)) for r in await con.fetch(pg(sql), *args, query.limit + 1)]
             page = found[: query.limit]
             items = [r for r in page if reads.matches(query, r)]
-            return Page(items, str(page[-1].seq) if len(found) > query.limit else None)
+            if len(found) > query.limit:
+                return Page(items, str(page[-1].seq))
+            return Page(items, None if window is None else reads.window_next(query, window, top))
 
         return await self._run(body, write=False)
 

@@ -112,7 +112,35 @@ def unanswerable(*values: str | None) -> bool:
     return any(v is not None and "\x00" in v for v in values)
 
 
-def event_statement(q: EventQuery, columns: str, dialect: Dialect) -> tuple[str, list[Any]]:
+# Seqs one page of a search (finding or text conditions) looks through at most: a rare word must
+# not cost a scan of the whole table per page. Past the window the page ends short, its ``next``
+# where the window ended, and the following page goes on from there.
+SEARCH_WINDOW = 200_000
+SEARCH_TOP: Final = "SELECT coalesce(max(seq), 0) FROM event_search"
+
+
+def search_window(q: EventQuery, top: int) -> tuple[int, int] | None:
+    """The seqs (inclusive) this page of a search looks through, or None if none are left; ``top``
+    is the highest seq ``event_search`` holds."""
+    if q.descending:
+        hi = min(q.after - 1, top) if q.after else top
+        lo = max(1, hi - SEARCH_WINDOW + 1)
+    else:
+        lo, hi = q.after + 1, min(top, q.after + SEARCH_WINDOW)
+    return None if hi < lo else (lo, hi)
+
+
+def window_next(q: EventQuery, window: tuple[int, int], top: int) -> str | None:
+    """Where the following page starts once a window is looked through without filling the page."""
+    lo, hi = window
+    if q.descending:
+        return str(lo) if lo > 1 else None
+    return str(hi) if hi < top else None
+
+
+def event_statement(
+    q: EventQuery, columns: str, dialect: Dialect, window: tuple[int, int] | None = None
+) -> tuple[str, list[Any]]:
     """The SELECT (``?`` placeholders; ``LIMIT ?`` last, its argument not included) for a page."""
     order = "DESC" if q.descending else "ASC"
     searching = q.searches
@@ -140,6 +168,9 @@ def event_statement(q: EventQuery, columns: str, dialect: Dialect) -> tuple[str,
             args.append(value)
     if q.orphan is not None:
         clauses.append("e.task_ref IS NULL" if q.orphan else "e.task_ref IS NOT NULL")
+    if window is not None:
+        clauses.append("s.seq BETWEEN ? AND ?")
+        args.extend(window)
     for column, value in (("kinds", q.kind), ("labels", q.label), ("suggestions", q.suggestion)):
         if value is not None:
             clauses.append(_contains(dialect, f"s.{column}"))
@@ -149,9 +180,14 @@ def event_statement(q: EventQuery, columns: str, dialect: Dialect) -> tuple[str,
         args.append(q.min_confidence)
     if q.text is not None:
         needle = _clean(q.text.lower())
-        if dialect == "postgres":  # LIKE, so that the trigram index can answer it
-            clauses.append("s.text LIKE ? ESCAPE '\\'")
+        if dialect == "postgres" and len(needle) >= 3:
+            # LIKE, and the partial index's own condition, so that the trigram index can answer it.
+            # (Two characters make no trigram: the index would be read whole, slower than a scan.)
+            clauses.append("s.text LIKE ? ESCAPE '\\' AND s.text <> ''")
             args.append(_like_escaped(needle))
+        elif dialect == "postgres":
+            clauses.append("strpos(s.text, ?) > 0")
+            args.append(needle)
         else:
             clauses.append("instr(s.text, ?) > 0")
             args.append(needle)

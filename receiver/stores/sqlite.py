@@ -400,14 +400,21 @@ class SqliteStore:
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
         if reads.unanswerable(query.task_id, query.task_ref, query.notification_type):
             return Page([], None)
-        sql, args = reads.event_statement(query, EVENT_COLUMNS, "sqlite")
 
         def run() -> Page[EventRecord]:
             assert self._rcon is not None
+            window, top = None, 0
+            if query.searches:
+                top = int(self._rcon.execute(reads.SEARCH_TOP).fetchone()[0])
+                if (window := reads.search_window(query, top)) is None:
+                    return Page([], None)
+            sql, args = reads.event_statement(query, EVENT_COLUMNS, "sqlite", window)
             found = [event_record(r) for r in self._rcon.execute(sql, [*args, query.limit + 1]).fetchall()]
             page = found[: query.limit]
             items = [r for r in page if reads.matches(query, r)]
-            return Page(items, str(page[-1].seq) if len(found) > query.limit else None)
+            if len(found) > query.limit:
+                return Page(items, str(page[-1].seq))
+            return Page(items, None if window is None else reads.window_next(query, window, top))
 
         return await self._read_safely(run)
 
