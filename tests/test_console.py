@@ -457,3 +457,18 @@ async def test_a_tasks_page_shows_events_that_came_after_it_was_drawn_and_adopte
     await notify({**console_data.speech(5.0, "an orphan of another", "", 3), "TaskId": other})
     assert (await client.post("/v1/tasks", json={"task_id": other}, headers=auth)).status == 201
     assert "an orphan of another" in await (await client.get(f"/console/tasks/{other}")).text()
+
+
+def test_every_template_and_asset_is_package_data_so_the_wheel_carries_it() -> None:
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folder = root / "receiver" / "console"
+    shipped = [
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.suffix != ".py"
+    ]
+    shipped = [p for p in shipped if "__pycache__" not in p]
+    assert {"templates/base.html", "static/console.css", "static/console.js"} <= set(shipped)
+    assert all(any(fnmatch.fnmatch(p, g) for g in patterns["receiver.console"]) for p in shipped), shipped

@@ -115,7 +115,7 @@ def unanswerable(*values: str | None) -> bool:
 # Seqs one page of a search (finding or text conditions) looks through at most: a rare word must
 # not cost a scan of the whole table per page. Past the window the page ends short, its ``next``
 # where the window ended, and the following page goes on from there.
-SEARCH_WINDOW = 200_000
+SEARCH_WINDOW = 100_000
 SEARCH_TOP: Final = "SELECT coalesce(max(seq), 0) FROM event_search"
 
 
