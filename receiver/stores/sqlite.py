@@ -133,6 +133,8 @@ class SqliteStore:
                 raise StoreUnavailableError("the store is closed")
             return fn(self._writer_side)
 
+        if self._writer_side is None:  # closed: its thread is gone too
+            raise StoreUnavailableError("the store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
     # --- ingest ---------------------------------------------------------------------------------
