@@ -94,6 +94,11 @@ async def maintain(
                 stalled = await store.mark_stalled(now - settings.stall_after, now=now)
                 if stalled:
                     log.warning("tasks stalled: no notification for too long", count=stalled)
+            backfilled = 0
+            while backfilled < 100_000 and (n := await store.backfill_search(2_000)):
+                backfilled += n  # events stored before the search existed; the rest next pass
+            if backfilled:
+                log.info("search rows derived for events stored before", events=backfilled)
             if settings.retention_days:
                 before = now - settings.retention_days * 86400
                 payloads, deliveries = await store.purge(before)

@@ -367,6 +367,11 @@ class Store(Protocol):
 
     async def quarantine_count(self) -> int: ...
 
+    async def backfill_search(self, limit: int) -> int:
+        """Derive the search rows of up to ``limit`` events stored before the search existed (newest
+        first); returns how many seqs it went through, 0 once every event has been through."""
+        ...
+
     async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
         """Switch a sink off (with the reason) or, with ``None``, back on."""
         ...

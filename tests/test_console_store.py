@@ -241,3 +241,49 @@ async def test_a_search_looks_through_a_bounded_window_per_page_and_its_next_goe
             after = int(page.next)
         assert seen == (wanted[::-1] if descending else wanted)
         assert pages == 3  # twelve events, four a page, whatever the matches
+
+
+async def execute(s: Any, sql: str) -> None:
+    """Raw SQL on either store (to stage what an older version left)."""
+    if hasattr(s, "_write_with"):
+        await s._write_with(lambda w: w.transaction(lambda: w.con.execute(sql)))
+    else:
+        await s._run(lambda con: con.execute(sql))
+
+
+async def test_events_stored_before_the_search_existed_are_found_once_the_backfill_has_run(
+    store: Any,
+) -> None:
+    docs = [console_data.ocr(float(i), f"word{i} 旧的", i) for i in range(5)]
+    await store.record_events([event(d, at=FROZEN_NOW + i) for i, d in enumerate(docs)])
+    # As an older version left them: no search rows, and the migration's mark at the newest.
+    await execute(store, "DELETE FROM event_search")
+    await execute(store, "UPDATE search_backfill SET upto = (SELECT max(seq) FROM events)")
+    assert await seqs(store, text="旧的") == []
+    assert await store.backfill_search(3) == 3
+    assert len(await seqs(store, text="旧的")) == 3  # the newest three first
+    assert await store.backfill_search(3) == 2
+    assert await store.backfill_search(3) == 0
+    assert len(await seqs(store, text="旧的")) == 5
+    assert await seqs(store, text="word4") == await seqs(store, text="WORD4")
+
+
+async def test_the_maintenance_loop_runs_the_backfill(store: Any) -> None:
+    import asyncio
+
+    from receiver.app import maintain
+    from receiver.settings import MaintenanceSettings
+
+    await store.record_events([event(console_data.ocr(1.0, "before the upgrade", 1))])
+    await execute(store, "DELETE FROM event_search")
+    await execute(store, "UPDATE search_backfill SET upto = (SELECT max(seq) FROM events)")
+    stop = asyncio.Event()
+    task = asyncio.create_task(maintain(store, MaintenanceSettings(interval=3600), lambda: FROZEN_NOW, stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await seqs(store, text="upgrade"):
+            assert asyncio.get_running_loop().time() < deadline, "never backfilled"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task

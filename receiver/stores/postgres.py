@@ -490,6 +490,21 @@ class PostgresStore:
         status = await self._run(lambda con: con.execute(pg(reads.INGEST_COUNTS_PURGE), int(before // 60)))
         return int(str(status).split()[-1])
 
+    async def backfill_search(self, limit: int) -> int:
+        async def body(con: asyncpg.Connection) -> int:
+            upto = await con.fetchval(reads.BACKFILL_UPTO + " FOR UPDATE")  # one replica at a time
+            if upto is None or upto <= 0:
+                return 0
+            lower = max(0, upto - limit)
+            found = await con.fetch(pg(reads.BACKFILL_EVENTS), upto, lower)
+            rows = reads.backfill_rows(tuple(r) for r in found)
+            if rows:
+                await con.executemany(pg(reads.BACKFILL_INSERT), rows)
+            await con.execute(pg(reads.BACKFILL_DONE), lower)
+            return int(upto - lower)
+
+        return int(await self._run(body))
+
     async def quarantine_count(self) -> int:
         return int(await self._run(lambda con: con.fetchval(reads.QUARANTINE_COUNT), write=False))
 

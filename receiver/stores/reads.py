@@ -77,6 +77,24 @@ def search_row(
     )
 
 
+BACKFILL_UPTO: Final = "SELECT upto FROM search_backfill"
+BACKFILL_EVENTS: Final = (
+    "SELECT seq, notification_type, received_at, findings FROM events WHERE seq <= ? AND seq > ? ORDER BY seq"
+)
+BACKFILL_INSERT: Final = SEARCH_INSERT + " ON CONFLICT (seq) DO NOTHING"
+BACKFILL_DONE: Final = "UPDATE search_backfill SET upto = ?"
+
+
+def backfill_rows(found: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The search rows of events stored before there were any (``BACKFILL_EVENTS`` rows)."""
+    out = []
+    for seq, kind, received_at, findings in found:
+        row = search_row(seq, kind, received_at, [Finding(**f) for f in orjson.loads(findings)])
+        if row is not None:
+            out.append(row)
+    return out
+
+
 def _finding_ok(q: EventQuery, f: dict[str, Any]) -> bool:
     if q.kind is not None and f.get("kind") != q.kind:
         return False

@@ -295,6 +295,20 @@ class SqliteStore:
             lambda w: w.transaction(lambda: int(w.con.execute(reads.INGEST_COUNTS_PURGE, (minute,)).rowcount))
         )
 
+    async def backfill_search(self, limit: int) -> int:
+        def run(w: SqliteWriter) -> int:
+            row = w.con.execute(reads.BACKFILL_UPTO).fetchone()
+            upto = row[0] if row else 0
+            if upto <= 0:
+                return 0
+            lower = max(0, upto - limit)
+            found = w.con.execute(reads.BACKFILL_EVENTS, (upto, lower)).fetchall()
+            w.con.executemany(reads.BACKFILL_INSERT, reads.backfill_rows(found))
+            w.con.execute(reads.BACKFILL_DONE, (lower,))
+            return int(upto - lower)
+
+        return await self._write_with(lambda w: w.transaction(lambda: run(w)))
+
     async def quarantine_count(self) -> int:
         def run() -> int:
             assert self._rcon is not None

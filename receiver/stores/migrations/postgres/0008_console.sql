@@ -37,4 +37,9 @@ CREATE TABLE event_search (
 -- Substrings of three characters or more found through trigrams (CJK included); shorter ones scan.
 CREATE INDEX event_search_text ON event_search USING gin (text gin_trgm_ops) WHERE text <> '';
 
+-- The events stored before this migration get their search rows from the maintenance loop,
+-- newest first, down from here.
+CREATE TABLE search_backfill (upto BIGINT NOT NULL);
+INSERT INTO search_backfill (upto) SELECT coalesce(max(seq), 0) FROM events;
+
 CREATE INDEX deliveries_by_task ON deliveries (task_key, id);

@@ -35,5 +35,10 @@ CREATE TABLE event_search (
     text              TEXT NOT NULL
 );
 
+-- The events stored before this migration get their search rows from the maintenance loop,
+-- newest first, down from here.
+CREATE TABLE search_backfill (upto INTEGER NOT NULL);
+INSERT INTO search_backfill (upto) SELECT coalesce(max(seq), 0) FROM events;
+
 -- The outbox by task: a task's deliveries, and the deliveries filtered by TaskId.
 CREATE INDEX deliveries_by_task ON deliveries (task_key, id);
