@@ -15,7 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from receiver import guards
-from receiver.console import actions, pages
+from receiver.console import actions, pages, task
 from receiver.console.keys import ASSETS, ENV, NEW_COOKIE, SESSION, SESSIONS
 from receiver.console.render import environment, html, load_assets, redirect, secure_headers
 from receiver.console.sessions import COOKIE, Sessions
@@ -106,6 +106,7 @@ def add_console(app: web.Application, settings: Settings) -> None:
     console.router.add_post("/login", actions.login, name="login")
     console.router.add_post("/logout", actions.logout)
     pages.add_routes(console)
+    task.add_routes(console)
     actions.add_routes(console)
     app.add_subapp("/console/", console)
     app.router.add_get("/", to_console)

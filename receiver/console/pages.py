@@ -5,12 +5,11 @@ the API's own parameters, checked by the same functions, so a page and ``/v1/`` 
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from markupsafe import Markup
 from yarl import URL
 
 from receiver import web as routes
@@ -21,16 +20,12 @@ from receiver.documents import overdue
 from receiver.outbox_api import SINK_NAMES, delivery_query, find_delivery
 from receiver.ports import DeliveryState, EventQuery, EventRecord
 from receiver.responses import json_response
-from receiver.tasks import Task, TaskState
+from receiver.tasks import TaskState
 from receiver.web import BadParameterError, cursor_param, event_query
 
 OUTCOMES = ("stored", "duplicate", "invalid", "unauthorized", "unavailable")
 MINUTES = 15  # of the overview's chart
 PAGE = 50
-TASK_EVENTS = 25  # events listed per page of a task
-TIMELINE_EVENTS = 20_000  # events a task's timeline and transcript are drawn from, at most
-DRAWN_TASKS = 32  # drawings kept (per process), the most recently viewed
-DRAWINGS: web.AppKey[OrderedDict[str, views.Drawing]] = web.AppKey("console_drawings")
 SUGGESTIONS = ("block", "review", "pass")
 
 
@@ -46,13 +41,13 @@ def base(request: web.Request, title: str, nav: str = "") -> dict[str, Any]:
     }
 
 
-def _page(
+def render_page(
     request: web.Request, template: str, title: str, nav: str, status: int = 200, **ctx: Any
 ) -> web.Response:
     return html(request.app[ENV], template, status, **base(request, title, nav), **ctx)
 
 
-def _next_url(request: web.Request, cursor: str | None) -> str | None:
+def next_url(request: web.Request, cursor: str | None) -> str | None:
     return None if cursor is None else str(request.rel_url.update_query(cursor=cursor))
 
 
@@ -115,7 +110,7 @@ async def overview_data(request: web.Request) -> dict[str, Any]:
 
 async def overview(request: web.Request) -> web.Response:
     data = await overview_data(request)
-    return _page(request, "overview.html", "Overview", "overview", data=data, minutes=MINUTES)
+    return render_page(request, "overview.html", "Overview", "overview", data=data, minutes=MINUTES)
 
 
 async def overview_json(request: web.Request) -> web.Response:
@@ -147,7 +142,7 @@ async def tasks_page(request: web.Request) -> web.Response:
         filters = _task_filters(request)
         cursor = cursor_param(request)
     except BadParameterError as exc:
-        return _page(
+        return render_page(
             request,
             "tasks.html",
             "Tasks",
@@ -164,95 +159,23 @@ async def tasks_page(request: web.Request) -> web.Response:
     now = request.config_dict[routes.CLOCK]()
     deadline = request.config_dict[routes.TASK_DEADLINE]
     items = [(t, overdue(t, now, deadline)) for t in page.items]
-    return _page(
+    return render_page(
         request,
         "tasks.html",
         "Tasks",
         "tasks",
         tasks=items,
-        next_url=_next_url(request, page.next),
+        next_url=next_url(request, page.next),
         q=request.query,
         states=list(TaskState),
         error=None,
     )
 
 
-async def drawing_of(request: web.Request, task: Task) -> views.Drawing:
-    """The task's drawing, brought up to date: from this process's last drawing of it, only the
-    events since are read (a task of 10,000 events is read whole once, not on every page)."""
-    store = request.config_dict[routes.STORE]
-    cache = request.app[DRAWINGS]
-    want = min(task.event_count + task.late_count, TIMELINE_EVENTS)
-    drawing = cache.pop(task.id, None)
-    if drawing is None or drawing.events > want:
-        drawing = views.Drawing()
-    if drawing.events < want:
-        drawing.add(
-            await store.task_timeline(task.id, after=drawing.last_seq, limit=TIMELINE_EVENTS - drawing.events)
-        )
-        if drawing.events != want:  # orphans adopted (older events), or more arrived meanwhile: all again
-            drawing = views.Drawing().add(await store.task_timeline(task.id, after=0, limit=TIMELINE_EVENTS))
-    cache[task.id] = drawing
-    while len(cache) > DRAWN_TASKS:
-        cache.popitem(last=False)
-    return drawing
-
-
-async def task_page(request: web.Request) -> web.Response:
-    store = request.config_dict[routes.STORE]
-    task = await store.get_task(request.match_info["task_id"])
-    if task is None:
-        return _page(request, "error.html", "Not found", "tasks", 404, message="No such task.")
-    try:
-        cursor = cursor_param(request)
-        offset = int(request.query.get("lines", "0"))
-    except (BadParameterError, ValueError):
-        cursor, offset = 0, 0
-    drawing = await drawing_of(request, task)
-    lines = drawing.transcript()
-    offset = max(0, min(offset, len(lines)))
-    truncated = task.event_count + task.late_count > TIMELINE_EVENTS
-    # The timeline and the transcript's page, rendered (escaped) once until the task has new events.
-    drawn = drawing.rendered.get(offset)
-    if drawn is None:
-        more = offset + views.TRANSCRIPT_LINES
-        drawn = drawing.rendered[offset] = Markup(
-            request.app[ENV]
-            .get_template("drawing.html")
-            .render(
-                timeline=drawing.timeline(),
-                truncated=truncated,
-                width=views.WIDTH,
-                lines=lines[offset:more],
-                lines_total=len(lines),
-                lines_offset=offset,
-                more_lines=str(request.rel_url.with_query(lines=more)) if more < len(lines) else None,
-            )
-        )
-    events = await store.list_events(EventQuery(task_ref=task.id, after=cursor, limit=TASK_EVENTS))
-    counts = await store.task_delivery_counts(task.task_id) if task.task_id else []
-    per_sink: dict[str, dict[str, int]] = {}
-    for sink, state, n in counts:
-        per_sink.setdefault(sink, dict.fromkeys(DeliveryState.ALL, 0))[state] = n
-    config = request.config_dict
-    return _page(
-        request,
-        "task.html",
-        f"Task {task.task_id or task.id}",
-        "tasks",
-        task=task,
-        overdue=overdue(task, config[routes.CLOCK](), config[routes.TASK_DEADLINE]),
-        drawn=drawn,
-        events=[_event_view(e) for e in events.items],
-        next_url=_next_url(request, events.next),
-        deliveries=per_sink,
-    )
-
-
 # --- events ----------------------------------------------------------------------------------------
 
 
-def _event_view(e: EventRecord) -> dict[str, Any]:
+def event_view(e: EventRecord) -> dict[str, Any]:
     texts = [str(v) for f in e.findings for v in (f.get("text"), f.get("translation")) if v][:4]
     return {"record": e, "texts": texts, "findings": e.findings[:4], "more": max(0, len(e.findings) - 4)}
 
@@ -264,7 +187,7 @@ async def events_page(request: web.Request) -> web.Response:
     try:
         query = event_query(params, after=cursor_param(request), limit=PAGE)
     except BadParameterError as exc:
-        return _page(
+        return render_page(
             request,
             "events.html",
             "Events",
@@ -277,14 +200,14 @@ async def events_page(request: web.Request) -> web.Response:
             suggestions=SUGGESTIONS,
         )
     page = await store.list_events(query)
-    return _page(
+    return render_page(
         request,
         "events.html",
         "Events",
         "events",
         error=None,
-        events=[_event_view(e) for e in page.items],
-        next_url=_next_url(request, page.next),
+        events=[event_view(e) for e in page.items],
+        next_url=next_url(request, page.next),
         q=request.query,
         suggestions=SUGGESTIONS,
     )
@@ -299,8 +222,8 @@ async def event_page(request: web.Request) -> web.Response:
         else None
     )
     if page is None or not page.items or page.items[0].seq != seq:
-        return _page(request, "error.html", "Not found", "events", 404, message="No such event.")
-    return _page(request, "event.html", f"Event {seq}", "events", e=page.items[0])
+        return render_page(request, "error.html", "Not found", "events", 404, message="No such event.")
+    return render_page(request, "event.html", f"Event {seq}", "events", e=page.items[0])
 
 
 # --- deliveries ------------------------------------------------------------------------------------
@@ -318,7 +241,7 @@ async def deliveries_page(request: web.Request) -> web.Response:
     try:
         query = delivery_query(filters, after=cursor_param(request), limit=PAGE)
     except BadParameterError as exc:
-        return _page(
+        return render_page(
             request,
             "deliveries.html",
             "Deliveries",
@@ -337,14 +260,14 @@ async def deliveries_page(request: web.Request) -> web.Response:
     page = await store.list_deliveries(query)
     sinks = await store.sink_backlog(_sinks(request))
     redriven = request.query.get("redriven")
-    return _page(
+    return render_page(
         request,
         "deliveries.html",
         "Deliveries",
         "deliveries",
         error=None,
         items=page.items,
-        next_url=_next_url(request, page.next),
+        next_url=next_url(request, page.next),
         q=filters,
         sinks=sinks,
         sink_names=_sinks(request),
@@ -361,9 +284,11 @@ async def delivery_page(request: web.Request) -> web.Response:
     if raw.isascii() and raw.isdigit() and len(raw) < 19:
         found = await find_delivery(request.config_dict, int(raw))
     if found is None:
-        return _page(request, "error.html", "Not found", "deliveries", 404, message="No such delivery.")
+        return render_page(request, "error.html", "Not found", "deliveries", 404, message="No such delivery.")
     attempts = await request.config_dict[routes.STORE].list_attempts(found.id)
-    return _page(request, "delivery.html", f"Delivery {found.id}", "deliveries", d=found, attempts=attempts)
+    return render_page(
+        request, "delivery.html", f"Delivery {found.id}", "deliveries", d=found, attempts=attempts
+    )
 
 
 async def redrive_confirm(request: web.Request) -> web.Response:
@@ -372,11 +297,13 @@ async def redrive_confirm(request: web.Request) -> web.Response:
     try:
         query = delivery_query({"state": DeliveryState.DEAD, **filters})
     except BadParameterError as exc:
-        return _page(request, "error.html", "Redrive", "deliveries", 400, message=str(exc))
+        return render_page(request, "error.html", "Redrive", "deliveries", 400, message=str(exc))
     n = await request.config_dict[routes.STORE].redrive(
         query, now=request.config_dict[routes.CLOCK](), dry_run=True
     )
-    return _page(request, "redrive.html", "Redrive", "deliveries", matched=n, q={"state": "dead", **filters})
+    return render_page(
+        request, "redrive.html", "Redrive", "deliveries", matched=n, q={"state": "dead", **filters}
+    )
 
 
 # --- quarantine ------------------------------------------------------------------------------------
@@ -390,23 +317,21 @@ async def quarantine_page(request: web.Request) -> web.Response:
         cursor = 0
     page = await store.list_quarantine(after=cursor, limit=PAGE)
     items = [(q, *views.preview(q.body, 2048)) for q in page.items]
-    return _page(
+    return render_page(
         request,
         "quarantine.html",
         "Quarantine",
         "quarantine",
         items=items,
-        next_url=_next_url(request, page.next),
+        next_url=next_url(request, page.next),
         total=await store.quarantine_count(),
     )
 
 
 def add_routes(console: web.Application) -> None:
-    console[DRAWINGS] = OrderedDict()
     console.router.add_get("/", overview)
     console.router.add_get("/overview.json", overview_json)
     console.router.add_get("/tasks", tasks_page)
-    console.router.add_get("/tasks/{task_id}", task_page)
     console.router.add_get("/events", events_page)
     console.router.add_get("/events/{seq}", event_page)
     console.router.add_get("/deliveries", deliveries_page)
