@@ -624,6 +624,13 @@ def write_report(
             _, p50, p95, _ = report[s][i]
             cells.append(f"{p50:.1f} ms | {'**' if p95 > 200 else ''}{p95:.1f} ms{'**' if p95 > 200 else ''}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Warm: this process has drawn the task before (a task's drawing is kept per process and brought up",
+        "to date with the events since). The cold row clears that before each run: the first view of a",
+        "task of 10,000 events in a process reads and draws all of them. A search (finding or text",
+        "conditions) looks through at most 100,000 events a page, which bounds the rare and no-match rows.",
+    ]
     lines += ["", "What the console's additions cost ingest (`record_events`, batches of 256, one sink):", ""]
     lines += ["| store | with them | without | cost per event |", "| --- | ---: | ---: | ---: |"]
     for s, (with_, without) in costs.items():
