@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run migrate test lint typecheck unit services demo soak bench bench-quick clean
+.PHONY: install run migrate test lint typecheck unit services browser demo soak bench bench-quick clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ migrate: install
 services:
 	scripts/ensure-services
 
+browser:
+	scripts/ensure-browser
+
 lint: install
 	$(BIN)/ruff check receiver tests bench
 	$(BIN)/ruff format --check receiver tests bench
@@ -34,7 +37,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q
 
-test: install services lint typecheck unit
+test: install services browser lint typecheck unit
 
 soak: install services
 	$(BIN)/python -m tests.soak

@@ -14,6 +14,8 @@ from aiohttp import web
 from receiver import abort_api, guards, notices_api, outbox_api, submit_api
 from receiver import web as routes
 from receiver.bell import Bell
+from receiver.console import add_console
+from receiver.console.counts import IngestCounts
 from receiver.consumer import AmqpConsumer
 from receiver.dispatch import Dispatcher
 from receiver.errors import ConfigError, ReceiverError
@@ -64,8 +66,18 @@ def build_ingestor(
     on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
     metrics: Metrics | None = None,
     notices: Notices | None = None,
+    counts: IngestCounts | None = None,
 ) -> Ingestor:
     verify = settings.verify
+    observe = metrics.observe_ingest if metrics else None
+    if counts is not None:  # every outcome also goes to the counts the console reads
+
+        def observe_and_count(channel: str, outcome: str, seconds: float) -> None:
+            if metrics is not None:
+                metrics.observe_ingest(channel, outcome, seconds)
+            counts.add(outcome)
+
+        observe = observe_and_count
     policies = {channel: verify.policy_for(channel) for channel in NOTIFICATION_CHANNELS}
     sinks = mps_sinks(settings)
     return Ingestor(
@@ -79,7 +91,7 @@ def build_ingestor(
         clock=clock,
         route=router(sinks) if sinks else None,
         on_recorded=on_recorded,
-        observe=metrics.observe_ingest if metrics else None,
+        observe=observe,
         observe_key=metrics.observe_key_match if metrics else None,
         on_signature_failure=notices.signature_failed if notices else None,
     )
@@ -175,16 +187,23 @@ async def maintain(
                 stalled = await store.mark_stalled(now - settings.stall_after, now=now)
                 if stalled:
                     log.warning("tasks stalled: no notification for too long", count=stalled)
+            backfilled = 0
+            while backfilled < 100_000 and (n := await store.backfill_search(2_000)):
+                backfilled += n  # events stored before the search existed; the rest next pass
+            if backfilled:
+                log.info("search rows derived for events stored before", events=backfilled)
             if settings.retention_days:
                 before = now - settings.retention_days * 86400
                 payloads, deliveries = await store.purge(before)
                 quarantined = await store.purge_quarantine(before)
-                if payloads or deliveries or quarantined:
+                counts = await store.purge_ingest_counts(before)
+                if payloads or deliveries or quarantined or counts:
                     log.info(
                         "retention",
                         payloads_dropped=payloads,
                         deliveries_deleted=deliveries,
                         quarantine_deleted=quarantined,
+                        ingest_counts_deleted=counts,
                     )
         except ReceiverError as exc:
             log.warning("maintenance pass failed; next pass retries", error=str(exc))
@@ -264,6 +283,15 @@ def create_app(
         if tracing is not None:
             await asyncio.get_running_loop().run_in_executor(None, tracing.shutdown)  # flushes
 
+    counts = IngestCounts(clock)
+
+    async def counts_ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        flusher = asyncio.create_task(counts.run(app[routes.STORE], stop))
+        yield
+        stop.set()  # after ingest has drained (registered before it): the last counts go too
+        await flusher
+
     async def dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         notices = app[NOTICES]
 
@@ -305,7 +333,7 @@ def create_app(
         on_recorded = committed_to(
             to_dispatcher if leased else None, notices.committed if notices.digests else None
         )
-        ingestor = build_ingestor(settings, app[routes.STORE], clock, on_recorded, metrics, notices)
+        ingestor = build_ingestor(settings, app[routes.STORE], clock, on_recorded, metrics, notices, counts)
         app[routes.INGESTOR] = ingestor
         if "off" in policies.values():
             log.warning(
@@ -356,6 +384,7 @@ def create_app(
     app.cleanup_ctx.append(tracing_ctx)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(notices_ctx)
+    app.cleanup_ctx.append(counts_ctx)
     if role == "dispatch" or (role == "serve" and settings.dispatch_in_serve):
         app.cleanup_ctx.append(dispatch_ctx)
     app.cleanup_ctx.append(ingest_ctx)
@@ -420,6 +449,7 @@ def create_app(
         notices_api.add_routes(app)
         submit_api.add_routes(app, settings.mps, settings.verify.keys())
         abort_api.add_routes(app)
+        add_console(app, settings)  # where the management API is served
     return app
 
 

@@ -35,10 +35,12 @@ from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, Und
 from receiver.events import Event
 from receiver.group_commit import GroupCommit
 from receiver.ports import (
+    SNIPPET_CHARS,
     Batch,
     BatchSink,
     Delivery,
     DeliveryState,
+    Receipt,
     Recorded,
     Settlement,
     Sink,
@@ -47,8 +49,8 @@ from receiver.ports import (
 from receiver.recent import RecentEvents as RecentEvents
 from receiver.retries import DEFAULT_SCHEDULE as DEFAULT_SCHEDULE
 from receiver.retries import CircuitBreaker as CircuitBreaker
+from receiver.retries import Heard, rescheduled, settle_batch
 from receiver.retries import SinkPolicy as SinkPolicy
-from receiver.retries import rescheduled, settle_batch
 from receiver.retries import settle as settle
 from receiver.throttle import TokenBucket
 from receiver.tracing import Tracing
@@ -330,9 +332,13 @@ class Dispatcher:
                             )
                         break
                     delivery = line[at]
-                    error = await self._attempt(lane, delivery)
+                    error, heard = await self._attempt(lane, delivery)
                     tried = [
-                        (delivery, error, settle(delivery, error, lane.policy, self._clock(), self._rng))
+                        (
+                            delivery,
+                            error,
+                            settle(delivery, error, lane.policy, self._clock(), self._rng, heard),
+                        )
                     ]
                 at += len(tried)
                 for delivery, error, outcome in tried:
@@ -397,23 +403,33 @@ class Dispatcher:
         bucket.cancel(events, time.monotonic())
         return wait
 
-    async def _attempt(self, lane: _Lane, delivery: Delivery) -> SinkError | None:
-        """Send one delivery; what went wrong, if anything (the breaker and the counts told)."""
+    async def _attempt(self, lane: _Lane, delivery: Delivery) -> tuple[SinkError | None, Heard]:
+        """Send one delivery: what went wrong, if anything (the breaker and the counts told), and
+        what the attempt history keeps of it."""
         error: SinkError | None = None
+        receipt: Receipt | None = None
+        started = time.perf_counter()
         try:
             if self._tracing is None:
-                await lane.sink.deliver(delivery, event_document(delivery.event))
+                receipt = await lane.sink.deliver(delivery, event_document(delivery.event))
             else:
                 event = delivery.event
                 with self._tracing.delivery(lane.sink.name, [event.traceparent], event_id=event.event_id):
-                    await lane.sink.deliver(delivery, event_document(event))
+                    receipt = await lane.sink.deliver(delivery, event_document(event))
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a sink's bug must not stop its lane
             log.exception("sink raised", sink=lane.sink.name)
             error = SinkError(repr(exc))
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
         self._heard(lane, error, 1)
-        return error
+        if error is not None:
+            status, snippet = error.status, error.snippet
+        elif isinstance(receipt, Receipt):
+            status, snippet = receipt.status, receipt.snippet
+        else:
+            status, snippet = None, None
+        return error, (status, latency_ms, snippet and snippet[:SNIPPET_CHARS])
 
     def _heard(self, lane: _Lane, error: SinkError | None, events: int) -> None:
         """Tell the breaker and the counts how one attempt (of one event or a batch) went."""

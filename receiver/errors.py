@@ -86,12 +86,24 @@ class ConfigError(ReceiverError):
 
 
 class SinkError(ReceiverError):
-    """A delivery failed; it is retried on the sink's schedule (or after ``retry_after`` seconds)."""
+    """A delivery failed; it is retried on the sink's schedule (or after ``retry_after`` seconds).
+
+    ``status`` and ``snippet``: the target's HTTP status and the first bytes of its answer, when it
+    gave one (kept in the delivery's attempt history)."""
 
     code = "sink_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        snippet: str | None = None,
+    ) -> None:
         self.retry_after = retry_after
+        self.status = status
+        self.snippet = snippet
         super().__init__(message)
 
 

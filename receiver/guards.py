@@ -120,9 +120,36 @@ def _token_ok(request: web.Request, token: str) -> bool:
 def _content_ok(request: web.Request) -> bool:
     """A state change must come as JSON: a page cannot send that cross-site without a preflight.
 
-    (The console, when it posts forms, will pass here with its CSRF token instead.)
+    (The console's forms post elsewhere, under ``/console/``, with a CSRF token instead.)
     """
     return request.content_type == "application/json"
+
+
+def refuse_host(request: web.Request, guard: Guard) -> web.Response | None:
+    """The refusal of a request whose Host (or Origin, when sent) is not an allowed host, or None.
+
+    First of all checks: a page that reached us through a rebound name learns nothing, not even
+    the rules. (The console's guard asks the same.)"""
+    if guard.hosts is None:
+        return None
+    if _hostname(request.host) not in guard.hosts:
+        return _refused(
+            403,
+            "forbidden_host",
+            f"the Host header names {request.host!r}, which this API does not answer;"
+            " add the name to http.allowed_hosts",
+            "Host",
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin_host(origin) not in guard.hosts:
+        return _refused(
+            403,
+            "forbidden_origin",
+            f"the Origin header names {origin!r}, which this API does not answer;"
+            " add its host to http.allowed_hosts",
+            "Origin",
+        )
+    return None
 
 
 @web.middleware
@@ -131,25 +158,9 @@ async def management_guard(request: web.Request, handler: Handler) -> web.Stream
     if not is_management(request.path):
         return await handler(request)
     guard = request.app[GUARD]
-    if guard.hosts is not None:
-        # First: a page that reached us through a rebound name learns nothing, not even the rules.
-        if _hostname(request.host) not in guard.hosts:
-            return _refused(
-                403,
-                "forbidden_host",
-                f"the Host header names {request.host!r}, which this API does not answer;"
-                " add the name to http.allowed_hosts",
-                "Host",
-            )
-        origin = request.headers.get("Origin")
-        if origin is not None and _origin_host(origin) not in guard.hosts:
-            return _refused(
-                403,
-                "forbidden_origin",
-                f"the Origin header names {origin!r}, which this API does not answer;"
-                " add its host to http.allowed_hosts",
-                "Origin",
-            )
+    refused = refuse_host(request, guard)
+    if refused is not None:
+        return refused
     if guard.token and not _token_ok(request, guard.token):
         response = _refused(
             401,

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from receiver.notices import KINDS as OPERATOR_KINDS
+from receiver.ports import MIN_TEXT
 from receiver.submit import SubmitRequest
 from receiver.tasks import TaskState
 
@@ -249,11 +250,34 @@ def document() -> dict[str, Any]:
                     "parameters": [
                         _query("task_id", {"type": "string"}, "MPS TaskId"),
                         _query("type", {"type": "string"}, "NotificationType"),
-                        _query("since", {"type": "string"}, "unix seconds or ISO 8601"),
+                        _query("since", {"type": "string"}, "received at or after: unix seconds or ISO 8601"),
+                        _query("until", {"type": "string"}, "received before: unix seconds or ISO 8601"),
                         _query("orphan", {"type": "string", "enum": ["true", "false"]}, "only (not) orphans"),
+                        _query("kind", {"type": "string"}, "a finding of this kind (e.g. ImagePorn)"),
+                        _query("label", {"type": "string"}, "a finding with this label"),
+                        _query(
+                            "suggestion",
+                            {"type": "string"},
+                            "a finding with this suggestion (block, review, pass)",
+                        ),
+                        _query("min_confidence", {"type": "number"}, "a finding at least this confident"),
+                        _query(
+                            "text",
+                            {"type": "string", "minLength": MIN_TEXT},
+                            "a case-insensitive substring (2 characters or more, any script) of the"
+                            " recognized text: speech, OCR, translations, subtitles",
+                        ),
+                        _query(
+                            "order",
+                            {"type": "string", "enum": ["asc", "desc"]},
+                            "oldest (default) or newest first",
+                        ),
                         LIMIT,
                         CURSOR,
                     ],
+                    "description": "The finding conditions (kind, label, suggestion, min_confidence) are"
+                    " met together by one finding of the event, as sink filters have them. A page may"
+                    " hold fewer than `limit` events while `next` is set: follow it until it is null.",
                     "responses": {"200": _json("a page of events", PAGE), **MANAGEMENT_ERRORS},
                 }
             },
@@ -278,6 +302,31 @@ def document() -> dict[str, Any]:
                         CURSOR,
                     ],
                     "responses": {"200": _json("a page of deliveries", PAGE), **MANAGEMENT_ERRORS},
+                }
+            },
+            "/v1/deliveries/{id}/attempts": {
+                "get": {
+                    "security": secured,
+                    "summary": "One delivery and its attempts, oldest first",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                    ],
+                    "responses": {
+                        "200": _json(
+                            "the delivery and its attempts: time, outcome, error, HTTP status, latency,"
+                            " the first bytes of the answer",
+                            {
+                                "type": "object",
+                                "required": ["delivery", "items"],
+                                "properties": {
+                                    "delivery": OBJECT,
+                                    "items": {"type": "array", "items": OBJECT},
+                                },
+                            },
+                        ),
+                        "404": _error("no such delivery"),
+                        **MANAGEMENT_ERRORS,
+                    },
                 }
             },
             "/v1/deliveries/redrive": {

@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.helpers import ChainMapProxy
 
 from receiver.dispatch import Dispatcher
 from receiver.documents import iso
-from receiver.ports import DeliveryQuery, DeliveryRow, DeliveryState
+from receiver.ports import Attempt, DeliveryQuery, DeliveryRow, DeliveryState
 from receiver.web import (
     CLOCK,
     DISPATCHER,
@@ -30,11 +31,15 @@ SINK_NAMES: web.AppKey[frozenset[str]] = web.AppKey("sink_names")  # the configu
 
 def _dispatcher(request: web.Request) -> Dispatcher | None:
     """This process's dispatcher, if it runs here (it runs in one process per store)."""
-    leased = request.app.get(DISPATCHER)
+    return _here(request.config_dict)
+
+
+def _here(config: ChainMapProxy) -> Dispatcher | None:
+    leased = config.get(DISPATCHER)
     return leased.current if leased is not None else None
 
 
-def _delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
+def delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
     state = params.get("state")
     if state is not None and state not in DeliveryState.ALL:
         raise BadParameterError("state", "one of " + ", ".join(DeliveryState.ALL))
@@ -70,7 +75,7 @@ def delivery_document(d: DeliveryRow) -> dict[str, Any]:
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
-    query = _delivery_query(request.query, after=cursor_param(request), limit=limit_param(request))
+    query = delivery_query(request.query, after=cursor_param(request), limit=limit_param(request))
     page = await request.app[STORE].list_deliveries(query)
     return json_response({"items": [delivery_document(d) for d in page.items], "next": page.next})
 
@@ -88,15 +93,31 @@ async def redrive(request: web.Request) -> web.Response:
         raise BadParameterError(
             sorted(unknown)[0], "one of sink, state, task_id, type, since, until, dry_run"
         )
-    query = _delivery_query({"state": DeliveryState.DEAD, **body})
+    query = delivery_query({"state": DeliveryState.DEAD, **body})
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise BadParameterError("dry_run", "true or false")
-    n = await request.app[STORE].redrive(query, now=request.app[CLOCK](), dry_run=dry_run)
-    if not dry_run and (dispatcher := _dispatcher(request)) is not None:
-        dispatcher.wake()
+    n = await redrive_deliveries(request.config_dict, query, dry_run=dry_run)
     log.info("redrive", matched=n, dry_run=dry_run, **{k: v for k, v in body.items() if k != "dry_run"})
     return json_response({"matched" if dry_run else "redriven": n})
+
+
+async def redrive_deliveries(config: ChainMapProxy, query: DeliveryQuery, *, dry_run: bool = False) -> int:
+    """Make the matching deliveries pending again (or count them), and wake this process's dispatcher."""
+    n = await config[STORE].redrive(query, now=config[CLOCK](), dry_run=dry_run)
+    if not dry_run and (dispatcher := _here(config)) is not None:
+        dispatcher.wake()
+    return n
+
+
+async def switch_on(config: ChainMapProxy, name: str) -> None:
+    """Switch a sink back on in the store, which every dispatcher follows (this process's at once)."""
+    dispatcher = _here(config)
+    if dispatcher is not None:
+        await dispatcher.enable(name)
+    else:
+        await config[STORE].set_sink_disabled(name, None, now=config[CLOCK]())
+    log.info("sink enabled", sink=name)
 
 
 async def list_sinks(request: web.Request) -> web.Response:
@@ -133,19 +154,51 @@ async def enable_sink(request: web.Request) -> web.Response:
     if name not in configured:
         known = ", ".join(sorted(configured)) or "none configured"
         return error_response(404, "unknown_sink", f"no sink named {name!r} (sinks: {known})", field="name")
-    dispatcher = _dispatcher(request)
-    if dispatcher is not None:
-        await dispatcher.enable(name)
-    else:
-        await request.app[STORE].set_sink_disabled(name, None, now=request.app[CLOCK]())
-    log.info("sink enabled", sink=name)
+    await switch_on(request.config_dict, name)
     return json_response({"sink": name, "enabled": True})
+
+
+def attempt_document(a: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "at": iso(a.at),
+        "outcome": a.outcome,
+        "error": a.error,
+        "status": a.status,
+        "latency_ms": a.latency_ms,
+        "snippet": a.snippet,
+    }
+
+
+def delivery_id_param(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise BadParameterError("id", "a delivery id (an integer)")
+    return int(raw)
+
+
+async def find_delivery(config: ChainMapProxy, delivery_id: int) -> DeliveryRow | None:
+    page = await config[STORE].list_deliveries(DeliveryQuery(id=delivery_id, limit=1))
+    return page.items[0] if page.items else None
+
+
+async def list_attempts(request: web.Request) -> web.Response:
+    """``GET /v1/deliveries/{id}/attempts``: the delivery and each of its attempts, oldest first."""
+    delivery_id = delivery_id_param(request)
+    delivery = await find_delivery(request.config_dict, delivery_id)
+    if delivery is None:
+        return error_response(404, "not_found", f"no delivery {delivery_id}", field="id")
+    attempts = await request.app[STORE].list_attempts(delivery_id)
+    return json_response(
+        {"delivery": delivery_document(delivery), "items": [attempt_document(a) for a in attempts]}
+    )
 
 
 def add_routes(app: web.Application, sink_names: Collection[str]) -> None:
     names: frozenset[str] = frozenset(sink_names)
     app[SINK_NAMES] = names
     app.router.add_get("/v1/deliveries", list_deliveries)
+    app.router.add_get("/v1/deliveries/{id}/attempts", list_attempts)
     app.router.add_post("/v1/deliveries/redrive", redrive)
     app.router.add_get("/v1/sinks", list_sinks)
     app.router.add_post("/v1/sinks/{name}/enable", enable_sink)

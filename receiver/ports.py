@@ -87,6 +87,20 @@ class Quarantined:
 QUARANTINE_BODY_BYTES = 64 * 1024
 
 
+MIN_TEXT = 2  # characters a free-text search of events needs
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """What a task's timeline needs of one of its events (read without the payload)."""
+
+    seq: int
+    notification_type: str
+    err_code: int | None
+    err_message: str | None
+    findings: list[dict[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     task_id: str | None = None  # MPS TaskId carried by the event
@@ -94,8 +108,23 @@ class EventQuery:
     notification_type: str | None = None
     since: float | None = None  # received at or after, unix seconds
     orphan: bool | None = None
-    after: int = 0  # seq cursor: events strictly after it
+    after: int = 0  # seq cursor: events strictly after it (strictly before it when descending)
     limit: int = 100
+    until: float | None = None  # received before, unix seconds
+    # Finding conditions, met together by one finding of the event (as sink filters have them):
+    kind: str | None = None
+    label: str | None = None
+    suggestion: str | None = None
+    min_confidence: float | None = None
+    text: str | None = None  # a case-insensitive substring of the recognized text (ASR, OCR, subtitles)
+    descending: bool = False  # newest first; ``after`` 0 then means from the newest
+
+    @property
+    def searches(self) -> bool:
+        """Whether it asks about findings (then only events with findings can match)."""
+        return any(
+            v is not None for v in (self.kind, self.label, self.suggestion, self.min_confidence, self.text)
+        )
 
 
 # Which sinks an event goes to, decided at ingest (inside the transaction, once its task is known).
@@ -125,7 +154,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """What became of one delivery attempt."""
+    """What became of one delivery attempt (kept in its delivery's attempt history too)."""
 
     id: int
     state: str  # DeliveryState
@@ -135,6 +164,35 @@ class Settlement:
     at: float
     batch_id: str | None = None  # pending again with its batch: retried in it, with these members
     batch_size: int | None = None
+    status: int | None = None  # the target's HTTP status, when it answered one
+    latency_ms: float | None = None  # how long the sink took
+    snippet: str | None = None  # the first bytes of the target's answer (``SNIPPET_CHARS`` at most)
+
+
+# What an attempt keeps of the target's answer: enough to see why, never a whole body.
+SNIPPET_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a sink may say about a delivery the target took: its answer's status and first bytes."""
+
+    status: int | None = None
+    snippet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at one delivery, as its history lists it."""
+
+    delivery_id: int
+    attempt: int
+    at: float
+    outcome: str  # delivered | failed | dead
+    error: str | None
+    status: int | None
+    latency_ms: float | None
+    snippet: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +222,7 @@ class DeliveryQuery:
     until: float | None = None  # event received before
     after: int = 0
     limit: int = 100
+    id: int | None = None  # this one delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +233,17 @@ class SinkStats:
     dead: int
     oldest_pending_at: float | None
     disabled: str | None  # why, when the sink's target switched it off
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBacklog:
+    """What waits for a sink: read from indexes only, so it costs little however large the outbox."""
+
+    sink: str
+    pending: int
+    dead: int
+    oldest_pending_at: float | None  # of the first delivery in line
+    disabled: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +327,7 @@ class Sink(Protocol):
 
     name: str
 
-    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None: ...
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> Receipt | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -279,7 +349,7 @@ class BatchSink(Sink, Protocol):
         """One member's body and its group; ``UndeliverableError`` if it can never be sent."""
         ...
 
-    async def deliver_batch(self, batch: Batch) -> None:
+    async def deliver_batch(self, batch: Batch) -> Receipt | None:
         """Send them all at once; returns once the target has them all, raises as ``deliver``."""
         ...
 
@@ -388,9 +458,26 @@ class Store(NoticeBook, Protocol):
         """The task with this MPS ``TaskId`` or, failing that, this id of ours."""
         ...
 
-    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]: ...
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        after: str | None,
+        limit: int,
+        label: tuple[str, str] | None = None,
+        search: str | None = None,
+        newest_first: bool = False,
+    ) -> Page[Task]:
+        """Tasks in the order registered (or newest first); ``label`` is a (key, value) they carry,
+        ``search`` a TaskId, SessionId or SessionContext, or a part of one."""
+        ...
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]: ...
+
+    async def task_timeline(self, task_ref: str, *, after: int, limit: int) -> list[TimelineEvent]:
+        """Up to ``limit`` events of our task ``task_ref`` after seq ``after``, in order, with their
+        findings only: what a timeline and a transcript are drawn from."""
+        ...
 
     async def quarantine(self, entry: Quarantined) -> None:
         """Keep a message that can never become an event (committed before the message is dropped)."""
@@ -434,6 +521,39 @@ class Store(NoticeBook, Protocol):
         ...
 
     async def sink_stats(self) -> list[SinkStats]: ...
+
+    async def list_attempts(self, delivery_id: int) -> list[Attempt]:
+        """A delivery's attempts, oldest first."""
+        ...
+
+    async def sink_backlog(self, sinks: Collection[str]) -> list[SinkBacklog]:
+        """Per sink named (and per sink switched off): pending, dead, the oldest pending's age."""
+        ...
+
+    async def task_delivery_counts(self, task_id: str) -> list[tuple[str, str, int]]:
+        """(sink, state, count) of the deliveries of the events carrying this MPS TaskId."""
+        ...
+
+    # --- the console's counts -----------------------------------------------------------------
+
+    async def add_ingest_counts(self, counts: Sequence[tuple[int, str, int]]) -> None:
+        """Add (minute, outcome, n) to the counts every process shares."""
+        ...
+
+    async def ingest_counts(self, since_minute: int) -> list[tuple[int, str, int]]:
+        """(minute, outcome, n) from ``since_minute`` on."""
+        ...
+
+    async def purge_ingest_counts(self, before: float) -> int:
+        """Delete the counts of minutes before ``before``; returns how many rows."""
+        ...
+
+    async def quarantine_count(self) -> int: ...
+
+    async def backfill_search(self, limit: int) -> int:
+        """Derive the search rows of up to ``limit`` events stored before the search existed (newest
+        first); returns how many seqs it went through, 0 once every event has been through."""
+        ...
 
     async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
         """Switch a sink off (with the reason) or, with ``None``, back on."""

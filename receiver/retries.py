@@ -38,16 +38,30 @@ def _wait(attempts: int, error: SinkError, policy: SinkPolicy, rng: random.Rando
 
 
 def settle(
-    delivery: Delivery, error: SinkError | None, policy: SinkPolicy, now: float, rng: random.Random
+    delivery: Delivery,
+    error: SinkError | None,
+    policy: SinkPolicy,
+    now: float,
+    rng: random.Random,
+    heard: Heard | None = None,
 ) -> Settlement:
-    """What one attempt makes of a delivery: delivered, due again later, or dead. Pure."""
+    """What one attempt makes of a delivery: delivered, due again later, or dead; with what the
+    attempt history keeps of it (``heard``). Pure."""
     attempts = delivery.attempts + 1
+    status, latency, snippet = heard if heard is not None else (None, None, None)
     if error is None:
-        return Settlement(delivery.id, DeliveryState.DELIVERED, attempts, now, None, now)
-    if attempts > len(policy.retry_schedule) or isinstance(error, UndeliverableError):
-        return Settlement(delivery.id, DeliveryState.DEAD, attempts, now, str(error), now)
-    wait = _wait(attempts, error, policy, rng)
-    return Settlement(delivery.id, DeliveryState.PENDING, attempts, now + wait, str(error), now)
+        state, due, why = DeliveryState.DELIVERED, now, None
+    elif attempts > len(policy.retry_schedule) or isinstance(error, UndeliverableError):
+        state, due, why = DeliveryState.DEAD, now, str(error)
+    else:
+        state, due, why = DeliveryState.PENDING, now + _wait(attempts, error, policy, rng), str(error)
+    return Settlement(
+        delivery.id, state, attempts, due, why, now, status=status, latency_ms=latency, snippet=snippet
+    )
+
+
+# What one attempt heard from its target: HTTP status, latency (ms), the answer's first characters.
+Heard = tuple[int | None, float | None, str | None]
 
 
 def settle_batch(

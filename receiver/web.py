@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ from receiver.guards import WEBHOOK_PATH
 from receiver.ingest import Ingestor
 from receiver.leases import LeasedJob
 from receiver.metrics import CONTENT_TYPE, Metrics, Snapshot
-from receiver.ports import EventQuery, Quarantined, Router, Store
+from receiver.ports import MIN_TEXT, EventQuery, Quarantined, Router, Store
 from receiver.responses import error_response as error_response  # re-exported for the API modules
 from receiver.responses import json_response as json_response
 from receiver.tasks import Task, TaskState, new_id
@@ -229,21 +229,50 @@ async def _events_page(request: web.Request, query: EventQuery) -> web.Response:
     return json_response({"items": [event_document(e) for e in page.items], "next": page.next})
 
 
-async def list_events(request: web.Request) -> web.Response:
-    q = request.query
+def confidence_param(raw: str, name: str = "min_confidence") -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadParameterError(name, "a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadParameterError(name, "a finite number")
+    return value
+
+
+def text_param(raw: str, name: str = "text") -> str:
+    if len(raw) < MIN_TEXT:
+        raise BadParameterError(name, f"at least {MIN_TEXT} characters")
+    return raw
+
+
+def event_query(q: Mapping[str, str], *, after: int = 0, limit: int = 100) -> EventQuery:
+    """The filters of ``GET /v1/events`` (and of the console's events page), checked."""
     orphan: bool | None = None
     if "orphan" in q:
         if q["orphan"] not in ("true", "false"):
             raise BadParameterError("orphan", "true or false")
         orphan = q["orphan"] == "true"
-    query = EventQuery(
+    if q.get("order", "asc") not in ("asc", "desc"):
+        raise BadParameterError("order", "asc or desc")
+    return EventQuery(
         task_id=q.get("task_id"),
         notification_type=q.get("type"),
         since=time_param(q["since"]) if "since" in q else None,
+        until=time_param(q["until"], "until") if "until" in q else None,
         orphan=orphan,
-        after=cursor_param(request),
-        limit=limit_param(request),
+        kind=q.get("kind"),
+        label=q.get("label"),
+        suggestion=q.get("suggestion"),
+        min_confidence=confidence_param(q["min_confidence"]) if "min_confidence" in q else None,
+        text=text_param(q["text"]) if "text" in q else None,
+        descending=q.get("order") == "desc",
+        after=after,
+        limit=limit,
     )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    query = event_query(request.query, after=cursor_param(request), limit=limit_param(request))
     return await _events_page(request, query)
 
 

@@ -26,7 +26,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from receiver.errors import SinkError, SinkGoneError, UndeliverableError
-from receiver.ports import Batch, Delivery
+from receiver.ports import SNIPPET_CHARS, Batch, Delivery, Receipt
 from receiver.sinks.options import SinkOptions
 from receiver.tracing import TRACEPARENT
 
@@ -84,14 +84,14 @@ class HttpSink:
         except orjson.JSONEncodeError as exc:  # e.g. nested past orjson's depth: never sendable
             raise UndeliverableError(f"cannot encode the event as JSON: {exc}") from exc
 
-    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> Receipt:
         payload, _ = self.encode(document)
-        await self._post(payload, document["event_id"])
+        return await self._post(payload, document["event_id"])
 
-    async def deliver_batch(self, batch: Batch) -> None:
-        await self._post(b"[" + b",".join(batch.bodies) + b"]", batch.id)
+    async def deliver_batch(self, batch: Batch) -> Receipt:
+        return await self._post(b"[" + b",".join(batch.bodies) + b"]", batch.id)
 
-    async def _post(self, payload: bytes, message_id: str) -> None:
+    async def _post(self, payload: bytes, message_id: str) -> Receipt:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         now = datetime.now(UTC)
@@ -104,23 +104,28 @@ class HttpSink:
             async with self._session.post(
                 self.url, data=payload, headers=headers, allow_redirects=False
             ) as resp:
-                await resp.content.read(MAX_RESPONSE_BYTES)
+                answer = await resp.content.read(MAX_RESPONSE_BYTES)
                 if not resp.content.at_eof():
                     resp.close()  # more than we read: drop the connection rather than drain it
+                snippet = answer[: SNIPPET_CHARS * 4].decode("utf-8", "replace")[:SNIPPET_CHARS]
                 if 200 <= resp.status < 300:
-                    return
+                    return Receipt(resp.status, snippet)
                 if resp.status == 410:
-                    raise SinkGoneError(f"{self._shown} answered 410 Gone")
+                    raise SinkGoneError(f"{self._shown} answered 410 Gone", status=410, snippet=snippet)
                 if 300 <= resp.status < 400:
                     location = resp.headers.get("Location")
                     shown = redacted(urljoin(str(resp.url), location)) if location else "nowhere"
                     raise SinkError(
                         f"{self._shown} answered {resp.status} redirecting to {shown}; redirects are"
                         " not followed: configure the final URL",
+                        status=resp.status,
+                        snippet=snippet,
                     )
                 raise SinkError(
                     f"{self._shown} answered {resp.status}",
                     retry_after=retry_after(resp.headers.get("Retry-After"), now),
+                    status=resp.status,
+                    snippet=snippet,
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SinkError(f"{self._shown}: {type(exc).__name__}") from exc

@@ -23,6 +23,7 @@ from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.group_commit import RideAlong
 from receiver.ports import (
+    Attempt,
     Delivery,
     DeliveryQuery,
     DeliveryRow,
@@ -36,9 +37,11 @@ from receiver.ports import (
     Recorded,
     Router,
     Settlement,
+    SinkBacklog,
     SinkStats,
+    TimelineEvent,
 )
-from receiver.stores import rows
+from receiver.stores import reads, rows
 from receiver.stores.rows import (
     DELIVERIES_WITH_EVENTS,
     EVENT_COLUMNS,
@@ -126,6 +129,7 @@ async def _settle(con: asyncpg.Connection, settlements: Sequence[Settlement]) ->
             for x in settlements
         ],
     )
+    await con.executemany(pg(reads.ATTEMPT_INSERT), reads.attempt_rows(settlements))  # the history
 
 
 async def _lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
@@ -257,6 +261,21 @@ class PostgresStore:
                 ]
                 if deliveries:
                     await con.execute(_INSERT_DELIVERIES, *zip(*deliveries, strict=True))
+                searched = [
+                    row
+                    for step in new
+                    if (
+                        row := reads.search_row(
+                            seqs[step.event.event_id],
+                            step.event.notification_type,
+                            step.event.received_at,
+                            step.event.findings,
+                        )
+                    )
+                    is not None
+                ]
+                if searched:
+                    await con.executemany(pg(reads.SEARCH_INSERT), searched)
             repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
             if repeats:
                 await con.execute(_COUNT_REPEATS, *zip(*repeats, strict=True))
@@ -349,28 +368,61 @@ class PostgresStore:
 
         return await self._run(body, write=False)
 
-    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]:
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        after: str | None,
+        limit: int,
+        label: tuple[str, str] | None = None,
+        search: str | None = None,
+        newest_first: bool = False,
+    ) -> Page[Task]:
+        if reads.unanswerable(search, *(label or ())):
+            return Page([], None)
+        sql, args = reads.task_statement(
+            TASK_COLUMNS,
+            "postgres",
+            state=state.value if state else None,
+            after=int(after) if after else 0,
+            label=label,
+            search=search,
+            newest_first=newest_first,
+        )
+        sql = pg(sql)
+
         async def body(con: asyncpg.Connection) -> Page[Task]:
-            rows = await con.fetch(
-                f"SELECT rowid, {TASK_COLUMNS} FROM tasks WHERE rowid > $1 AND ($2::text IS NULL OR state = $2)"
-                " ORDER BY rowid LIMIT $3",
-                int(after) if after else 0,
-                state.value if state else None,
-                limit + 1,
-            )
+            rows = await con.fetch(sql, *args, limit + 1)
             items = [task_from_row(tuple(r)[1:]) for r in rows[:limit]]
             return Page(items, str(rows[limit - 1][0]) if len(rows) > limit else None)
 
         return await self._run(body, write=False)
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
-        where, args = rows.event_filter(query)
-        sql = pg(rows.EVENT_QUERY_STATEMENT.format(columns=EVENT_COLUMNS, where=where))
+        if reads.unanswerable(query.task_id, query.task_ref, query.notification_type):
+            return Page([], None)
 
         async def body(con: asyncpg.Connection) -> Page[EventRecord]:
-            found = await con.fetch(sql, *args, query.limit + 1)
-            items = [event_record(tuple(r)) for r in found[: query.limit]]
-            return Page(items, str(items[-1].seq) if len(found) > query.limit else None)
+            window, top = None, 0
+            if query.searches:
+                top = int(await con.fetchval(reads.SEARCH_TOP))
+                if (window := reads.search_window(query, top)) is None:
+                    return Page([], None)
+            sql, args = reads.event_statement(query, EVENT_COLUMNS, "postgres", window)
+            found = [event_record(tuple(r)) for r in await con.fetch(pg(sql), *args, query.limit + 1)]
+            page = found[: query.limit]
+            items = [r for r in page if reads.matches(query, r)]
+            if len(found) > query.limit:
+                return Page(items, str(page[-1].seq))
+            return Page(items, None if window is None else reads.window_next(query, window, top))
+
+        return await self._run(body, write=False)
+
+    async def task_timeline(self, task_ref: str, *, after: int, limit: int) -> list[TimelineEvent]:
+        sql = pg(reads.TIMELINE)
+
+        async def body(con: asyncpg.Connection) -> list[TimelineEvent]:
+            return [reads.timeline_event(tuple(r)) for r in await con.fetch(sql, task_ref, after, limit)]
 
         return await self._run(body, write=False)
 
@@ -494,6 +546,65 @@ class PostgresStore:
             return rows.sink_stats(await con.fetch(rows.SINK_COUNTS), await con.fetch(rows.SINKS_DISABLED))
 
         return await self._run(body, write=False)
+
+    async def list_attempts(self, delivery_id: int) -> list[Attempt]:
+        async def body(con: asyncpg.Connection) -> list[Attempt]:
+            return [Attempt(*tuple(r)) for r in await con.fetch(pg(reads.ATTEMPTS_OF), delivery_id)]
+
+        return await self._run(body, write=False)
+
+    async def sink_backlog(self, sinks: Collection[str]) -> list[SinkBacklog]:
+        async def body(con: asyncpg.Connection) -> list[SinkBacklog]:
+            disabled = {r[0]: r[1] for r in await con.fetch(rows.SINKS_DISABLED)}
+            out = []
+            for sink in sorted(set(sinks) | set(disabled)):
+                pending, first = await con.fetchrow(pg(reads.SINK_PENDING), sink)
+                dead = await con.fetchval(pg(reads.SINK_DEAD), sink)
+                oldest = await con.fetchval(pg(reads.CREATED_AT), first) if first is not None else None
+                out.append(SinkBacklog(sink, pending, dead, oldest, disabled.get(sink)))
+            return out
+
+        return await self._run(body, write=False)
+
+    async def task_delivery_counts(self, task_id: str) -> list[tuple[str, str, int]]:
+        if reads.unanswerable(task_id):
+            return []
+
+        async def body(con: asyncpg.Connection) -> list[tuple[str, str, int]]:
+            return [(r[0], r[1], r[2]) for r in await con.fetch(pg(reads.TASK_DELIVERY_COUNTS), task_id)]
+
+        return await self._run(body, write=False)
+
+    async def add_ingest_counts(self, counts: Sequence[tuple[int, str, int]]) -> None:
+        await self._run(lambda con: con.executemany(pg(reads.INGEST_COUNTS_ADD), counts))
+
+    async def ingest_counts(self, since_minute: int) -> list[tuple[int, str, int]]:
+        async def body(con: asyncpg.Connection) -> list[tuple[int, str, int]]:
+            return [(r[0], r[1], r[2]) for r in await con.fetch(pg(reads.INGEST_COUNTS_SINCE), since_minute)]
+
+        return await self._run(body, write=False)
+
+    async def purge_ingest_counts(self, before: float) -> int:
+        status = await self._run(lambda con: con.execute(pg(reads.INGEST_COUNTS_PURGE), int(before // 60)))
+        return int(str(status).split()[-1])
+
+    async def backfill_search(self, limit: int) -> int:
+        async def body(con: asyncpg.Connection) -> int:
+            upto = await con.fetchval(reads.BACKFILL_UPTO + " FOR UPDATE")  # one replica at a time
+            if upto is None or upto <= 0:
+                return 0
+            lower = max(0, upto - limit)
+            found = await con.fetch(pg(reads.BACKFILL_EVENTS), upto, lower)
+            rows = reads.backfill_rows(tuple(r) for r in found)
+            if rows:
+                await con.executemany(pg(reads.BACKFILL_INSERT), rows)
+            await con.execute(pg(reads.BACKFILL_DONE), lower)
+            return int(upto - lower)
+
+        return int(await self._run(body))
+
+    async def quarantine_count(self) -> int:
+        return int(await self._run(lambda con: con.fetchval(reads.QUARANTINE_COUNT), write=False))
 
     async def disabled_sinks(self) -> dict[str, str]:
         async def body(con: asyncpg.Connection) -> dict[str, str]:

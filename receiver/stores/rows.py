@@ -19,7 +19,6 @@ from receiver.ports import (
     QUARANTINE_BODY_BYTES,
     Delivery,
     DeliveryQuery,
-    EventQuery,
     EventRecord,
     OperatorEvent,
     OwnEvent,
@@ -155,9 +154,10 @@ def delivery_filter(q: DeliveryQuery) -> tuple[str, list[Any]]:
     clauses = ["1 = 1"]
     args: list[Any] = []
     for clause, value in (
+        ("d.id = ?", q.id),
         ("d.sink = ?", q.sink),
         ("d.state = ?", q.state),
-        ("e.task_id = ?", q.task_id),
+        ("d.task_key = ?", q.task_id),  # the event's TaskId, kept on the row (and indexed there)
         ("e.notification_type = ?", q.notification_type),
         ("e.received_at >= ?", q.since),
         ("e.received_at < ?", q.until),
@@ -219,31 +219,6 @@ def migrate(con: sqlite3.Connection) -> int:
         )
         applied.add(version)
     return current
-
-
-EVENT_QUERY_STATEMENT: Final = "SELECT {columns} FROM events WHERE {where} ORDER BY seq LIMIT ?"
-
-
-def event_filter(q: EventQuery) -> tuple[str, list[Any]]:
-    """The WHERE clause (``?`` placeholders) and its arguments for an event query, cursor included."""
-    clauses = ["seq > ?"]
-    args: list[Any] = [q.after]
-    for column, value in (
-        ("task_id", q.task_id),
-        ("task_ref", q.task_ref),
-        ("notification_type", q.notification_type),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    if q.since is not None:
-        clauses.append("received_at >= ?")
-        args.append(q.since)
-    if q.orphan is not None:
-        clauses.append(
-            f"task_ref IS NULL AND channel <> '{OWN_CHANNEL}'" if q.orphan else "task_ref IS NOT NULL"
-        )
-    return " AND ".join(clauses), args
 
 
 QUARANTINE_PAGE: Final = (

@@ -20,6 +20,7 @@ from receiver.errors import StoreUnavailableError
 from receiver.events import Event
 from receiver.group_commit import RideAlong
 from receiver.ports import (
+    Attempt,
     Delivery,
     DeliveryQuery,
     DeliveryRow,
@@ -33,9 +34,11 @@ from receiver.ports import (
     Recorded,
     Router,
     Settlement,
+    SinkBacklog,
     SinkStats,
+    TimelineEvent,
 )
-from receiver.stores import rows
+from receiver.stores import reads, rows
 from receiver.stores.rows import (
     DELIVERIES_WITH_EVENTS,
     EVENT_COLUMNS,
@@ -280,6 +283,82 @@ class SqliteStore:
     async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
         await self._write_with(lambda w: w.set_sink_disabled(sink, reason, now))
 
+    async def list_attempts(self, delivery_id: int) -> list[Attempt]:
+        def run() -> list[Attempt]:
+            assert self._rcon is not None
+            return [Attempt(*r) for r in self._rcon.execute(reads.ATTEMPTS_OF, (delivery_id,)).fetchall()]
+
+        return await self._read_safely(run)
+
+    async def sink_backlog(self, sinks: Collection[str]) -> list[SinkBacklog]:
+        def run() -> list[SinkBacklog]:
+            assert self._rcon is not None
+            con = self._rcon
+            disabled = dict(con.execute(rows.SINKS_DISABLED).fetchall())
+            out = []
+            for sink in sorted(set(sinks) | set(disabled)):
+                pending, first = con.execute(reads.SINK_PENDING, (sink,)).fetchone()
+                (dead,) = con.execute(reads.SINK_DEAD, (sink,)).fetchone()
+                oldest = con.execute(reads.CREATED_AT, (first,)).fetchone() if first is not None else None
+                out.append(
+                    SinkBacklog(sink, pending, dead, oldest[0] if oldest else None, disabled.get(sink))
+                )
+            return out
+
+        return await self._read_safely(run)
+
+    async def task_delivery_counts(self, task_id: str) -> list[tuple[str, str, int]]:
+        def run() -> list[tuple[str, str, int]]:
+            assert self._rcon is not None
+            return [tuple(r) for r in self._rcon.execute(reads.TASK_DELIVERY_COUNTS, (task_id,)).fetchall()]
+
+        if reads.unanswerable(task_id):
+            return []
+        return await self._read_safely(run)
+
+    # --- the console's counts -------------------------------------------------------------------
+
+    async def add_ingest_counts(self, counts: Sequence[tuple[int, str, int]]) -> None:
+        await self._write_with(
+            lambda w: w.transaction(lambda: w.con.executemany(reads.INGEST_COUNTS_ADD, counts))
+        )
+
+    async def ingest_counts(self, since_minute: int) -> list[tuple[int, str, int]]:
+        def run() -> list[tuple[int, str, int]]:
+            assert self._rcon is not None
+            return [
+                tuple(r) for r in self._rcon.execute(reads.INGEST_COUNTS_SINCE, (since_minute,)).fetchall()
+            ]
+
+        return await self._read_safely(run)
+
+    async def purge_ingest_counts(self, before: float) -> int:
+        minute = int(before // 60)
+        return await self._write_with(
+            lambda w: w.transaction(lambda: int(w.con.execute(reads.INGEST_COUNTS_PURGE, (minute,)).rowcount))
+        )
+
+    async def backfill_search(self, limit: int) -> int:
+        def run(w: SqliteWriter) -> int:
+            row = w.con.execute(reads.BACKFILL_UPTO).fetchone()
+            upto = row[0] if row else 0
+            if upto <= 0:
+                return 0
+            lower = max(0, upto - limit)
+            found = w.con.execute(reads.BACKFILL_EVENTS, (upto, lower)).fetchall()
+            w.con.executemany(reads.BACKFILL_INSERT, reads.backfill_rows(found))
+            w.con.execute(reads.BACKFILL_DONE, (lower,))
+            return int(upto - lower)
+
+        return await self._write_with(lambda w: w.transaction(lambda: run(w)))
+
+    async def quarantine_count(self) -> int:
+        def run() -> int:
+            assert self._rcon is not None
+            return int(self._rcon.execute(reads.QUARANTINE_COUNT).fetchone()[0])
+
+        return await self._read_safely(run)
+
     async def disabled_sinks(self) -> dict[str, str]:
         def run() -> dict[str, str]:
             assert self._rcon is not None
@@ -361,19 +440,31 @@ class SqliteStore:
 
         return await self._read_safely(run)
 
-    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]:
-        cursor = int(after) if after else 0
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None,
+        after: str | None,
+        limit: int,
+        label: tuple[str, str] | None = None,
+        search: str | None = None,
+        newest_first: bool = False,
+    ) -> Page[Task]:
+        if reads.unanswerable(search, *(label or ())):
+            return Page([], None)
+        sql, args = reads.task_statement(
+            TASK_COLUMNS,
+            "sqlite",
+            state=state.value if state else None,
+            after=int(after) if after else 0,
+            label=label,
+            search=search,
+            newest_first=newest_first,
+        )
 
         def run() -> Page[Task]:
             assert self._rcon is not None
-            sql = f"SELECT rowid, {TASK_COLUMNS} FROM tasks WHERE rowid > ?"
-            args: list[Any] = [cursor]
-            if state is not None:
-                sql += " AND state = ?"
-                args.append(state.value)
-            sql += " ORDER BY rowid LIMIT ?"
-            args.append(limit + 1)
-            rows = self._rcon.execute(sql, args).fetchall()
+            rows = self._rcon.execute(sql, [*args, limit + 1]).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
             return Page([task_from_row(r[1:]) for r in rows], str(rows[-1][0]) if more else None)
@@ -381,14 +472,31 @@ class SqliteStore:
         return await self._read_safely(run)
 
     async def list_events(self, query: EventQuery) -> Page[EventRecord]:
-        where, args = rows.event_filter(query)
-        sql = rows.EVENT_QUERY_STATEMENT.format(columns=EVENT_COLUMNS, where=where)
+        if reads.unanswerable(query.task_id, query.task_ref, query.notification_type):
+            return Page([], None)
 
         def run() -> Page[EventRecord]:
             assert self._rcon is not None
-            found = self._rcon.execute(sql, [*args, query.limit + 1]).fetchall()
-            items = [event_record(r) for r in found[: query.limit]]
-            return Page(items, str(items[-1].seq) if len(found) > query.limit else None)
+            window, top = None, 0
+            if query.searches:
+                top = int(self._rcon.execute(reads.SEARCH_TOP).fetchone()[0])
+                if (window := reads.search_window(query, top)) is None:
+                    return Page([], None)
+            sql, args = reads.event_statement(query, EVENT_COLUMNS, "sqlite", window)
+            found = [event_record(r) for r in self._rcon.execute(sql, [*args, query.limit + 1]).fetchall()]
+            page = found[: query.limit]
+            items = [r for r in page if reads.matches(query, r)]
+            if len(found) > query.limit:
+                return Page(items, str(page[-1].seq))
+            return Page(items, None if window is None else reads.window_next(query, window, top))
+
+        return await self._read_safely(run)
+
+    async def task_timeline(self, task_ref: str, *, after: int, limit: int) -> list[TimelineEvent]:
+        def run() -> list[TimelineEvent]:
+            assert self._rcon is not None
+            found = self._rcon.execute(reads.TIMELINE, (task_ref, after, limit)).fetchall()
+            return [reads.timeline_event(r) for r in found]
 
         return await self._read_safely(run)
 

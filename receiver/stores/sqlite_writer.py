@@ -21,7 +21,7 @@ from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import OperatorEvent, OwnEvent, Quarantined, Recorded, Router, Settlement
-from receiver.stores import rows
+from receiver.stores import reads, rows
 from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan, encode_findings
 from receiver.tasks import MatchedBy, Task, TaskState
 
@@ -263,14 +263,20 @@ class SqliteWriter:
             ).fetchone()
             rows: list[tuple[Any, ...]] = []
             deliveries: list[tuple[Any, ...]] = []
+            searched: list[tuple[Any, ...]] = []
             for offset, step in enumerate(new, start=1):
                 e, seq = step.event, last + offset
                 seqs[e.event_id] = seq
                 rows.append(_event_row(seq, step))
+                if (
+                    found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)
+                ) is not None:
+                    searched.append(found)
                 deliveries.extend(
                     (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks
                 )
             self.con.executemany(_INSERT_EVENT, rows)
+            self.con.executemany(reads.SEARCH_INSERT, searched)
             if deliveries:
                 self.con.executemany(
                     "INSERT INTO deliveries (sink, event_seq, task_key, state, next_attempt_at, created_at,"
@@ -339,6 +345,7 @@ class SqliteWriter:
                 for x in settlements
             ],
         )
+        self.con.executemany(reads.ATTEMPT_INSERT, reads.attempt_rows(settlements))
 
     def redrive_chunk(
         self, where: str, args: Sequence[Any], now: float, after: int, limit: int
