@@ -57,6 +57,9 @@ from receiver.tracing import Tracing
 
 log = structlog.get_logger("receiver.dispatch")
 
+# The shortest time between two claims of a sink while wakes keep coming (every commit wakes it).
+CLAIM_GAP = 0.005
+
 # Deliveries of one task claimed at once and sent in a row (one claim and one settlement for all).
 LINE = 64
 
@@ -188,8 +191,9 @@ class Dispatcher:
 
     def committed(self, events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
         """Ingest in this process committed these: keep them to send, and look now."""
-        self._recent.add(events, recorded)
-        self.wake()
+        if self._lanes:  # (no sink: nothing will ever be sent)
+            self._recent.add(events, recorded)
+            self.wake()
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self._stopping = True
@@ -272,18 +276,26 @@ class Dispatcher:
         return free
 
     async def _run(self, lane: _Lane) -> None:
+        last_claim = -math.inf
         while not self._stopping:
+            # Wakes come with every commit and every settled line: claim at most every CLAIM_GAP,
+            # so that one claim takes what several commits brought.
+            gap = last_claim + CLAIM_GAP - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             lane.wake.clear()
-            claimed = 0
+            claimed = limit = 0
             now = self._clock()
             free = self._free(lane)
             if free > 0 and lane.disabled is None and lane.breaker.allows(now):
                 trial = lane.breaker.trial
+                limit = 1 if trial else free
+                last_claim = time.monotonic()
                 try:
                     deliveries = await self._store.claim_deliveries(
                         lane.sink.name,
                         now=now,
-                        limit=1 if trial else free,
+                        limit=limit,
                         busy_keys=set(lane.busy),
                         per_key=1 if trial else lane.per_key,
                         known=self._recent.get,
@@ -302,13 +314,14 @@ class Dispatcher:
                 claimed = len(lines)
             if self._stopping:
                 return
-            if claimed and self._free(lane) > 0:
-                continue  # there may be more right away
+            if claimed and claimed == limit and self._free(lane) > 0:
+                continue  # the store may have more right away (it gave all that was asked)
             timeout = self._poll
             if lane.bucket is not None and free <= 0:  # back when the rate limit lets one through
                 timeout = min(timeout, max(0.001, lane.bucket.wait_for(1, time.monotonic())))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await lane.wake.wait()
 
     async def _deliver_line(self, lane: _Lane, key: str, line: Sequence[Delivery]) -> None:
         """One task's deliveries, in order, one at a time (or a batch at a time); settled together at
