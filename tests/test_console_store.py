@@ -134,12 +134,32 @@ async def test_each_settlement_is_kept_as_an_attempt_with_status_latency_and_sni
     await store.settle_deliveries(
         [
             Settlement(
-                d.id, DeliveryState.PENDING, 1, FROZEN_NOW + 1, "answered 503", FROZEN_NOW, 503, 12.5, "busy"
+                d.id,
+                DeliveryState.PENDING,
+                1,
+                FROZEN_NOW + 1,
+                "answered 503",
+                FROZEN_NOW,
+                status=503,
+                latency_ms=12.5,
+                snippet="busy",
             )
         ]
     )
     await store.settle_deliveries(
-        [Settlement(d.id, DeliveryState.DELIVERED, 2, FROZEN_NOW + 2, None, FROZEN_NOW + 2, 200, 3.0, "{}")]
+        [
+            Settlement(
+                d.id,
+                DeliveryState.DELIVERED,
+                2,
+                FROZEN_NOW + 2,
+                None,
+                FROZEN_NOW + 2,
+                status=200,
+                latency_ms=3.0,
+                snippet="{}",
+            )
+        ]
     )
     attempts = await store.list_attempts(d.id)
     assert [(a.attempt, a.outcome, a.status, a.latency_ms, a.snippet, a.error) for a in attempts] == [
