@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from receiver import decoder, events
 from receiver.events import Channel, Check, Event, expected_sign
@@ -76,3 +78,40 @@ async def broker_fixture() -> AsyncIterator[Broker]:
 def clock() -> list[float]:
     """A settable clock: ``clock[0]`` is now."""
     return [FROZEN_NOW]
+
+
+class HookTarget:
+    """A local http sink target for process tests: records each ``webhook-id`` in arrival order,
+    answers after ``delay`` (a slow target lets a backlog build up), and sets ``reached`` once
+    ``enough`` have arrived."""
+
+    def __init__(self, *, delay: float = 0.0, enough: int = 1) -> None:
+        self.got: list[str] = []
+        self.reached = asyncio.Event()
+        self._delay = delay
+        self._enough = enough
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        self.got.append(request.headers["webhook-id"])
+        if len(self.got) >= self._enough:
+            self.reached.set()
+        return web.Response(status=200)
+
+    async def start(self) -> HookTarget:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

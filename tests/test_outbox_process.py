@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from receiver import events
+from tests.conftest import HookTarget
 from tests.test_process import KEY, REVIEW, Server, free_port, live
 
 pytestmark = pytest.mark.slow
@@ -24,22 +25,7 @@ N = 200
 
 
 async def test_receiver_killed_mid_backlog_delivers_everything_after_restart(tmp_path: Path) -> None:
-    got: list[str] = []
-    twenty = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.02)  # a slow target: the backlog builds up
-        got.append(request.headers["webhook-id"])
-        if len(got) >= 20:
-            twenty.set()
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    target = await HookTarget(delay=0.02, enough=20).start()
     db = tmp_path / "outbox.db"
     env = {
         "RECEIVER_STORE__URL": f"sqlite:///{db}",
@@ -51,7 +37,7 @@ async def test_receiver_killed_mid_backlog_delivers_everything_after_restart(tmp
                 {
                     "name": "hook",
                     "kind": "http",
-                    "options": {"url": f"http://127.0.0.1:{port}/hook"},
+                    "options": {"url": target.url},
                     "concurrency": 2,
                 }
             ]
@@ -69,7 +55,7 @@ async def test_receiver_killed_mid_backlog_delivers_everything_after_restart(tmp
             for doc in docs:
                 async with http.post(f"{first.url}/v1/notifications", data=orjson.dumps(doc)) as r:
                     assert r.status == 200
-        await asyncio.wait_for(twenty.wait(), timeout=30)
+        await asyncio.wait_for(target.reached.wait(), timeout=30)
         first.proc.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(first.proc.wait, 10) == -signal.SIGKILL
         pending = (
@@ -83,11 +69,13 @@ async def test_receiver_killed_mid_backlog_delivers_everything_after_restart(tmp
         servers.append(second)
         expected = {events.event_id(d) for d in docs}
         deadline = time.monotonic() + 60
-        while not expected <= set(got):
-            assert time.monotonic() < deadline, f"{len(expected - set(got))} events never reached the sink"
+        while not expected <= set(target.got):
+            assert time.monotonic() < deadline, (
+                f"{len(expected - set(target.got))} events never reached the sink"
+            )
             await asyncio.sleep(0.05)
         assert await asyncio.to_thread(second.stop) == 0
-        assert set(got) == expected  # every event at least once, and nothing that was not sent
+        assert set(target.got) == expected  # every event at least once, and nothing that was not sent
         left = (
             sqlite3.connect(db)
             .execute("SELECT count(*) FROM deliveries WHERE state != 'delivered'")
@@ -98,7 +86,7 @@ async def test_receiver_killed_mid_backlog_delivers_everything_after_restart(tmp
         for s in servers:
             if s.proc.poll() is None:
                 s.proc.kill()
-        await runner.cleanup()
+        await target.close()
 
 
 class _Command(Server):

@@ -21,7 +21,6 @@ import aio_pika
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import events
@@ -29,7 +28,7 @@ from receiver.bell import Bell
 from receiver.errors import ConfigError
 from receiver.workers import WorkerSpec, bind, metrics_directory
 from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import body
+from tests.conftest import HookTarget, body
 from tests.test_process import KEY, RECEIVER, REVIEW, Server, free_port, live
 
 LEASE = 1.5  # seconds: renewed every 0.5 s
@@ -204,24 +203,9 @@ def test_two_workers_share_the_requests_and_the_queue_and_either_reports_all_of_
 async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_lease_losing_nothing(
     tmp_path: Path,
 ) -> None:
-    got: list[str] = []
-    twenty = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.02)  # a slow target: a backlog builds up
-        got.append(request.headers["webhook-id"])
-        if len(got) >= 20:
-            twenty.set()
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    target = await HookTarget(delay=0.02, enough=20).start()
     db = tmp_path / "dispatch.db"
-    sinks = [{"name": "hook", "kind": "http", "options": {"url": f"http://127.0.0.1:{port}/hook"}}]
+    sinks = [{"name": "hook", "kind": "http", "options": {"url": target.url}}]
     env = settings(db, RECEIVER_SINKS=orjson.dumps(sinks).decode(), RECEIVER_DISPATCH_POLL_INTERVAL="0.1")
     server: Server | None = None
     try:
@@ -232,7 +216,7 @@ async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_l
             for d in docs:
                 async with http.post(f"{server.url}/v1/notifications", data=body(d)) as r:
                     assert r.status == 200
-        await asyncio.wait_for(twenty.wait(), timeout=30)
+        await asyncio.wait_for(target.reached.wait(), timeout=30)
         holder = lease_pid(db, "dispatch")
         assert holder in workers(server).values()
         assert holder is not None
@@ -249,10 +233,12 @@ async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_l
         print(f"dispatch taken over {taken_over:.2f} s after the kill (lease {LEASE} s)")
         expected = {events.event_id(d) for d in docs}
         deadline = time.monotonic() + 60
-        while not expected <= set(got):
-            assert time.monotonic() < deadline, f"{len(expected - set(got))} events never reached the sink"
+        while not expected <= set(target.got):
+            assert time.monotonic() < deadline, (
+                f"{len(expected - set(target.got))} events never reached the sink"
+            )
             await asyncio.sleep(0.05)
-        assert set(got) == expected  # each at least once, and nothing that was not sent
+        assert set(target.got) == expected  # each at least once, and nothing that was not sent
         assert dispatching(lines(server)) == 2  # and only that one: the restarted worker stands by
         assert await asyncio.to_thread(server.stop) == 0
         left = sqlite3.connect(db).execute("SELECT count(*) FROM deliveries WHERE state != 'delivered'")
@@ -260,27 +246,16 @@ async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_l
     finally:
         if server is not None and server.proc.poll() is None:
             server.proc.kill()
-        await runner.cleanup()
+        await target.close()
 
 
 @pytest.mark.slow
 async def test_what_a_standby_worker_commits_is_dispatched_at_once_not_at_the_next_poll(
     tmp_path: Path,
 ) -> None:
-    arrived = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        arrived.set()
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    target = await HookTarget().start()
     db = tmp_path / "bell.db"
-    sinks = [{"name": "hook", "kind": "http", "options": {"url": f"http://127.0.0.1:{port}/hook"}}]
+    sinks = [{"name": "hook", "kind": "http", "options": {"url": target.url}}]
     # A poll far longer than the test: only a wake-up gets the event out in time.
     env = settings(db, RECEIVER_SINKS=orjson.dumps(sinks).decode(), RECEIVER_DISPATCH_POLL_INTERVAL="60")
     env["RECEIVER_LEASE_SECONDS"] = "10"  # held through the pause below
@@ -299,12 +274,12 @@ async def test_what_a_standby_worker_commits_is_dispatched_at_once_not_at_the_ne
         await asyncio.to_thread(until, server, lambda log: len(answered_by(log)) == 1)
         [taker] = answered_by(lines(server))
         assert workers(server)[taker] != holder
-        await asyncio.wait_for(arrived.wait(), timeout=5)
+        await asyncio.wait_for(target.reached.wait(), timeout=5)
         assert await asyncio.to_thread(server.stop) == 0
     finally:
         if server is not None and server.proc.poll() is None:
             server.proc.kill()
-        await runner.cleanup()
+        await target.close()
 
 
 @pytest.mark.slow
