@@ -6,6 +6,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import orjson
+
 from receiver.events import Event
 from receiver.tasks import MatchedBy, MpsCheck, Task, TaskState
 from receiver.tasks import Recorded as Recorded  # where the stores and ingest have always found it
@@ -33,9 +35,17 @@ class EventRecord:
     err_code: int | None
     err_message: str | None
     findings: list[dict[str, Any]]
-    raw: dict[str, Any]
+    # The notification as stored (unwrapped, Timestamp and Sign cut out): JSON text, decoded only
+    # when something reads ``raw`` (a sink that encodes it splices these bytes as they are).
+    body: bytes | str
     sign_key: str | None = None  # which key verified the Sign: derived:N or static:N
     traceparent: str | None = None  # the trace it came in with (W3C traceparent), with tracing on
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The stored notification, decoded (each time: keep it if you read it twice)."""
+        decoded: dict[str, Any] = orjson.loads(self.body)
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +333,11 @@ class MpsTasks(Protocol):
 
 class Sink(Protocol):
     """Somewhere events go. ``deliver`` returns once the target has it (durably, as far as the
-    target can say); it raises ``SinkError`` to retry later, ``SinkGoneError`` to be switched off."""
+    target can say); it raises ``SinkError`` to retry later, ``SinkGoneError`` to be switched off.
+
+    A sink whose class sets ``splices_payload = True`` gets the document's ``payload`` as an
+    ``orjson.Fragment`` of the stored JSON instead of a dict: for a sink that only encodes the
+    document with ``orjson.dumps`` (or never reads the payload), which then costs no decode."""
 
     name: str
 
