@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import orjson
@@ -119,17 +119,42 @@ def _event_values(step: tasks.Step) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+_INSERT_SEARCH: Final = (
+    "INSERT INTO event_search (seq, notification_type, received_at, kinds, labels, suggestions,"
+    " confidence, text) SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[],"
+    " $5::text[], $6::text[], $7::float8[], $8::text[])"
+)
+_SETTLE: Final = (
+    "UPDATE deliveries d SET state = s.state, attempts = s.attempts, next_attempt_at = s.next_at,"
+    " last_error = s.error, updated_at = s.at, lease_until = NULL, batch_id = s.batch_id,"
+    " batch_size = s.batch_size, last_status = s.status, last_latency_ms = s.latency_ms,"
+    " last_snippet = s.snippet,"
+    " delivered_at = CASE WHEN s.state = 'delivered' THEN s.at ELSE d.delivered_at END"
+    " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::text[], $6::float8[],"
+    " $7::text[], $8::int[], $9::int[], $10::float8[], $11::text[])"
+    " AS s(id, state, attempts, next_at, error, at, batch_id, batch_size, status, latency_ms, snippet)"
+    " WHERE d.id = s.id"
+)
+
+
 async def _settle(con: asyncpg.Connection, settlements: Sequence[Settlement]) -> None:
-    await con.executemany(
-        "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = $3, last_error = $4,"
-        " updated_at = $5, lease_until = NULL, batch_id = $7, batch_size = $8,"
-        " delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
-        [
-            (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id, x.batch_id, x.batch_size)
-            for x in settlements
-        ],
-    )
-    await con.executemany(pg(reads.ATTEMPT_INSERT), reads.attempt_rows(settlements))  # the history
+    """One statement for the batch's outcomes (in id order: row locks taken in one order), and
+    the failed attempts' history rows (a delivery's attempt stays on its row)."""
+    ordered = sorted(settlements, key=lambda x: x.id)
+    await con.execute(
+        _SETTLE,
+        *zip(
+            *(
+                (x.id, str(x.state), x.attempts, x.next_attempt_at, x.error, x.at, x.batch_id,
+                 x.batch_size, x.status, x.latency_ms, x.snippet)
+                for x in ordered
+            ),
+            strict=True,
+        ),
+    )  # fmt: skip
+    failed = reads.attempt_rows(ordered)
+    if failed:
+        await con.executemany(pg(reads.ATTEMPT_INSERT), failed)
 
 
 async def _lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
@@ -275,7 +300,7 @@ class PostgresStore:
                     is not None
                 ]
                 if searched:
-                    await con.executemany(pg(reads.SEARCH_INSERT), searched)
+                    await con.execute(_INSERT_SEARCH, *zip(*searched, strict=True))
             repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
             if repeats:
                 await con.execute(_COUNT_REPEATS, *zip(*repeats, strict=True))
@@ -526,14 +551,23 @@ class PostgresStore:
         if dry_run:
             count_sql = pg(f"SELECT count(*) {DELIVERIES_WITH_EVENTS} WHERE {where}")
             return int(await self._run(lambda con: con.fetchval(count_sql, *args), write=False))
+        # Each chunk keeps the delivered attempts of its deliveries as history rows first (the
+        # statements of one WITH see the rows as they were), then makes them pending again.
         chunk_sql = pg(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL,"
-            f" updated_at = ?, lease_until = NULL, batch_id = NULL, batch_size = NULL WHERE id IN (SELECT d.id {DELIVERIES_WITH_EVENTS}"
-            f" WHERE {where} AND d.id > ? ORDER BY d.id LIMIT 2000) RETURNING id"
+            f"WITH chosen AS (SELECT d.id {DELIVERIES_WITH_EVENTS} WHERE {where} AND d.id > ? ORDER BY d.id"
+            " LIMIT 2000), kept AS (INSERT INTO delivery_attempts (delivery_id, attempt, at, outcome, error,"
+            " status, latency_ms, snippet) SELECT d.id, d.attempts, d.delivered_at, 'delivered', NULL,"
+            " d.last_status, d.last_latency_ms, d.last_snippet FROM deliveries d JOIN chosen USING (id)"
+            " WHERE d.state = 'delivered' AND NOT EXISTS (SELECT 1 FROM delivery_attempts a"
+            " WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.at = d.delivered_at"
+            " AND a.outcome = 'delivered'))"
+            " UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL,"
+            " updated_at = ?, lease_until = NULL, batch_id = NULL, batch_size = NULL"
+            " WHERE id IN (SELECT id FROM chosen) RETURNING id"
         )
         total, after = 0, 0
         while True:
-            ids = await self._run(lambda con: con.fetch(chunk_sql, now, now, *args, after))  # noqa: B023
+            ids = await self._run(lambda con: con.fetch(chunk_sql, *args, after, now, now))  # noqa: B023
             if not ids:
                 return total
             total += len(ids)
@@ -549,7 +583,9 @@ class PostgresStore:
 
     async def list_attempts(self, delivery_id: int) -> list[Attempt]:
         async def body(con: asyncpg.Connection) -> list[Attempt]:
-            return [Attempt(*tuple(r)) for r in await con.fetch(pg(reads.ATTEMPTS_OF), delivery_id)]
+            attempts = [Attempt(*tuple(r)) for r in await con.fetch(pg(reads.ATTEMPTS_OF), delivery_id)]
+            delivered = await con.fetchrow(pg(reads.DELIVERED_ATTEMPT), delivery_id)
+            return reads.history(attempts, tuple(delivered) if delivered is not None else None)
 
         return await self._run(body, write=False)
 
