@@ -25,11 +25,18 @@ class BadParameterError(Exception):
         super().__init__(f"{field}: expected {expected}")
 
 
+def id_or_none(raw: str) -> int | None:
+    """A non-negative integer of at most 18 digits (a cursor, an id), or None (a console page
+    answers 404 for that)."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
+
+
 def digits(raw: str, name: str, expected: str) -> int:
-    """A non-negative integer of at most 18 digits (a cursor, an id), else a 400 naming ``name``."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    """As ``id_or_none``, else a 400 naming ``name`` and what was ``expected``."""
+    value = id_or_none(raw)
+    if value is None:
         raise BadParameterError(name, expected)
-    return int(raw)
+    return value
 
 
 def limit_param(request: web.Request) -> int:

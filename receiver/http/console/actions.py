@@ -13,7 +13,7 @@ from receiver.http.console.pages import DELIVERY_FILTERS, base
 from receiver.http.console.render import html, redirect
 from receiver.http.keys import SINK_NAMES
 from receiver.http.outbox import delivery_query, redrive_deliveries, switch_on
-from receiver.http.params import BadParameterError
+from receiver.http.params import BadParameterError, id_or_none
 from receiver.ports import DeliveryQuery, DeliveryState
 
 log = structlog.get_logger("receiver.console")
@@ -68,12 +68,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 async def redrive_one(request: web.Request) -> web.StreamResponse:
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+    delivery_id = id_or_none(request.match_info["id"])
+    if delivery_id is None:
         raise web.HTTPNotFound()
-    n = await redrive_deliveries(request.config_dict, DeliveryQuery(id=int(raw)))
-    log.info("console redrive", delivery=int(raw), redriven=n)
-    return redirect(f"/console/deliveries/{int(raw)}")
+    n = await redrive_deliveries(request.config_dict, DeliveryQuery(id=delivery_id))
+    log.info("console redrive", delivery=delivery_id, redriven=n)
+    return redirect(f"/console/deliveries/{delivery_id}")
 
 
 async def redrive_set(request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from receiver.http.console.keys import ENV, SESSION, SESSIONS
 from receiver.http.console.render import html, when
 from receiver.http.events import event_query
 from receiver.http.outbox import delivery_query, find_delivery
-from receiver.http.params import BadParameterError, cursor_param
+from receiver.http.params import BadParameterError, cursor_param, id_or_none
 from receiver.http.responses import json_response
 from receiver.http.tasks import state_param
 from receiver.ports import DeliveryState, EventQuery, EventRecord
@@ -215,8 +215,7 @@ async def events_page(request: web.Request) -> web.Response:
 
 
 async def event_page(request: web.Request) -> web.Response:
-    raw = request.match_info["seq"]
-    seq = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else 0
+    seq = id_or_none(request.match_info["seq"]) or 0
     page = (
         await request.config_dict[keys.STORE].list_events(EventQuery(after=seq - 1, limit=1)) if seq else None
     )
@@ -278,10 +277,8 @@ async def deliveries_page(request: web.Request) -> web.Response:
 
 
 async def delivery_page(request: web.Request) -> web.Response:
-    raw = request.match_info["id"]
-    found = None
-    if raw.isascii() and raw.isdigit() and len(raw) < 19:
-        found = await find_delivery(request.config_dict, int(raw))
+    delivery_id = id_or_none(request.match_info["id"])
+    found = None if delivery_id is None else await find_delivery(request.config_dict, delivery_id)
     if found is None:
         return render_page(request, "error.html", "Not found", "deliveries", 404, message="No such delivery.")
     attempts = await request.config_dict[keys.STORE].list_attempts(found.id)
