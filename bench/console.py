@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from receiver import decoder, events
 from receiver.app import create_app
-from receiver.console.pages import DRAWINGS
 from receiver.events import Channel
+from receiver.http.console.task import DRAWINGS
 from receiver.settings import Settings
 from receiver.stores import reads
 from receiver.stores.postgres import PostgresStore

@@ -22,10 +22,10 @@ import structlog
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from receiver.app import create_app, listen_addresses, listeners_for
+from receiver.app import create_app
 from receiver.bell import Bell
 from receiver.errors import ConfigError, ReceiverError
-from receiver.listeners import serve
+from receiver.listeners import listen_addresses, listeners_for, serve
 from receiver.logs import configure_logging
 from receiver.metrics import Metrics
 from receiver.ports import DeliveryQuery, DeliveryState
@@ -140,7 +140,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """One reconcile pass by hand (under the lease the service's passes take), with a progress bar."""
     from dataclasses import asdict
 
-    from receiver.app import build_reconciler
+    from receiver.build import build_reconciler
     from receiver.routing import router
 
     store = await open_store(settings.store)
@@ -180,9 +180,9 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 async def _abort(settings: Settings, args: argparse.Namespace) -> int:
     """ManageTask Abort for one task, within the deployment's budget; prints the task."""
     from receiver.abort import abort
-    from receiver.abort_api import mps_status
     from receiver.documents import task_document
     from receiver.errors import ConfigError, ConflictError
+    from receiver.http.abort import mps_status
     from receiver.mps import MpsClient, MpsError, shared_budgets
 
     store = await open_store(settings.store)

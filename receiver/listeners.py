@@ -1,5 +1,5 @@
 """Running the applications on their sockets: one listener, or the webhook's and the management's
-(bound here, or inherited from the parent of ``serve --workers``).
+(bound here, or inherited from the parent of ``serve --workers``), and which listens where.
 
 What ``web.run_app`` does, for several applications: start each on its own ``TCPSite`` in order,
 wait for SIGTERM or SIGINT, then stop them in reverse order, each bounded by the shutdown timeout
@@ -13,9 +13,16 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
+
+from receiver.http.webhook import webhook_app
+from receiver.settings import Settings
+
+if TYPE_CHECKING:
+    from receiver.app import Role
 
 log = structlog.get_logger("receiver.listeners")
 
@@ -110,3 +117,23 @@ async def serve(
             loop.remove_signal_handler(signum)
         if parent_fd is not None:
             loop.remove_reader(parent_fd)
+
+
+def listen_addresses(settings: Settings, role: Role = "serve") -> list[tuple[str, str, int]]:
+    """Each listener's name, host and port, in start order (the management app first, as the
+    webhook's uses what it opened)."""
+    if not settings.http.split:
+        return [("http", settings.http.host, settings.http.port)]
+    host, port = settings.http.management_address
+    addresses = [("management", host, port)]
+    if role == "serve":
+        addresses.append(("webhook", settings.http.host, settings.http.port))
+    return addresses
+
+
+def listeners_for(settings: Settings, app: web.Application, role: Role = "serve") -> list[Listener]:
+    """Where ``app`` (from ``create_app``) listens: in start order, stopped in reverse."""
+    apps = {"http": app, "management": app}
+    if settings.http.split and role == "serve":
+        apps["webhook"] = webhook_app(settings, app)
+    return [Listener(name, apps[name], host, port) for name, host, port in listen_addresses(settings, role)]

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from receiver.http.keys import DISPATCHER
 from receiver.ports import Batch
 from receiver.sinks.http import HttpSink
-from receiver.web import DISPATCHER
 from tests.test_dispatch import EOF_DOC, QUALITY, REVIEW, ClientFactory, eventually, post, sink, start
 from tests.test_sinks import AMQP_URL, SECRET, ServerFactory, delivery, record
 from tests.test_store import postgres_database

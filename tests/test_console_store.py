@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from receiver.console.counts import IngestCounts
+from receiver.http.console.counts import IngestCounts
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Settlement
 from receiver.tasks import TaskState
 from tests import console_data, test_store
@@ -267,7 +267,8 @@ async def test_a_tasks_timeline_reads_its_events_findings_from_a_seq_on(store: A
 
 @pytest.mark.parametrize("text", ["a", ""])
 def test_a_text_search_needs_two_characters(text: str) -> None:
-    from receiver.web import BadParameterError, event_query
+    from receiver.http.events import event_query
+    from receiver.http.params import BadParameterError
 
     with pytest.raises(BadParameterError, match="text: expected at least 2 characters"):
         event_query({"text": text})
@@ -325,7 +326,7 @@ async def test_events_stored_before_the_search_existed_are_found_once_the_backfi
 async def test_the_maintenance_loop_runs_the_backfill(store: Any) -> None:
     import asyncio
 
-    from receiver.app import maintain
+    from receiver.maintenance import maintain
     from receiver.settings import MaintenanceSettings
 
     await store.record_events([event(console_data.ocr(1.0, "before the upgrade", 1))])

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.consumer import policy_command
-from receiver.web import CONSUMER
+from receiver.http.keys import CONSUMER
 from tests.amqp_broker import Broker, close_connections_named, connections_named, rabbitmqctl
 from tests.conftest import FROZEN_NOW, body, signed
 from tests.test_consumer import (

@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient
 from receiver.app import create_app
 from receiver.dispatch import CircuitBreaker, Dispatcher, RecentEvents, SinkPolicy, settle
 from receiver.errors import SinkError, UndeliverableError
+from receiver.http.keys import DISPATCHER
 from receiver.ports import Delivery, DeliveryState, Recorded
 from receiver.settings import Settings
 from receiver.sinks.memory import MemorySink
 from receiver.tasks import MatchedBy, Task, TaskState
-from receiver.web import DISPATCHER
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, event_of, example, signed
 from tests.test_store import postgres_database
 

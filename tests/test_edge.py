@@ -15,9 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from receiver.app import create_app, listeners_for
+from receiver.app import create_app
 from receiver.errors import ConfigError
-from receiver.listeners import Listening
+from receiver.listeners import Listening, listeners_for
 from receiver.redact import redact_url
 from receiver.settings import Settings
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed

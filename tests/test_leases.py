@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from receiver.http.keys import DISPATCHER
 from receiver.leases import LeasedJob
 from receiver.ports import Leases
 from receiver.stores.sqlite import SqliteStore
-from receiver.web import DISPATCHER
 from tests import test_dispatch
 from tests.fakes import MemoryLeases
 from tests.test_dispatch import REVIEW, ClientFactory, eventually, post, sink, start

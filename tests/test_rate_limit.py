@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver.http.keys import DISPATCHER
 from receiver.throttle import TokenBucket
-from receiver.web import DISPATCHER
 from tests.test_batches import deliveries
 from tests.test_dispatch import REVIEW, ClientFactory, eventually, post, sink, start
 

@@ -17,12 +17,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from receiver.emulator.api import EMULATOR
+from receiver.http.keys import DISPATCHER, ROUTER, STORE
 from receiver.mps import MpsClient
 from receiver.ports import EventQuery
 from receiver.reconcile import LEASE, Reconciler
 from receiver.settings import MpsSettings, ReconcileSettings
 from receiver.tasks import Task, TaskState, new_id
-from receiver.web import DISPATCHER, ROUTER, STORE
 from tests import test_store
 from tests.conftest import signed
 from tests.test_loop import KEY, emulator, receiver, request, submit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from receiver.web import STORE
+from receiver.http.keys import STORE
 from tests import test_dispatch
 from tests.test_dispatch import (
     FAST,

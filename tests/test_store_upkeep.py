@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from receiver import dispatch
-from receiver.app import maintain
+from receiver.maintenance import maintain
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Quarantined, Settlement
 from receiver.routing import SinkFilter, router
 from receiver.settings import MaintenanceSettings

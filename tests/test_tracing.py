@@ -64,7 +64,7 @@ def test_tracing_is_on_when_the_otel_variables_say_so_read_once_with_the_setting
 def test_with_tracing_off_a_fresh_interpreter_never_imports_opentelemetry(otel: bool, tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "import receiver.__main__, receiver.app, receiver.web, receiver.consumer, receiver.dispatch\n"
+        "import receiver.__main__, receiver.app, receiver.http.api, receiver.consumer, receiver.dispatch\n"
         "import receiver.sinks.http, receiver.sinks.amqp, receiver.notices, receiver.tracing\n"
         "from receiver.settings import load_settings\n"
         "s = load_settings(None)\n"

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 
 from receiver.abort import abort
 from receiver.documents import task_document
 from receiver.errors import ConflictError
+from receiver.http.keys import CLOCK, MPS_CLIENT, MPS_PROBLEM, STORE, TASK_DEADLINE
+from receiver.http.responses import error_response, json_response
 from receiver.mps import NOT_FOUND_CODES, MpsError
-from receiver.submit_api import MPS_CLIENT, MPS_PROBLEM
-from receiver.web import CLOCK, STORE, TASK_DEADLINE, error_response, json_response
-
-log = structlog.get_logger("receiver.abort_api")
 
 
 def mps_status(code: str) -> int:
@@ -28,17 +25,16 @@ def mps_status(code: str) -> int:
 
 
 async def abort_task(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+    config = request.config_dict
+    store = config[STORE]
     task = await store.get_task(request.match_info["task_id"])
     if task is None:
         return error_response(404, "not_found", f"no task {request.match_info['task_id']!r}")
-    client = request.app[MPS_CLIENT]
+    client = config[MPS_CLIENT]
     if client is None:
-        return error_response(
-            503, "not_configured", f"asking MPS is not configured: {request.app[MPS_PROBLEM]}"
-        )
+        return error_response(503, "not_configured", f"asking MPS is not configured: {config[MPS_PROBLEM]}")
     try:
-        task, request_id = await abort(task, store, client, request.app[CLOCK])
+        task, request_id = await abort(task, store, client, config[CLOCK])
     except ConflictError as exc:
         return error_response(409, exc.code, str(exc), state=task.state.value)
     except MpsError as exc:
@@ -51,11 +47,9 @@ async def abort_task(request: web.Request) -> web.Response:
             mps_code=exc.mps_code,
             request_id=exc.request_id,
         )
-    now = request.app[CLOCK]()
-    doc = task_document(task, now=now, deadline=request.app[TASK_DEADLINE])
+    doc = task_document(task, now=config[CLOCK](), deadline=config[TASK_DEADLINE])
     return json_response({**doc, "abort_request_id": request_id}, 202)
 
 
-def add_routes(app: web.Application) -> None:
-    """Needs ``submit_api.add_routes`` (the MPS client is built there)."""
-    app.router.add_post("/v1/tasks/{task_id}/abort", abort_task)
+def add_routes(api: web.Application) -> None:
+    api.router.add_post("/tasks/{task_id}/abort", abort_task)

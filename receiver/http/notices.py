@@ -1,21 +1,22 @@
-"""Management API of receiver's own operator events: ``GET /v1/operator-events``."""
+"""``GET /v1/operator-events``: receiver's own operator events, oldest first."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from receiver.documents import iso
+from receiver.http.keys import STORE
+from receiver.http.params import choice_param, cursor_param, limit_param
+from receiver.http.responses import json_response
 from receiver.notices import KINDS
-from receiver.web import STORE, BadParameterError, cursor_param, json_response, limit_param
 
 
 async def list_operator_events(request: web.Request) -> web.Response:
     """Operator events, oldest first: one of a kind and subject per window, sent or not."""
     kind = request.query.get("kind")
-    if kind is not None and kind not in KINDS:
-        raise BadParameterError("kind", "one of " + ", ".join(KINDS))
-    store = request.app[STORE]
-    page = await store.list_operator_events(
+    if kind is not None:
+        choice_param(kind, "kind", tuple(KINDS))
+    page = await request.config_dict[STORE].list_operator_events(
         kind=kind, after=cursor_param(request), limit=limit_param(request)
     )
     items = [
@@ -33,5 +34,5 @@ async def list_operator_events(request: web.Request) -> web.Response:
     return json_response({"items": items, "next": page.next})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/operator-events", list_operator_events)
+def add_routes(api: web.Application) -> None:
+    api.router.add_get("/operator-events", list_operator_events)

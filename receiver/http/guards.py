@@ -1,6 +1,7 @@
 """The HTTP edge's guards: who may use the management API, and how long a request body may take.
 
-The management API is every route under ``/v1/`` except the MPS webhook. A browser is the threat
+The management API is the sub-application under ``/v1/`` (every route there but the MPS webhook,
+which the parent application serves); ``management_guard`` is its middleware. A browser is the threat
 it guards against when no token is set (``make run``): a page the operator visits can send a
 "simple" cross-site request (``text/plain``, a form, a body-less ``fetch``) without any preflight,
 or reach a loopback receiver under its own name through DNS rebinding. So every management request
@@ -21,13 +22,13 @@ from aiohttp import web
 from yarl import URL
 
 from receiver.errors import ConfigError
-from receiver.responses import error_response
+from receiver.http.keys import BODY_TIMEOUT
+from receiver.http.responses import error_response
 from receiver.settings import Settings
 
 log = structlog.get_logger("receiver.guards")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-WEBHOOK_PATH = "/v1/notifications"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
@@ -42,7 +43,6 @@ class Guard:
 
 
 GUARD = web.AppKey("guard", Guard)
-BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 
 def is_loopback(host: str) -> bool:
@@ -86,10 +86,6 @@ def check_exposure(settings: Settings) -> None:
         " own), or set api.open = true (RECEIVER_API__OPEN) if something in front of receiver"
         " guards it"
     )
-
-
-def is_management(path: str) -> bool:
-    return path.startswith("/v1/") and path != WEBHOOK_PATH
 
 
 def _hostname(value: str) -> str | None:
@@ -154,10 +150,9 @@ def refuse_host(request: web.Request, guard: Guard) -> web.Response | None:
 
 @web.middleware
 async def management_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Host, Origin, token and Content-Type of every management request, checked before its body."""
-    if not is_management(request.path):
-        return await handler(request)
-    guard = request.app[GUARD]
+    """Host, Origin, token and Content-Type of every request to the management API (the
+    sub-application this is the middleware of, its unknown paths included), before its body."""
+    guard = request.config_dict[GUARD]
     refused = refuse_host(request, guard)
     if refused is not None:
         return refused
@@ -185,9 +180,14 @@ async def management_guard(request: web.Request, handler: Handler) -> web.Stream
 async def body_timeout(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read the whole body within ``http.body_timeout``, else 408 and close: a sender that stops
     half-way would otherwise hold its connection and buffers for ever. Handlers then read the
-    body from memory."""
+    body from memory.
+
+    Each application does this for its own routes: a sub-application lists this middleware where
+    its checks want the body read (the management API after its token, never before)."""
+    if request.match_info.apps[-1] is not request.app:  # a sub-application's route: its own turn
+        return await handler(request)
     if request.body_exists and not request.content.is_eof():  # (all there already: no timer needed)
-        limit = request.app[BODY_TIMEOUT]
+        limit = request.config_dict[BODY_TIMEOUT]
         try:
             async with asyncio.timeout(limit):
                 await request.read()

@@ -12,16 +12,18 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from receiver import web as routes
-from receiver.console import views
-from receiver.console.keys import ENV, SESSION, SESSIONS
-from receiver.console.render import html, when
 from receiver.documents import overdue
-from receiver.outbox_api import SINK_NAMES, delivery_query, find_delivery
+from receiver.http import keys
+from receiver.http.console import views
+from receiver.http.console.keys import ENV, SESSION, SESSIONS
+from receiver.http.console.render import html, when
+from receiver.http.events import event_query
+from receiver.http.outbox import delivery_query, find_delivery
+from receiver.http.params import BadParameterError, cursor_param, id_or_none
+from receiver.http.responses import json_response
+from receiver.http.tasks import state_param
 from receiver.ports import DeliveryState, EventQuery, EventRecord
-from receiver.responses import json_response
 from receiver.tasks import TaskState
-from receiver.web import BadParameterError, cursor_param, event_query
 
 OUTCOMES = ("stored", "duplicate", "invalid", "unauthorized", "unavailable")
 MINUTES = 15  # of the overview's chart
@@ -52,7 +54,7 @@ def next_url(request: web.Request, cursor: str | None) -> str | None:
 
 
 def _sinks(request: web.Request) -> list[str]:
-    return sorted(request.config_dict.get(SINK_NAMES) or ())
+    return sorted(request.config_dict.get(keys.SINK_NAMES) or ())
 
 
 # --- overview --------------------------------------------------------------------------------------
@@ -61,8 +63,8 @@ def _sinks(request: web.Request) -> list[str]:
 async def overview_data(request: web.Request) -> dict[str, Any]:
     """Everything the overview shows, from the store (so every process and replica counts)."""
     config = request.config_dict
-    store = config[routes.STORE]
-    now = config[routes.CLOCK]()
+    store = config[keys.STORE]
+    now = config[keys.CLOCK]()
     minute = int(now // 60)
     per_minute: Counter[int] = Counter()
     outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
@@ -75,7 +77,7 @@ async def overview_data(request: web.Request) -> dict[str, Any]:
         label = datetime.fromtimestamp(m * 60, UTC).strftime("%H:%M")
         rates.append((label, round(per_minute[m] / seconds, 2)))
     bars, top = views.rate_bars(rates)
-    leased = config.get(routes.DISPATCHER)
+    leased = config.get(keys.DISPATCHER)
     dispatcher = leased.current if leased is not None else None  # runs in one process per store
     live = dispatcher.status() if dispatcher is not None else {}
     sinks = []
@@ -126,16 +128,14 @@ async def overview_json(request: web.Request) -> web.Response:
 
 def _task_filters(request: web.Request) -> dict[str, Any]:
     q = request.query
-    state = q.get("state") or None
-    if state is not None and state not in {s.value for s in TaskState}:
-        raise BadParameterError("state", "one of " + ", ".join(s.value for s in TaskState))
+    state = state_param(q["state"]) if q.get("state") else None
     label = None
     if q.get("label"):
         key, sep, value = q["label"].partition("=")
         if not sep or not key:
             raise BadParameterError("label", "key=value")
         label = (key, value)
-    return {"state": TaskState(state) if state else None, "label": label, "search": q.get("q") or None}
+    return {"state": state, "label": label, "search": q.get("q") or None}
 
 
 async def tasks_page(request: web.Request) -> web.Response:
@@ -155,10 +155,10 @@ async def tasks_page(request: web.Request) -> web.Response:
             q=request.query,
             states=list(TaskState),
         )
-    store = request.config_dict[routes.STORE]
+    store = request.config_dict[keys.STORE]
     page = await store.list_tasks(after=str(cursor), limit=PAGE, newest_first=True, **filters)
-    now = request.config_dict[routes.CLOCK]()
-    deadline = request.config_dict[routes.TASK_DEADLINE]
+    now = request.config_dict[keys.CLOCK]()
+    deadline = request.config_dict[keys.TASK_DEADLINE]
     items = [(t, overdue(t, now, deadline)) for t in page.items]
     return render_page(
         request,
@@ -184,7 +184,7 @@ def event_view(e: EventRecord) -> dict[str, Any]:
 async def events_page(request: web.Request) -> web.Response:
     params = {k: v for k, v in request.query.items() if v != "" and k != "cursor"}
     params.setdefault("order", "desc")
-    store = request.config_dict[routes.STORE]
+    store = request.config_dict[keys.STORE]
     try:
         query = event_query(params, after=cursor_param(request), limit=PAGE)
     except BadParameterError as exc:
@@ -215,12 +215,9 @@ async def events_page(request: web.Request) -> web.Response:
 
 
 async def event_page(request: web.Request) -> web.Response:
-    raw = request.match_info["seq"]
-    seq = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else 0
+    seq = id_or_none(request.match_info["seq"]) or 0
     page = (
-        await request.config_dict[routes.STORE].list_events(EventQuery(after=seq - 1, limit=1))
-        if seq
-        else None
+        await request.config_dict[keys.STORE].list_events(EventQuery(after=seq - 1, limit=1)) if seq else None
     )
     if page is None or not page.items or page.items[0].seq != seq:
         return render_page(request, "error.html", "Not found", "events", 404, message="No such event.")
@@ -238,7 +235,7 @@ def filters_of(request: web.Request) -> dict[str, str]:
 
 async def deliveries_page(request: web.Request) -> web.Response:
     filters = filters_of(request)
-    store = request.config_dict[routes.STORE]
+    store = request.config_dict[keys.STORE]
     try:
         query = delivery_query(filters, after=cursor_param(request), limit=PAGE)
     except BadParameterError as exc:
@@ -275,18 +272,16 @@ async def deliveries_page(request: web.Request) -> web.Response:
         states=DeliveryState.ALL,
         redrive_url=str(URL("/console/deliveries/redrive").with_query(filters)),
         redriven=int(redriven) if redriven and redriven.isdigit() else None,
-        now=request.config_dict[routes.CLOCK](),
+        now=request.config_dict[keys.CLOCK](),
     )
 
 
 async def delivery_page(request: web.Request) -> web.Response:
-    raw = request.match_info["id"]
-    found = None
-    if raw.isascii() and raw.isdigit() and len(raw) < 19:
-        found = await find_delivery(request.config_dict, int(raw))
+    delivery_id = id_or_none(request.match_info["id"])
+    found = None if delivery_id is None else await find_delivery(request.config_dict, delivery_id)
     if found is None:
         return render_page(request, "error.html", "Not found", "deliveries", 404, message="No such delivery.")
-    attempts = await request.config_dict[routes.STORE].list_attempts(found.id)
+    attempts = await request.config_dict[keys.STORE].list_attempts(found.id)
     return render_page(
         request, "delivery.html", f"Delivery {found.id}", "deliveries", d=found, attempts=attempts
     )
@@ -299,8 +294,8 @@ async def redrive_confirm(request: web.Request) -> web.Response:
         query = delivery_query({"state": DeliveryState.DEAD, **filters})
     except BadParameterError as exc:
         return render_page(request, "error.html", "Redrive", "deliveries", 400, message=str(exc))
-    n = await request.config_dict[routes.STORE].redrive(
-        query, now=request.config_dict[routes.CLOCK](), dry_run=True
+    n = await request.config_dict[keys.STORE].redrive(
+        query, now=request.config_dict[keys.CLOCK](), dry_run=True
     )
     return render_page(
         request, "redrive.html", "Redrive", "deliveries", matched=n, q={"state": "dead", **filters}
@@ -311,7 +306,7 @@ async def redrive_confirm(request: web.Request) -> web.Response:
 
 
 async def quarantine_page(request: web.Request) -> web.Response:
-    store = request.config_dict[routes.STORE]
+    store = request.config_dict[keys.STORE]
     try:
         cursor = cursor_param(request)
     except BadParameterError:

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.helpers import ChainMapProxy
 
 from receiver.dispatch import Dispatcher
 from receiver.documents import iso
-from receiver.ports import Attempt, DeliveryQuery, DeliveryRow, DeliveryState
-from receiver.web import (
-    CLOCK,
-    DISPATCHER,
-    STORE,
+from receiver.http.keys import CLOCK, DISPATCHER, SINK_NAMES, STORE
+from receiver.http.params import (
     BadParameterError,
+    choice_param,
     cursor_param,
-    error_response,
-    json_response,
+    digits,
+    json_body,
     limit_param,
     time_param,
 )
+from receiver.http.responses import error_response, json_response
+from receiver.ports import Attempt, DeliveryQuery, DeliveryRow, DeliveryState
 
 log = structlog.get_logger("receiver.outbox_api")
-SINK_NAMES: web.AppKey[frozenset[str]] = web.AppKey("sink_names")  # the configured sinks
 
 
 def _dispatcher(request: web.Request) -> Dispatcher | None:
@@ -41,8 +39,8 @@ def _here(config: ChainMapProxy) -> Dispatcher | None:
 
 def delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
     state = params.get("state")
-    if state is not None and state not in DeliveryState.ALL:
-        raise BadParameterError("state", "one of " + ", ".join(DeliveryState.ALL))
+    if state is not None:
+        choice_param(state, "state", tuple(DeliveryState.ALL))
     for name in ("sink", "task_id", "type"):
         if params.get(name) is not None and not isinstance(params[name], str):
             raise BadParameterError(name, "a string")
@@ -76,16 +74,13 @@ def delivery_document(d: DeliveryRow) -> dict[str, Any]:
 
 async def list_deliveries(request: web.Request) -> web.Response:
     query = delivery_query(request.query, after=cursor_param(request), limit=limit_param(request))
-    page = await request.app[STORE].list_deliveries(query)
+    page = await request.config_dict[STORE].list_deliveries(query)
     return json_response({"items": [delivery_document(d) for d in page.items], "next": page.next})
 
 
 async def redrive(request: web.Request) -> web.Response:
     """``POST /v1/deliveries/redrive``: make matching deliveries (default: the dead) pending again."""
-    try:
-        body = orjson.loads(await request.read() or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise BadParameterError("body", f"a JSON object ({exc})") from None
+    body = await json_body(request, empty={})
     if not isinstance(body, dict):
         raise BadParameterError("body", "a JSON object")
     unknown = set(body) - {"sink", "state", "task_id", "type", "since", "until", "dry_run"}
@@ -122,11 +117,11 @@ async def switch_on(config: ChainMapProxy, name: str) -> None:
 
 async def list_sinks(request: web.Request) -> web.Response:
     """Per sink: backlog, delivered, dead, the age of the oldest undelivered event, breaker state."""
-    now = request.app[CLOCK]()
+    now = request.config_dict[CLOCK]()
     dispatcher = _dispatcher(request)
     live = dispatcher.status() if dispatcher is not None else {}
     limits = dispatcher.rate_limits() if dispatcher is not None else {}
-    stats = {s.sink: s for s in await request.app[STORE].sink_stats()}
+    stats = {s.sink: s for s in await request.config_dict[STORE].sink_stats()}
     items = []
     for name in sorted(set(stats) | set(live)):
         s = stats.get(name)
@@ -150,7 +145,7 @@ async def list_sinks(request: web.Request) -> web.Response:
 async def enable_sink(request: web.Request) -> web.Response:
     """Switch a sink back on in the store, which every dispatcher follows (this process's at once)."""
     name = request.match_info["name"]
-    configured = request.app[SINK_NAMES]
+    configured = request.config_dict[SINK_NAMES]
     if name not in configured:
         known = ", ".join(sorted(configured)) or "none configured"
         return error_response(404, "unknown_sink", f"no sink named {name!r} (sinks: {known})", field="name")
@@ -171,10 +166,7 @@ def attempt_document(a: Attempt) -> dict[str, Any]:
 
 
 def delivery_id_param(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise BadParameterError("id", "a delivery id (an integer)")
-    return int(raw)
+    return digits(request.match_info["id"], "id", "a delivery id (an integer)")
 
 
 async def find_delivery(config: ChainMapProxy, delivery_id: int) -> DeliveryRow | None:
@@ -188,17 +180,15 @@ async def list_attempts(request: web.Request) -> web.Response:
     delivery = await find_delivery(request.config_dict, delivery_id)
     if delivery is None:
         return error_response(404, "not_found", f"no delivery {delivery_id}", field="id")
-    attempts = await request.app[STORE].list_attempts(delivery_id)
+    attempts = await request.config_dict[STORE].list_attempts(delivery_id)
     return json_response(
         {"delivery": delivery_document(delivery), "items": [attempt_document(a) for a in attempts]}
     )
 
 
-def add_routes(app: web.Application, sink_names: Collection[str]) -> None:
-    names: frozenset[str] = frozenset(sink_names)
-    app[SINK_NAMES] = names
-    app.router.add_get("/v1/deliveries", list_deliveries)
-    app.router.add_get("/v1/deliveries/{id}/attempts", list_attempts)
-    app.router.add_post("/v1/deliveries/redrive", redrive)
-    app.router.add_get("/v1/sinks", list_sinks)
-    app.router.add_post("/v1/sinks/{name}/enable", enable_sink)
+def add_routes(api: web.Application) -> None:
+    api.router.add_get("/deliveries", list_deliveries)
+    api.router.add_get("/deliveries/{id}/attempts", list_attempts)
+    api.router.add_post("/deliveries/redrive", redrive)
+    api.router.add_get("/sinks", list_sinks)
+    api.router.add_post("/sinks/{name}/enable", enable_sink)

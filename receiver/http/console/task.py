@@ -8,14 +8,14 @@ from collections import OrderedDict
 from aiohttp import web
 from markupsafe import Markup
 
-from receiver import web as routes
-from receiver.console import views
-from receiver.console.keys import ENV
-from receiver.console.pages import event_view, next_url, render_page
 from receiver.documents import overdue
+from receiver.http import keys
+from receiver.http.console import views
+from receiver.http.console.keys import ENV
+from receiver.http.console.pages import event_view, next_url, render_page
+from receiver.http.params import BadParameterError, cursor_param
 from receiver.ports import DeliveryState, EventQuery
 from receiver.tasks import Task
-from receiver.web import BadParameterError, cursor_param
 
 TASK_EVENTS = 25  # events listed per page of a task
 TIMELINE_EVENTS = 20_000  # events a task's timeline and transcript are drawn from, at most
@@ -26,7 +26,7 @@ DRAWINGS: web.AppKey[OrderedDict[str, views.Drawing]] = web.AppKey("console_draw
 async def drawing_of(request: web.Request, task: Task) -> views.Drawing:
     """The task's drawing, brought up to date: from this process's last drawing of it, only the
     events since are read (a task of 10,000 events is read whole once, not on every page)."""
-    store = request.config_dict[routes.STORE]
+    store = request.config_dict[keys.STORE]
     cache = request.app[DRAWINGS]
     want = min(task.event_count + task.late_count, TIMELINE_EVENTS)
     drawing = cache.pop(task.id, None)
@@ -45,7 +45,7 @@ async def drawing_of(request: web.Request, task: Task) -> views.Drawing:
 
 
 async def task_page(request: web.Request) -> web.Response:
-    store = request.config_dict[routes.STORE]
+    store = request.config_dict[keys.STORE]
     task = await store.get_task(request.match_info["task_id"])
     if task is None:
         return render_page(request, "error.html", "Not found", "tasks", 404, message="No such task.")
@@ -87,7 +87,7 @@ async def task_page(request: web.Request) -> web.Response:
         f"Task {task.task_id or task.id}",
         "tasks",
         task=task,
-        overdue=overdue(task, config[routes.CLOCK](), config[routes.TASK_DEADLINE]),
+        overdue=overdue(task, config[keys.CLOCK](), config[keys.TASK_DEADLINE]),
         drawn=drawn,
         events=[event_view(e) for e in events.items],
         next_url=next_url(request, events.next),

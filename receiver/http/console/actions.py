@@ -1,6 +1,6 @@
 """What the console changes, each a POST its guard has checked for the session's CSRF token: sign in
 and out, redrive one delivery or a filtered set (after its dry run), switch a sink back on. They
-go through the API's own use cases (``outbox_api``)."""
+go through the API's own use cases (``receiver.http.outbox``)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from receiver.console.keys import ENV, NEW_COOKIE, SESSION, SESSIONS
-from receiver.console.pages import DELIVERY_FILTERS, base
-from receiver.console.render import html, redirect
-from receiver.outbox_api import SINK_NAMES, delivery_query, redrive_deliveries, switch_on
+from receiver.http.console.keys import ENV, NEW_COOKIE, SESSION, SESSIONS
+from receiver.http.console.pages import DELIVERY_FILTERS, base
+from receiver.http.console.render import html, redirect
+from receiver.http.keys import SINK_NAMES
+from receiver.http.outbox import delivery_query, redrive_deliveries, switch_on
+from receiver.http.params import BadParameterError, id_or_none
 from receiver.ports import DeliveryQuery, DeliveryState
-from receiver.web import BadParameterError
 
 log = structlog.get_logger("receiver.console")
 
@@ -67,12 +68,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 async def redrive_one(request: web.Request) -> web.StreamResponse:
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+    delivery_id = id_or_none(request.match_info["id"])
+    if delivery_id is None:
         raise web.HTTPNotFound()
-    n = await redrive_deliveries(request.config_dict, DeliveryQuery(id=int(raw)))
-    log.info("console redrive", delivery=int(raw), redriven=n)
-    return redirect(f"/console/deliveries/{int(raw)}")
+    n = await redrive_deliveries(request.config_dict, DeliveryQuery(id=delivery_id))
+    log.info("console redrive", delivery=delivery_id, redriven=n)
+    return redirect(f"/console/deliveries/{delivery_id}")
 
 
 async def redrive_set(request: web.Request) -> web.StreamResponse:

@@ -14,11 +14,11 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from receiver import guards
-from receiver.console import actions, pages, task
-from receiver.console.keys import ASSETS, ENV, NEW_COOKIE, SESSION, SESSIONS
-from receiver.console.render import environment, html, load_assets, redirect, secure_headers
-from receiver.console.sessions import COOKIE, Sessions
+from receiver.http import guards
+from receiver.http.console import actions, pages, task
+from receiver.http.console.keys import ASSETS, ENV, NEW_COOKIE, SESSION, SESSIONS
+from receiver.http.console.render import environment, html, load_assets, redirect, secure_headers
+from receiver.http.console.sessions import COOKIE, Sessions
 from receiver.settings import Settings
 
 __all__ = ["add_console"]
@@ -95,7 +95,8 @@ def add_console(app: web.Application, settings: Settings) -> None:
     """Mount the console on ``app`` (the one serving the management API): ``/console/``, and ``/``
     sends a browser there."""
     token = settings.api.token.get_secret_value() if settings.api.token is not None else ""
-    console = web.Application(middlewares=[console_guard])
+    # The body read first (within http.body_timeout), as the guard reads the form's CSRF token.
+    console = web.Application(middlewares=[guards.body_timeout, console_guard])
     console[SESSIONS] = Sessions(token)
     assets = load_assets()
     console[ASSETS] = assets

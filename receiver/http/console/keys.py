@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from jinja2 import Environment
 
-from receiver.console.render import Asset
-from receiver.console.sessions import Session, Sessions
+from receiver.http.console.render import Asset
+from receiver.http.console.sessions import Session, Sessions
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
 ENV = web.AppKey("console_templates", Environment)

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from receiver.console.views import safe_url
+from receiver.http.console.views import safe_url
 
 # No inline script, nothing from elsewhere but the snapshot images findings link to (MPS's storage).
 CSP = (
@@ -40,7 +40,7 @@ class Asset:
 
 
 def load_assets() -> dict[str, Asset]:
-    folder = resources.files("receiver.console") / "static"
+    folder = resources.files("receiver.http.console") / "static"
     assets = {}
     for item in folder.iterdir():
         suffix = "." + item.name.rsplit(".", 1)[-1]
@@ -87,7 +87,7 @@ def pretty(value: Any) -> str:
 
 def environment(assets: dict[str, Asset]) -> Environment:
     env = Environment(
-        loader=PackageLoader("receiver.console", "templates"),
+        loader=PackageLoader("receiver.http.console", "templates"),
         autoescape=True,  # every template, every value: payload text is untrusted
         undefined=StrictUndefined,
         trim_blocks=True,
