@@ -26,7 +26,7 @@ from receiver.listeners import Listener
 from receiver.metrics import Metrics
 from receiver.mps import MpsClient
 from receiver.notices import Notices
-from receiver.ports import NoticeBook, Recorded, Router, Store
+from receiver.ports import EventLog, NoticeBook, Outbox, ReconcileBook, Recorded, Router, Store, Upkeep
 from receiver.reconcile import Reconciler
 from receiver.redact import redact_url
 from receiver.routing import SinkFilter, router
@@ -61,7 +61,7 @@ def committed_to(
 
 def build_ingestor(
     settings: Settings,
-    store: Store,
+    store: EventLog,
     clock: Callable[[], float] = time.time,
     on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
     metrics: Metrics | None = None,
@@ -119,7 +119,7 @@ def build_notices(
 
 def build_dispatcher(
     settings: Settings,
-    store: Store,
+    store: Outbox,
     clock: Callable[[], float] = time.time,
     metrics: Metrics | None = None,
     notices: Notices | None = None,
@@ -151,7 +151,7 @@ def build_dispatcher(
 
 def build_reconciler(
     settings: Settings,
-    store: Store,
+    store: ReconcileBook,
     clock: Callable[[], float] = time.time,
     *,
     route: Router | None = None,
@@ -175,7 +175,7 @@ def build_reconciler(
 
 
 async def maintain(
-    store: Store, settings: MaintenanceSettings, clock: Callable[[], float], stop: asyncio.Event
+    store: Upkeep, settings: MaintenanceSettings, clock: Callable[[], float], stop: asyncio.Event
 ) -> None:
     """Now and then: mark quiet tasks stalled, purge what retention allows (payloads no delivery
     still needs, delivered outbox rows, quarantine rows). Never raises; returns

@@ -49,6 +49,7 @@ from receiver.stores.rows import (
     Known,
     claimed,
     delivery_filter,
+    delivery_row,
     due_line,
     encode_findings,
     event_record,
@@ -509,7 +510,7 @@ class PostgresStore:
 
         async def body(con: asyncpg.Connection) -> Page[DeliveryRow]:
             rows = await con.fetch(sql, *args, query.after, query.limit + 1)
-            items = [DeliveryRow(*tuple(r)) for r in rows[: query.limit]]
+            items = [delivery_row(tuple(r)) for r in rows[: query.limit]]
             return Page(items, str(items[-1].id) if len(rows) > query.limit else None)
 
         return await self._run(body, write=False)

@@ -19,6 +19,8 @@ from receiver.ports import (
     QUARANTINE_BODY_BYTES,
     Delivery,
     DeliveryQuery,
+    DeliveryRow,
+    DeliveryState,
     EventRecord,
     OperatorEvent,
     OwnEvent,
@@ -166,6 +168,11 @@ def delivery_filter(q: DeliveryQuery) -> tuple[str, list[Any]]:
             clauses.append(clause)
             args.append(value)
     return " AND ".join(clauses), args
+
+
+def delivery_row(r: Sequence[Any]) -> DeliveryRow:
+    """A row of a delivery listing (``DeliveryRow``'s columns in order), its state decoded."""
+    return DeliveryRow(r[0], r[1], DeliveryState(r[2]), *r[3:])
 
 
 def event_record(row: Sequence[Any]) -> EventRecord:

@@ -44,6 +44,7 @@ from receiver.stores.rows import (
     EVENT_COLUMNS,
     Known,
     delivery_filter,
+    delivery_row,
     event_record,
     migrate,
 )
@@ -233,7 +234,7 @@ class SqliteStore:
                 " ORDER BY d.id LIMIT ?",
                 (*args, query.after, query.limit + 1),
             ).fetchall()
-            items = [DeliveryRow(*r) for r in rows[: query.limit]]
+            items = [delivery_row(r) for r in rows[: query.limit]]
             return Page(items, str(items[-1].id) if len(rows) > query.limit else None)
 
         return await self._read_safely(run)
