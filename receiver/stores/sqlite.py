@@ -49,7 +49,8 @@ from receiver.stores.rows import (
     migrate,
 )
 from receiver.stores.sqlite_lock import WriteLock
-from receiver.stores.sqlite_writer import TASK_COLUMNS, SqliteWriter, task_columns, task_from_row
+from receiver.stores.sqlite_writer import SqliteWriter
+from receiver.stores.task_rows import TASK_COLUMNS, task_columns, task_from_row
 from receiver.tasks import MpsCheck, Task, TaskState
 
 R = TypeVar("R")

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -23,22 +23,10 @@ from receiver.events import Event
 from receiver.ports import OperatorEvent, OwnEvent, Quarantined, Recorded, Router, Settlement
 from receiver.stores import reads, rows
 from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan, encode_findings
-from receiver.tasks import MatchedBy, Task, TaskState
+from receiver.stores.task_rows import TASK_COLUMN_COUNT, TASK_COLUMNS, checks_json, task_from_row
+from receiver.tasks import MatchedBy, Task
 
 R = TypeVar("R")
-
-TASK_COLUMNS: Final = (
-    "id, task_id, session_id, session_context, url, labels, state, err_code, err_message, event_count,"
-    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id, checks,"
-    " checked_at, live_at, reconciled_at"
-)
-TASK_COLUMN_COUNT: Final = TASK_COLUMNS.count(",") + 1
-
-
-def task_columns(alias: str) -> str:
-    """``TASK_COLUMNS`` of the table known as ``alias``."""
-    return ", ".join(f"{alias}.{c.strip()}" for c in TASK_COLUMNS.split(","))
-
 
 _INSERT_EVENT = (
     "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
@@ -90,37 +78,11 @@ def _task_update(t: Task) -> tuple[Any, ...]:
         t.last_event_at,
         t.ended_at,
         t.request_id,
-        rows.checks_json(t.checks),
+        checks_json(t.checks),
         t.checked_at,
         t.live_at,
         t.reconciled_at,
         t.id,
-    )
-
-
-def task_from_row(row: Sequence[Any]) -> Task:
-    return Task(
-        id=row[0],
-        task_id=row[1],
-        session_id=row[2],
-        session_context=row[3],
-        url=row[4],
-        labels=orjson.loads(row[5]),
-        state=TaskState(row[6]),
-        err_code=row[7],
-        err_message=row[8],
-        event_count=row[9],
-        late_count=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-        first_event_at=row[13],
-        last_event_at=row[14],
-        ended_at=row[15],
-        request_id=row[16],
-        checks=rows.checks_from_json(row[17]),
-        checked_at=row[18],
-        live_at=row[19],
-        reconciled_at=row[20],
     )
 
 
@@ -539,7 +501,7 @@ class SqliteWriter:
                 task.last_event_at,
                 task.ended_at,
                 task.request_id,
-                rows.checks_json(task.checks),
+                checks_json(task.checks),
                 task.checked_at,
                 task.live_at,
                 task.reconciled_at,
