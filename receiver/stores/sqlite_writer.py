@@ -20,9 +20,9 @@ import orjson
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import OperatorEvent, OwnEvent, Quarantined, Recorded, Router, Settlement
+from receiver.ports import Recorded, Router, Settlement
 from receiver.stores import reads, rows
-from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan, encode_findings
+from receiver.stores.rows import ADOPT, ORPHANS_OF, Orphan, encode_findings
 from receiver.stores.task_rows import TASK_COLUMN_COUNT, TASK_COLUMNS, checks_json, task_from_row
 from receiver.tasks import MatchedBy, Task
 
@@ -309,91 +309,9 @@ class SqliteWriter:
         )
         self.con.executemany(reads.ATTEMPT_INSERT, reads.attempt_rows(settlements))
 
-    def redrive_chunk(
-        self, where: str, args: Sequence[Any], now: float, after: int, limit: int
-    ) -> tuple[int, int]:
-        """Make up to ``limit`` matching deliveries with id > ``after`` pending again; returns how many
-        and the last id (to continue from)."""
-
-        def run() -> tuple[int, int]:
-            ids = [
-                row[0]
-                for row in self.con.execute(
-                    f"SELECT d.id {DELIVERIES_WITH_EVENTS} WHERE {where} AND d.id > ? ORDER BY d.id LIMIT ?",
-                    (*args, after, limit),
-                )
-            ]
-            self.con.executemany(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " last_error = NULL, updated_at = ?, batch_id = NULL, batch_size = NULL WHERE id = ?",
-                [(now, now, i) for i in ids],
-            )
-            return len(ids), (ids[-1] if ids else after)
-
-        return self.transaction(run)
-
-    def set_sink_disabled(self, sink: str, reason: str | None, now: float) -> None:
-        self.transaction(
-            lambda: self.con.execute(
-                "INSERT INTO sink_state (sink, disabled_at, reason) VALUES (?, ?, ?) ON CONFLICT (sink)"
-                " DO UPDATE SET disabled_at = excluded.disabled_at, reason = excluded.reason",
-                (sink, now if reason else None, reason),
-            )
-        )
-
     # --- receiver's own events ---------------------------------------------------------------
 
-    def record_own_event(
-        self, event: OwnEvent, sinks: Sequence[str], operator: OperatorEvent | None = None
-    ) -> bool:
-        def run() -> bool:
-            op_id = None
-            if operator is not None:
-                row = self.con.execute(
-                    rows.OPERATOR_EVENT_INSERT,
-                    (
-                        operator.kind,
-                        operator.subject,
-                        operator.window_start,
-                        operator.at,
-                        orjson.dumps(operator.detail).decode(),
-                    ),
-                ).fetchone()
-                if row is None:
-                    return False  # this kind, subject and window are told already
-                op_id = row[0]
-            if not sinks:
-                return operator is not None
-            row = self.con.execute(rows.OWN_EVENT_INSERT, rows.own_event_values(event)).fetchone()
-            if row is None:
-                return False
-            at = event.at
-            self.con.executemany(
-                rows.OWN_DELIVERY_INSERT, [(sink, row[0], event.task_key, at, at, at) for sink in sinks]
-            )
-            if op_id is not None:
-                self.con.execute(rows.OPERATOR_EVENT_LINK, (row[0], op_id))
-            return True
-
-        return self.transaction(run)
-
-    def count_up(self, name: str, window_start: float, n: int) -> int:
-        def run() -> int:
-            (total,) = self.con.execute(rows.COUNT_UP, (name, window_start, n)).fetchone()
-            self.con.execute(rows.COUNTERS_PURGE, (window_start - 86400,))  # old windows: nobody asks
-            return int(total)
-
-        return self.transaction(run)
-
     # --- leases -------------------------------------------------------------------------------
-
-    def hold_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
-        return self.transaction(
-            lambda: self.con.execute(rows.HOLD_LEASE, (name, holder, now + ttl, now)).fetchone() is not None
-        )
-
-    def release_lease(self, name: str, holder: str) -> None:
-        self.transaction(lambda: self.con.execute(rows.RELEASE_LEASE, (name, holder)))
 
     # --- maintenance ------------------------------------------------------------------------------
 
@@ -424,26 +342,7 @@ class SqliteWriter:
 
         return self.transaction(run)
 
-    def purge(self, before: float, limit: int) -> tuple[int, int]:
-        """Drop the raw payload of events received before ``before`` (their normalized form stays)
-        unless a pending or dead delivery still needs it, and delivered outbox rows; dead letters
-        stay until redriven."""
-
-        def run() -> tuple[int, int]:
-            payloads = self.con.execute(rows.PURGE_PAYLOADS, (before, limit)).rowcount
-            deliveries = self.con.execute(rows.PURGE_DELIVERED, (before, limit)).rowcount
-            return int(payloads), int(deliveries)
-
-        return self.transaction(run)
-
-    def purge_quarantine(self, before: float, limit: int) -> int:
-        purge = rows.QUARANTINE_PURGE
-        return self.transaction(lambda: int(self.con.execute(purge, (before, limit)).rowcount))
-
     # --- quarantine -------------------------------------------------------------------------------
-
-    def quarantine(self, q: Quarantined) -> None:
-        self.transaction(lambda: self.con.execute(rows.QUARANTINE_INSERT, rows.quarantine_values(q)))
 
     # --- submissions ------------------------------------------------------------------------------
 
