@@ -30,7 +30,7 @@ from typing import cast
 import structlog
 
 from receiver.batches import Batcher
-from receiver.documents import event_document
+from receiver.documents import event_document, splices
 from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, UndeliverableError
 from receiver.events import Event
 from receiver.group_commit import GroupCommit
@@ -84,6 +84,7 @@ class _Lane:
     bucket: TokenBucket | None = None  # its rate limit
     batcher: Batcher[tuple[SinkError | None, Settlement]] | None = None  # max_batch above 1
     held: int = 0  # deliveries claimed and not yet settled
+    spliced: bool = False  # the sink takes the payload as stored JSON (documents.splices)
 
     @property
     def lines(self) -> int:
@@ -121,6 +122,7 @@ class Dispatcher:
             for sink, policy in sinks
         }
         for lane in self._lanes.values():
+            lane.spliced = splices(lane.sink)
             policy = lane.policy
             if policy.rate_limit is not None:
                 lane.bucket = TokenBucket(policy.rate_limit, policy.rate_burst)
@@ -424,11 +426,13 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             if self._tracing is None:
-                receipt = await lane.sink.deliver(delivery, event_document(delivery.event))
+                receipt = await lane.sink.deliver(
+                    delivery, event_document(delivery.event, spliced=lane.spliced)
+                )
             else:
                 event = delivery.event
                 with self._tracing.delivery(lane.sink.name, [event.traceparent], event_id=event.event_id):
-                    receipt = await lane.sink.deliver(delivery, event_document(event))
+                    receipt = await lane.sink.deliver(delivery, event_document(event, spliced=lane.spliced))
         except SinkError as exc:
             error = exc
         except Exception as exc:  # a sink's bug must not stop its lane
@@ -479,7 +483,7 @@ class Dispatcher:
             if delivery.batch_id != head.batch_id:
                 break
             try:
-                body, its_group = sink.encode(event_document(delivery.event))
+                body, its_group = sink.encode(event_document(delivery.event, spliced=lane.spliced))
             except UndeliverableError as exc:
                 if members:
                     break  # the batch so far goes first; this one is dead on its turn

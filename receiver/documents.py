@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from receiver.ports import EventRecord
 from receiver.tasks import MpsCheck, Task
 
@@ -55,7 +57,15 @@ def check_document(check: MpsCheck) -> dict[str, Any]:
     return doc
 
 
-def event_document(e: EventRecord) -> dict[str, Any]:
+def splices(sink: object) -> bool:
+    """Whether a sink takes its documents' payload as JSON to splice (``splices_payload = True``):
+    it only encodes the document with orjson, so the stored bytes go out as they are, never decoded."""
+    return getattr(sink, "splices_payload", False) is True
+
+
+def event_document(e: EventRecord, *, spliced: bool = False) -> dict[str, Any]:
+    """An event as sinks and the API give it. ``spliced``: the payload is the stored JSON as an
+    ``orjson.Fragment`` (for whoever only encodes the document with orjson), not a dict."""
     return {
         "seq": e.seq,
         "event_id": e.event_id,
@@ -76,5 +86,5 @@ def event_document(e: EventRecord) -> dict[str, Any]:
         "err_code": e.err_code,
         "err_message": e.err_message,
         "findings": e.findings,
-        "payload": e.raw,
+        "payload": orjson.Fragment(e.body) if spliced else e.raw,
     }

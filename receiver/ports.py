@@ -107,7 +107,11 @@ class MpsTasks(Protocol):
 
 class Sink(Protocol):
     """Somewhere events go. ``deliver`` returns once the target has it (durably, as far as the
-    target can say); it raises ``SinkError`` to retry later, ``SinkGoneError`` to be switched off."""
+    target can say); it raises ``SinkError`` to retry later, ``SinkGoneError`` to be switched off.
+
+    A sink whose class sets ``splices_payload = True`` gets the document's ``payload`` as an
+    ``orjson.Fragment`` of the stored JSON instead of a dict: for a sink that only encodes the
+    document with ``orjson.dumps`` (or never reads the payload), which then costs no decode."""
 
     name: str
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-import orjson
 
 from receiver.events import Event
 from receiver.ports import EventRecord, Recorded
@@ -76,7 +75,7 @@ class RecentEvents:
             err_code=err_code,
             err_message=err_message,
             findings=_builtins(findings),
-            raw=orjson.loads(body),
+            body=body,
             sign_key=sign_key,
             traceparent=traceparent,
         )

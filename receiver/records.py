@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 from receiver.tasks import MatchedBy
 from receiver.tasks import Recorded as Recorded  # where the stores and ingest have always found it
 
@@ -33,9 +35,17 @@ class EventRecord:
     err_code: int | None
     err_message: str | None
     findings: list[dict[str, Any]]
-    raw: dict[str, Any]
+    # The notification as stored (unwrapped, Timestamp and Sign cut out): JSON text, decoded only
+    # when something reads ``raw`` (a sink that encodes it splices these bytes as they are).
+    body: bytes | str
     sign_key: str | None = None  # which key verified the Sign: derived:N or static:N
     traceparent: str | None = None  # the trace it came in with (W3C traceparent), with tracing on
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The stored notification, decoded (each time: keep it if you read it twice)."""
+        decoded: dict[str, Any] = orjson.loads(self.body)
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)

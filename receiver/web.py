@@ -226,7 +226,7 @@ def time_param(raw: str, name: str = "since") -> float:
 
 async def _events_page(request: web.Request, query: EventQuery) -> web.Response:
     page = await request.app[STORE].list_events(query)
-    return json_response({"items": [event_document(e) for e in page.items], "next": page.next})
+    return json_response({"items": [event_document(e, spliced=True) for e in page.items], "next": page.next})
 
 
 def confidence_param(raw: str, name: str = "min_confidence") -> float:

@@ -382,7 +382,23 @@ def test_a_preview_shows_control_and_direction_characters_and_stops_at_its_limit
 
 def record(seq: int, findings: list[dict[str, Any]], kind: str = "AiReviewResult") -> EventRecord:
     return EventRecord(
-        seq, f"e{seq}", "T", "t", None, kind, "", "", "http", 0.0, "valid", False, 0, None, None, findings, {}
+        seq,
+        f"e{seq}",
+        "T",
+        "t",
+        None,
+        kind,
+        "",
+        "",
+        "http",
+        0.0,
+        "valid",
+        False,
+        0,
+        None,
+        None,
+        findings,
+        b"{}",
     )
 
 

@@ -190,7 +190,7 @@ def record(seq: int, findings: list[dict[str, Any]], kind: str = "AiRecognitionR
     return EventRecord(
         seq=seq, event_id=f"e{seq}", task_id="T", task_ref="ours", matched_by=None, notification_type=kind,
         session_id="", session_context="", channel="http", received_at=FROZEN_NOW + seq, verdict="valid",
-        late=False, duplicates=0, err_code=None, err_message=None, findings=findings, raw={},
+        late=False, duplicates=0, err_code=None, err_message=None, findings=findings, body=b"{}",
     )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ def record(name: str = "03-AiReviewResult-Image.constructed.json", **changes: An
         err_code=None,
         err_message=None,
         findings=orjson.loads(orjson.dumps(e.findings)),
-        raw=e.raw,
+        body=e.body,
     )
 
 

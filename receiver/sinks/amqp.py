@@ -88,6 +88,8 @@ def encoded_body(document: Mapping[str, Any]) -> tuple[bytes, str]:
 
 
 class AmqpSink:
+    splices_payload = True  # the payload is only encoded (documents.splices)
+
     def __init__(self, name: str, options: AmqpSinkOptions) -> None:
         self.name = name
         self._url = options.url

@@ -65,6 +65,8 @@ def redacted(url: str) -> str:
 
 
 class HttpSink:
+    splices_payload = True  # the payload is only encoded (documents.splices)
+
     def __init__(self, name: str, options: HttpOptions) -> None:
         self.name = name
         self.url = str(options.url)

@@ -29,6 +29,8 @@ class JsonlOptions(SinkOptions):
 
 
 class JsonlSink:
+    splices_payload = True  # the payload is only encoded (documents.splices)
+
     def __init__(self, name: str, options: JsonlOptions) -> None:
         self.name = name
         self.path = options.path

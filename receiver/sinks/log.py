@@ -19,6 +19,8 @@ class LogOptions(SinkOptions):
 
 
 class LogSink:
+    splices_payload = True  # it never reads the payload (documents.splices)
+
     def __init__(self, name: str, options: LogOptions) -> None:
         self.name = name
         self._level = options.level
