@@ -15,75 +15,26 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import orjson
-
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Recorded, Router, Settlement
 from receiver.stores import reads, rows
-from receiver.stores.rows import ADOPT, ORPHANS_OF, Orphan, encode_findings
-from receiver.stores.task_rows import TASK_COLUMN_COUNT, TASK_COLUMNS, checks_json, task_from_row
+from receiver.stores.rows import ADOPT, ORPHANS_OF, Orphan
+from receiver.stores.sqlite_rows import (
+    INSERT_EVENT,
+    INSERT_TASK,
+    UPDATE_TASK,
+    event_row,
+    task_insert,
+    task_update,
+)
+from receiver.stores.task_rows import TASK_COLUMNS, task_from_row
 from receiver.tasks import MatchedBy, Task
 
 R = TypeVar("R")
 
-_INSERT_EVENT = (
-    "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key,"
-    " traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPDATE_TASK = (
-    "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
-    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ?, request_id = ?,"
-    " checks = ?, checked_at = ?, live_at = ?, reconciled_at = ? WHERE id = ?"
-)
 _CACHE_LIMIT = 100_000  # cached lookups; past it the cache starts over
-
-
-def _event_row(seq: int, step: tasks.Step) -> tuple[Any, ...]:
-    e = step.event
-    return (
-        seq,
-        e.event_id,
-        e.task_id,
-        step.task.id if step.task else None,
-        step.matched_by.value if step.matched_by else None,
-        e.notification_type,
-        e.session_id,
-        e.session_context,
-        e.channel.value,
-        e.received_at,
-        e.verdict.value,
-        step.late,
-        e.err_code,
-        e.err_message,
-        encode_findings(e.findings),
-        e.body.decode(),
-        e.sign_key,
-        e.traceparent,
-    )
-
-
-def _task_update(t: Task) -> tuple[Any, ...]:
-    return (
-        t.task_id,
-        t.state.value,
-        t.err_code,
-        t.err_message,
-        t.event_count,
-        t.late_count,
-        t.updated_at,
-        t.first_event_at,
-        t.last_event_at,
-        t.ended_at,
-        t.request_id,
-        checks_json(t.checks),
-        t.checked_at,
-        t.live_at,
-        t.reconciled_at,
-        t.id,
-    )
 
 
 class SqliteWriter:
@@ -127,7 +78,7 @@ class SqliteWriter:
         try:
             result = body()
             if self._staged:
-                con.executemany(_UPDATE_TASK, [_task_update(t) for t in self._staged.values()])
+                con.executemany(UPDATE_TASK, [task_update(t) for t in self._staged.values()])
             con.execute("COMMIT")
         except BaseException as exc:
             self._staged.clear()
@@ -229,7 +180,7 @@ class SqliteWriter:
             for offset, step in enumerate(new, start=1):
                 e, seq = step.event, last + offset
                 seqs[e.event_id] = seq
-                rows.append(_event_row(seq, step))
+                rows.append(event_row(seq, step))
                 if (
                     found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)
                 ) is not None:
@@ -237,7 +188,7 @@ class SqliteWriter:
                 deliveries.extend(
                     (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks
                 )
-            self.con.executemany(_INSERT_EVENT, rows)
+            self.con.executemany(INSERT_EVENT, rows)
             self.con.executemany(reads.SEARCH_INSERT, searched)
             if deliveries:
                 self.con.executemany(
@@ -380,32 +331,7 @@ class SqliteWriter:
     def _register(self, task: Task, route: Router | None) -> tuple[Task, int]:
         if task.task_id is not None and self._by_mps_task_id(task.task_id) is not None:
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
-        self.con.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * TASK_COLUMN_COUNT)})",
-            (
-                task.id,
-                task.task_id,
-                task.session_id,
-                task.session_context,
-                task.url,
-                orjson.dumps(task.labels),
-                task.state.value,
-                task.err_code,
-                task.err_message,
-                task.event_count,
-                task.late_count,
-                task.created_at,
-                task.updated_at,
-                task.first_event_at,
-                task.last_event_at,
-                task.ended_at,
-                task.request_id,
-                checks_json(task.checks),
-                task.checked_at,
-                task.live_at,
-                task.reconciled_at,
-            ),
-        )
+        self.con.execute(INSERT_TASK, task_insert(task))
         self._added.append(task)
         return self._adopt(task, task.updated_at, route)
 
