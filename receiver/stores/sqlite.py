@@ -3,6 +3,9 @@
 Writes: one connection on one thread (SQLite has one writer anyway), one transaction per group
 commit, each under the file's ``WriteLock`` (other processes writing the file queue on it). Reads:
 a second connection on its own thread, which WAL lets run beside the writer.
+
+The reads are ``SqliteReadModel``'s (``sqlite_reads``); the writes run on ``SqliteWriter``
+(``sqlite_writer``: events and tasks, cached) or as ``sqlite_writes`` functions over it.
 """
 
 from __future__ import annotations
