@@ -106,6 +106,9 @@ def main() -> int:
         if lat:
             void = " (void: send lag)" if lat["void"] else ""
             title += f"\ningest-to-sink p99, open loop at {lat['rate']:,.0f}/s: {lat['p99_ms']:,.0f} ms{void}"
+            if batched := sinks.get("latency_batched"):
+                void = " (void: send lag)" if batched["void"] else ""
+                title += f"; batched (64, 10 ms): {batched['p99_ms']:,.0f} ms{void}"
         ax.set_title(title, fontsize=10)
     head = f"receiver benchmarks, {when}" + ("  QUICK RUN (noisy smoke test)" if quick else "")
     fig.suptitle(head, fontsize=11, color="#c53030" if quick else "black")

@@ -21,8 +21,10 @@ async def main(port: int, out: str) -> None:
     arrivals: list[tuple[str, str, str | None, float]] = []
 
     async def hook(request: web.Request) -> web.Response:
-        doc = orjson.loads(await request.read())
-        arrivals.append((doc["event_id"], doc["received_at"], doc.get("session_id"), time.time()))
+        body = orjson.loads(await request.read())
+        now = time.time()
+        for doc in body if isinstance(body, list) else [body]:  # a batch is a JSON array
+            arrivals.append((doc["event_id"], doc["received_at"], doc.get("session_id"), now))
         return web.Response(status=204)
 
     app = web.Application(client_max_size=4 * 1024 * 1024)

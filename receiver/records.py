@@ -37,7 +37,7 @@ class EventRecord:
     findings: list[dict[str, Any]]
     # The notification as stored (unwrapped, Timestamp and Sign cut out): JSON text, decoded only
     # when something reads ``raw`` (a sink that encodes it splices these bytes as they are).
-    body: bytes | str
+    body: bytes
     sign_key: str | None = None  # which key verified the Sign: derived:N or static:N
     traceparent: str | None = None  # the trace it came in with (W3C traceparent), with tracing on
 

@@ -201,7 +201,7 @@ class SinkSettings(Section):
         where = f"sinks.{self.name}"
         if self.max_batch > 1 and self.kind in UNBATCHED_KINDS:
             yield (
-                f"{where}: max_batch: expected 1 for kind {self.kind!r} (http, amqp and memory sinks"
+                f"{where}: max_batch: expected 1 for kind {self.kind!r} (http, amqp, jsonl and memory sinks"
                 " take batches)"
             )
         if self.max_wait != SinkSettings.model_fields["max_wait"].default and self.max_batch == 1:
@@ -223,7 +223,7 @@ class SinkSettings(Section):
 
 
 # Built-in kinds whose sinks send one event at a time.
-UNBATCHED_KINDS = frozenset({"log", "jsonl"})
+UNBATCHED_KINDS = frozenset({"log"})
 
 
 class OperatorSettings(Section):

@@ -172,6 +172,40 @@ async def test_each_settlement_is_kept_as_an_attempt_with_status_latency_and_sni
     assert await store.list_attempts(d.id) == []
 
 
+async def test_a_delivered_attempt_stays_on_its_delivery_and_in_the_history_after_a_redrive(
+    store: Any,
+) -> None:
+    await store.record_events([review(1, ("ImagePorn", hit("block", "porn", 90.0)))], lambda e, t: ["s"])
+    [d] = await store.claim_deliveries("s", now=FROZEN_NOW + 100, limit=1, busy_keys=set())
+    delivered = Settlement(
+        d.id,
+        DeliveryState.DELIVERED,
+        1,
+        FROZEN_NOW + 1,
+        None,
+        FROZEN_NOW + 1,
+        status=204,
+        latency_ms=2.0,
+        snippet="",
+    )
+    await store.settle_deliveries([delivered])
+    first = [
+        (a.attempt, a.outcome, a.status, a.latency_ms, a.snippet) for a in await store.list_attempts(d.id)
+    ]
+    assert first == [(1, "delivered", 204, 2.0, "")]
+    assert await store.redrive(DeliveryQuery(id=d.id), now=FROZEN_NOW + 2) == 1
+    assert await store.redrive(DeliveryQuery(id=d.id), now=FROZEN_NOW + 2) == 1  # again: kept once
+    [again] = await store.claim_deliveries("s", now=FROZEN_NOW + 100, limit=1, busy_keys=set())
+    await store.settle_deliveries(
+        [Settlement(again.id, DeliveryState.DELIVERED, 1, FROZEN_NOW + 3, None, FROZEN_NOW + 3, status=200)]
+    )
+    attempts = await store.list_attempts(d.id)
+    assert [(a.attempt, a.at, a.outcome, a.status) for a in attempts] == [
+        (1, FROZEN_NOW + 1, "delivered", 204),
+        (1, FROZEN_NOW + 3, "delivered", 200),
+    ]
+
+
 async def test_the_counts_of_several_processes_add_up_in_the_store(store: Any) -> None:
     clock = [FROZEN_NOW]
     first, second = IngestCounts(lambda: clock[0]), IngestCounts(lambda: clock[0])

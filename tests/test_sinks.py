@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from receiver import events, sinks
 from receiver.documents import event_document
 from receiver.errors import ConfigError, SinkError, SinkGoneError, UndeliverableError
-from receiver.ports import Delivery, EventRecord
+from receiver.ports import Batch, Delivery, EventRecord
 from receiver.sinks.amqp import AmqpSink, encoded, routing_key
 from receiver.sinks.http import MAX_RESPONSE_BYTES, HttpSink, retry_after
 from receiver.sinks.jsonl import JsonlSink
@@ -288,6 +288,39 @@ async def test_jsonl_sink_appends_one_line_per_event_and_rotates_by_size(tmp_pat
     newest = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert newest[-1]["event_id"] == recs[-1].event_id
     assert all(line["notification_type"] == "AiReviewResult" for line in newest)
+
+
+async def test_jsonl_sink_writes_a_batch_as_its_members_lines_in_order_with_one_fsync(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink.from_options("file", {"path": str(path)})
+    recs = [record(SessionId=f"s-{i}") for i in range(5)]
+    assert sinks.takes_batches(sink)
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    documents = [event_document(r, spliced=True) for r in recs]
+    bodies = [sink.encode(d)[0] for d in documents]
+    os.fsync = counting_fsync
+    try:
+        await sink.deliver_batch(Batch("b1", "", [delivery(r)[0] for r in recs], bodies))
+    finally:
+        os.fsync = real_fsync
+        await sink.aclose()
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [line["event_id"] for line in lines] == [r.event_id for r in recs]
+    assert lines == [orjson.loads(orjson.dumps(event_document(r))) for r in recs]  # as one by one
+    assert fsyncs == 1
+
+
+def test_jsonl_sink_refuses_to_encode_what_json_cannot_hold() -> None:
+    sink = JsonlSink.from_options("file", {"path": "/nonexistent/never-written.jsonl"})
+    with pytest.raises(UndeliverableError, match="cannot encode"):
+        sink.encode({"event_id": "e", "payload": {"n": 2**70}})
 
 
 # --- amqp ---------------------------------------------------------------------------------------

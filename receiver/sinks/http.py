@@ -95,7 +95,8 @@ class HttpSink:
 
     async def _post(self, payload: bytes, message_id: str) -> Receipt:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # No cookie jar: a target's cookies are not sent back with the next events.
+            self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
         now = datetime.now(UTC)
         headers = {**self._headers, "webhook-id": message_id, "webhook-timestamp": str(int(now.timestamp()))}
         if self._signer is not None:

@@ -18,7 +18,7 @@ import orjson
 
 from receiver.documents import OWN_CHANNEL
 from receiver.findings import Finding
-from receiver.ports import EventQuery, EventRecord, TimelineEvent
+from receiver.ports import Attempt, EventQuery, EventRecord, TimelineEvent
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -284,6 +284,19 @@ ATTEMPTS_OF: Final = (
     "SELECT delivery_id, attempt, at, outcome, error, status, latency_ms, snippet FROM delivery_attempts"
     " WHERE delivery_id = ? ORDER BY id"
 )
+# The attempt that delivered, kept on its delivery rather than as a row of delivery_attempts.
+DELIVERED_ATTEMPT: Final = (
+    "SELECT id, attempts, delivered_at, 'delivered', NULL, last_status, last_latency_ms, last_snippet"
+    " FROM deliveries WHERE id = ? AND state = 'delivered'"
+)
+# Before a delivered delivery is redriven, its delivered attempt becomes a row of its history.
+KEEP_DELIVERED: Final = (
+    "INSERT INTO delivery_attempts (delivery_id, attempt, at, outcome, error, status, latency_ms, snippet)"
+    " SELECT d.id, d.attempts, d.delivered_at, 'delivered', NULL, d.last_status, d.last_latency_ms,"
+    " d.last_snippet FROM deliveries d WHERE d.id = ? AND d.state = 'delivered' AND NOT EXISTS ("
+    "SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id AND a.attempt = d.attempts"
+    " AND a.at = d.delivered_at AND a.outcome = 'delivered')"
+)
 # Each from one index: the pending ones (and the first in line) from the partial index of the due,
 # the dead from (sink, state, id).
 SINK_PENDING: Final = "SELECT count(*), min(id) FROM deliveries WHERE sink = ? AND state = 'pending'"
@@ -306,8 +319,9 @@ QUARANTINE_COUNT: Final = "SELECT count(*) FROM quarantine"
 
 
 def attempt_rows(settlements: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """The ``ATTEMPT_INSERT`` arguments of a batch of settlements (``ports.Settlement``)."""
-    outcome = {"delivered": "delivered", "pending": "failed", "dead": "dead"}
+    """The ``ATTEMPT_INSERT`` arguments of a batch of settlements (``ports.Settlement``): all but
+    the deliveries, whose attempt their delivery row keeps (``DELIVERED_ATTEMPT``)."""
+    outcome = {"pending": "failed", "dead": "dead"}
     return [
         (
             x.id,
@@ -321,4 +335,16 @@ def attempt_rows(settlements: Sequence[Any]) -> list[tuple[Any, ...]]:
             x.id,
         )
         for x in settlements
+        if x.state != "delivered"
     ]
+
+
+def history(attempts: Sequence[Attempt], delivered: Sequence[Any] | None) -> list[Attempt]:
+    """A delivery's attempts: its ``ATTEMPTS_OF`` rows, then the one that delivered it
+    (``DELIVERED_ATTEMPT``), unless a row already holds it (stored so before it was kept apart)."""
+    if delivered is None:
+        return list(attempts)
+    last = Attempt(*delivered)
+    if any(a.outcome == "delivered" and (a.attempt, a.at) == (last.attempt, last.at) for a in attempts):
+        return list(attempts)
+    return [*attempts, last]

@@ -138,7 +138,7 @@ def stored_event(r: EventRecord) -> Event:
         verdict=Verdict(r.verdict),
         findings=[Finding(**f) for f in r.findings],
         raw=r.raw,
-        body=r.body.encode() if isinstance(r.body, str) else r.body,
+        body=r.body,
         sign_key=r.sign_key,
         traceparent=r.traceparent,
         err_code=r.err_code,
@@ -193,7 +193,7 @@ def event_record(row: Sequence[Any]) -> EventRecord:
         err_code=row[13],
         err_message=row[14],
         findings=orjson.loads(row[15]),
-        body=row[16],
+        body=row[16].encode() if type(row[16]) is str else row[16],  # both stores keep text
         sign_key=row[17],
         traceparent=row[18],
     )

@@ -168,7 +168,9 @@ class SqliteReadModel:
     async def list_attempts(self, delivery_id: int) -> list[Attempt]:
         def run() -> list[Attempt]:
             assert self._rcon is not None
-            return [Attempt(*r) for r in self._rcon.execute(reads.ATTEMPTS_OF, (delivery_id,)).fetchall()]
+            con = self._rcon
+            attempts = [Attempt(*r) for r in con.execute(reads.ATTEMPTS_OF, (delivery_id,)).fetchall()]
+            return reads.history(attempts, con.execute(reads.DELIVERED_ATTEMPT, (delivery_id,)).fetchone())
 
         return await self._read_safely(run)
 

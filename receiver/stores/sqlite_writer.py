@@ -241,7 +241,8 @@ class SqliteWriter:
         self.con.executemany(
             "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
             " updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
-            " batch_id = ?, batch_size = ? WHERE id = ?",
+            " batch_id = ?, batch_size = ?, last_status = ?, last_latency_ms = ?, last_snippet = ?"
+            " WHERE id = ?",
             [
                 (
                     x.state,
@@ -253,12 +254,17 @@ class SqliteWriter:
                     x.at,
                     x.batch_id,
                     x.batch_size,
+                    x.status,
+                    x.latency_ms,
+                    x.snippet,
                     x.id,
                 )
                 for x in settlements
             ],
         )
-        self.con.executemany(reads.ATTEMPT_INSERT, reads.attempt_rows(settlements))
+        failed = reads.attempt_rows(settlements)  # a delivery's attempt stays on its row
+        if failed:
+            self.con.executemany(reads.ATTEMPT_INSERT, failed)
 
     # --- receiver's own events ---------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from receiver.ports import OperatorEvent, OwnEvent, Quarantined
-from receiver.stores import rows
+from receiver.stores import reads, rows
 from receiver.stores.rows import DELIVERIES_WITH_EVENTS
 from receiver.stores.sqlite_writer import SqliteWriter
 
@@ -30,6 +30,7 @@ def redrive_chunk(
                 (*args, after, limit),
             )
         ]
+        w.con.executemany(reads.KEEP_DELIVERED, [(i,) for i in ids])
         w.con.executemany(
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
             " last_error = NULL, updated_at = ?, batch_id = NULL, batch_size = NULL WHERE id = ?",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -44,6 +44,13 @@ _COUNT_REPEATS = (
     "UPDATE events SET duplicates = events.duplicates + r.n, last_duplicate_at = r.at FROM (SELECT event_id,"
     " count(*) AS n, max(at) AS at FROM unnest($1::text[], $2::float8[]) AS b(event_id, at) GROUP BY event_id) r"
     " WHERE events.event_id = r.event_id"
+)
+
+
+_INSERT_SEARCH: Final = (
+    "INSERT INTO event_search (seq, notification_type, received_at, kinds, labels, suggestions,"
+    " confidence, text) SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[],"
+    " $5::text[], $6::text[], $7::float8[], $8::text[])"
 )
 
 
@@ -131,7 +138,7 @@ class PostgresEventLog(PostgresConnection):
                     is not None
                 ]
                 if searched:
-                    await con.executemany(pg(reads.SEARCH_INSERT), searched)
+                    await con.execute(_INSERT_SEARCH, *zip(*searched, strict=True))
             repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
             if repeats:
                 await con.execute(_COUNT_REPEATS, *zip(*repeats, strict=True))

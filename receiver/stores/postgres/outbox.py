@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -26,18 +26,37 @@ from receiver.stores.rows import (
 LEASE_SECONDS = 30.0
 
 
+_SETTLE: Final = (
+    "UPDATE deliveries d SET state = s.state, attempts = s.attempts, next_attempt_at = s.next_at,"
+    " last_error = s.error, updated_at = s.at, lease_until = NULL, batch_id = s.batch_id,"
+    " batch_size = s.batch_size, last_status = s.status, last_latency_ms = s.latency_ms,"
+    " last_snippet = s.snippet,"
+    " delivered_at = CASE WHEN s.state = 'delivered' THEN s.at ELSE d.delivered_at END"
+    " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::text[], $6::float8[],"
+    " $7::text[], $8::int[], $9::int[], $10::float8[], $11::text[])"
+    " AS s(id, state, attempts, next_at, error, at, batch_id, batch_size, status, latency_ms, snippet)"
+    " WHERE d.id = s.id"
+)
+
+
 async def settle(con: asyncpg.Connection, settlements: Sequence[Settlement]) -> None:
-    """The settlements, and their attempts in the history, in the transaction ``con`` is in."""
-    await con.executemany(
-        "UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = $3, last_error = $4,"
-        " updated_at = $5, lease_until = NULL, batch_id = $7, batch_size = $8,"
-        " delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
-        [
-            (x.state, x.attempts, x.next_attempt_at, x.error, x.at, x.id, x.batch_id, x.batch_size)
-            for x in settlements
-        ],
-    )
-    await con.executemany(pg(reads.ATTEMPT_INSERT), reads.attempt_rows(settlements))  # the history
+    """One statement for the batch's outcomes (in id order: row locks taken in one order), and
+    the failed attempts' history rows (a delivery's attempt stays on its row)."""
+    ordered = sorted(settlements, key=lambda x: x.id)
+    await con.execute(
+        _SETTLE,
+        *zip(
+            *(
+                (x.id, str(x.state), x.attempts, x.next_attempt_at, x.error, x.at, x.batch_id,
+                 x.batch_size, x.status, x.latency_ms, x.snippet)
+                for x in ordered
+            ),
+            strict=True,
+        ),
+    )  # fmt: skip
+    failed = reads.attempt_rows(ordered)
+    if failed:
+        await con.executemany(pg(reads.ATTEMPT_INSERT), failed)
 
 
 class PostgresOutbox(PostgresConnection):
@@ -120,14 +139,23 @@ class PostgresOutbox(PostgresConnection):
         if dry_run:
             count_sql = pg(f"SELECT count(*) {DELIVERIES_WITH_EVENTS} WHERE {where}")
             return int(await self._run(lambda con: con.fetchval(count_sql, *args), write=False))
+        # Each chunk keeps the delivered attempts of its deliveries as history rows first (the
+        # statements of one WITH see the rows as they were), then makes them pending again.
         chunk_sql = pg(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL,"
-            f" updated_at = ?, lease_until = NULL, batch_id = NULL, batch_size = NULL WHERE id IN (SELECT d.id {DELIVERIES_WITH_EVENTS}"
-            f" WHERE {where} AND d.id > ? ORDER BY d.id LIMIT 2000) RETURNING id"
+            f"WITH chosen AS (SELECT d.id {DELIVERIES_WITH_EVENTS} WHERE {where} AND d.id > ? ORDER BY d.id"
+            " LIMIT 2000), kept AS (INSERT INTO delivery_attempts (delivery_id, attempt, at, outcome, error,"
+            " status, latency_ms, snippet) SELECT d.id, d.attempts, d.delivered_at, 'delivered', NULL,"
+            " d.last_status, d.last_latency_ms, d.last_snippet FROM deliveries d JOIN chosen USING (id)"
+            " WHERE d.state = 'delivered' AND NOT EXISTS (SELECT 1 FROM delivery_attempts a"
+            " WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.at = d.delivered_at"
+            " AND a.outcome = 'delivered'))"
+            " UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL,"
+            " updated_at = ?, lease_until = NULL, batch_id = NULL, batch_size = NULL"
+            " WHERE id IN (SELECT id FROM chosen) RETURNING id"
         )
         total, after = 0, 0
         while True:
-            ids = await self._run(lambda con: con.fetch(chunk_sql, now, now, *args, after))  # noqa: B023
+            ids = await self._run(lambda con: con.fetch(chunk_sql, *args, after, now, now))  # noqa: B023
             if not ids:
                 return total
             total += len(ids)

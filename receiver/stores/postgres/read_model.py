@@ -127,7 +127,9 @@ class PostgresReadModel(PostgresConnection):
 
     async def list_attempts(self, delivery_id: int) -> list[Attempt]:
         async def body(con: asyncpg.Connection) -> list[Attempt]:
-            return [Attempt(*tuple(r)) for r in await con.fetch(pg(reads.ATTEMPTS_OF), delivery_id)]
+            attempts = [Attempt(*tuple(r)) for r in await con.fetch(pg(reads.ATTEMPTS_OF), delivery_id)]
+            delivered = await con.fetchrow(pg(reads.DELIVERED_ATTEMPT), delivery_id)
+            return reads.history(attempts, tuple(delivered) if delivered is not None else None)
 
         return await self._run(body, write=False)
 
