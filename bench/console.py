@@ -42,7 +42,7 @@ from receiver.settings import Settings
 from receiver.stores import reads
 from receiver.stores.postgres import PostgresStore
 from receiver.stores.sqlite import SqliteStore
-from receiver.stores.sqlite_writer import TASK_COLUMNS
+from receiver.stores.task_rows import TASK_COLUMNS
 from receiver.tasks import Task, TaskState
 
 PG_ADMIN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

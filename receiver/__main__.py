@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--sink", help="only this sink")
     replay.add_argument(
-        "--state", choices=DeliveryState.ALL, default=DeliveryState.DEAD, help="default: dead"
+        "--state", choices=tuple(DeliveryState), default=DeliveryState.DEAD, help="default: dead"
     )
     replay.add_argument("--task", help="only this MPS TaskId")
     replay.add_argument("--type", help="only this NotificationType")

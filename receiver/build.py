@@ -16,7 +16,7 @@ from receiver.ingest import Ingestor
 from receiver.metrics import Metrics
 from receiver.mps import MpsClient, shared_budgets
 from receiver.notices import Notices
-from receiver.ports import NoticeBook, Recorded, Router, Store
+from receiver.ports import EventLog, Leases, NoticeBook, Outbox, ReconcileBook, Recorded, Router
 from receiver.reconcile import Reconciler
 from receiver.routing import SinkFilter, router
 from receiver.settings import Settings
@@ -43,7 +43,7 @@ def committed_to(
 
 def build_ingestor(
     settings: Settings,
-    store: Store,
+    store: EventLog,
     clock: Callable[[], float] = time.time,
     on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
     metrics: Metrics | None = None,
@@ -101,7 +101,7 @@ def build_notices(
 
 def build_dispatcher(
     settings: Settings,
-    store: Store,
+    store: Outbox,
     clock: Callable[[], float] = time.time,
     metrics: Metrics | None = None,
     notices: Notices | None = None,
@@ -131,7 +131,7 @@ def build_dispatcher(
     )
 
 
-def build_mps_client(settings: Settings, store: Store) -> tuple[MpsClient | None, str]:
+def build_mps_client(settings: Settings, store: Leases) -> tuple[MpsClient | None, str]:
     """The one MPS client of a process, or None and why not (no credentials). The actions any
     process's API calls keep to one budget for all processes (leased from the store)."""
     try:
@@ -142,7 +142,7 @@ def build_mps_client(settings: Settings, store: Store) -> tuple[MpsClient | None
 
 def build_reconciler(
     settings: Settings,
-    store: Store,
+    store: ReconcileBook,
     clock: Callable[[], float] = time.time,
     *,
     client: MpsClient | None = None,

@@ -44,7 +44,7 @@ from receiver.errors import (
 )
 from receiver.events import Channel
 from receiver.ingest import Ingestor
-from receiver.ports import Quarantined, Store
+from receiver.ports import EventLog, Quarantined
 from receiver.settings import AmqpSettings
 from receiver.tracing import Tracing
 
@@ -155,7 +155,7 @@ class AmqpConsumer:
     def __init__(
         self,
         ingestor: Ingestor,
-        store: Store,
+        store: EventLog,
         settings: AmqpSettings,
         *,
         max_body_bytes: int,

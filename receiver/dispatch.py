@@ -40,11 +40,11 @@ from receiver.ports import (
     BatchSink,
     Delivery,
     DeliveryState,
+    Outbox,
     Receipt,
     Recorded,
     Settlement,
     Sink,
-    Store,
 )
 from receiver.recent import RecentEvents as RecentEvents
 from receiver.retries import DEFAULT_SCHEDULE as DEFAULT_SCHEDULE
@@ -100,7 +100,7 @@ class _Lane:
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        store: Outbox,
         sinks: Sequence[tuple[Sink, SinkPolicy]],
         *,
         poll_interval: float = 1.0,

@@ -85,6 +85,19 @@ class ConfigError(ReceiverError):
     code = "config"
 
 
+class MpsError(ReceiverError):
+    """MPS (or the way to it) refused a call (submit, abort, a reconcile's question); ``mps_code`` is
+    its error code (``AuthFailure.*``...): the API and the CLI answer by it."""
+
+    code = "mps_error"
+
+    def __init__(self, mps_code: str, message: str, request_id: str | None = None) -> None:
+        self.mps_code = mps_code
+        self.message = message
+        self.request_id = request_id
+        super().__init__(f"{mps_code}: {message}")
+
+
 class SinkError(ReceiverError):
     """A delivery failed; it is retried on the sink's schedule (or after ``retry_after`` seconds).
 

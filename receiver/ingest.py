@@ -24,7 +24,7 @@ from receiver.errors import (
 )
 from receiver.events import Channel, Event, NotifyKeys, SignPolicy
 from receiver.group_commit import GroupCommit
-from receiver.ports import Recorded, Router, Store
+from receiver.ports import EventLog, Recorded, Router
 
 log = structlog.get_logger("receiver.ingest")
 # The summary line's level by outcome; any other outcome is an error.
@@ -52,7 +52,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: Store,
+        store: EventLog,
         *,
         keys: NotifyKeys,
         policies: Mapping[Channel, SignPolicy],

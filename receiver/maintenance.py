@@ -10,14 +10,14 @@ from collections.abc import Callable
 import structlog
 
 from receiver.errors import ReceiverError
-from receiver.ports import Store
+from receiver.ports import Upkeep
 from receiver.settings import MaintenanceSettings
 
 log = structlog.get_logger("receiver.app")
 
 
 async def maintain(
-    store: Store, settings: MaintenanceSettings, clock: Callable[[], float], stop: asyncio.Event
+    store: Upkeep, settings: MaintenanceSettings, clock: Callable[[], float], stop: asyncio.Event
 ) -> None:
     """Now and then: mark quiet tasks stalled, purge what retention allows (payloads no delivery
     still needs, delivered outbox rows, quarantine rows). Never raises; returns

@@ -28,7 +28,7 @@ from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.mps.v20190612 import models, mps_client
 
-from receiver.errors import ReceiverError
+from receiver.errors import MpsError as MpsError  # where the adapters have always found it
 from receiver.ports import UNSET_TIME, MpsTaskInfo, MpsTaskPage, MpsTaskSummary
 from receiver.settings import MpsSettings
 
@@ -48,18 +48,6 @@ NOT_FOUND_CODES = frozenset(
     }
 )
 LIVE_TASK_TYPES = ("LiveStreamProcessTask", "LiveScheduleTask")  # DescribeTaskDetail's TaskType
-
-
-class MpsError(ReceiverError):
-    """MPS (or the way to it) refused a call; ``mps_code`` is its error code (``AuthFailure.*``...)."""
-
-    code = "mps_error"
-
-    def __init__(self, mps_code: str, message: str, request_id: str | None = None) -> None:
-        self.mps_code = mps_code
-        self.message = message
-        self.request_id = request_id
-        super().__init__(f"{mps_code}: {message}")
 
 
 class RateLimiter:

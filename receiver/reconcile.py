@@ -34,7 +34,7 @@ import structlog
 from receiver import events, tasks
 from receiver.errors import ConflictError, ReceiverError, StoreUnavailableError
 from receiver.events import OWN_CONTEXT_PREFIX, Channel, Event, Verdict
-from receiver.ports import UNSET_TIME, MpsTaskInfo, MpsTasks, ReconcileQuery, Router, TaskBook
+from receiver.ports import UNSET_TIME, MpsTaskInfo, MpsTasks, ReconcileBook, ReconcileQuery, Router
 from receiver.settings import ReconcileSettings
 from receiver.tasks import Answer, MpsCheck, Task, TaskState
 
@@ -143,7 +143,7 @@ def default_holder() -> str:
 class Reconciler:
     def __init__(
         self,
-        store: TaskBook,
+        store: ReconcileBook,
         mps: MpsTasks,
         settings: ReconcileSettings,
         *,

@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_pascal
 
 from receiver.errors import InvalidRequestError
 from receiver.events import OWN_CONTEXT_PREFIX, derived_key
-from receiver.ports import Router, Store
+from receiver.ports import Router, TaskBook
 from receiver.tasks import Task, TaskState, new_id
 
 log = structlog.get_logger("receiver.submit")
@@ -140,7 +140,7 @@ class Submitter(Protocol):
 
 async def submit(
     request: SubmitRequest,
-    store: Store,
+    store: TaskBook,
     client: Submitter,
     clock: Callable[[], float],
     *,

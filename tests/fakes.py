@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from receiver import tasks
-from receiver.errors import ConflictError, StoreUnavailableError
+from receiver.errors import StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded, Router
-from receiver.tasks import Task, TaskState
+from receiver.ports import EventLog, Leases, Quarantined, Recorded, Router
+from receiver.tasks import Task
 
 
-class MemoryStore:
-    """The ``Store`` port in a dict; records every batch it was asked to commit."""
+class MemoryEventLog:
+    """The ``EventLog`` port in dicts, all of it; records every batch it was asked to commit."""
 
     def __init__(self) -> None:
         self.events: dict[str, tuple[int, Event]] = {}
@@ -52,36 +52,14 @@ class MemoryStore:
         self.tasks.update(plan.tasks)
         return plan.recorded(seqs)
 
-    async def register_task(self, task: Task, route: Router | None = None) -> tuple[Task, int]:
-        if any(t.task_id == task.task_id for t in self.tasks.values()):
-            raise ConflictError(f"task_id {task.task_id!r} is already registered")
-        self.tasks[task.id] = replace(task)
-        return task, 0
-
-    async def get_task(self, task_id: str) -> Task | None:
-        return next((t for t in self.tasks.values() if task_id in (t.task_id, t.id)), None)
-
-    async def list_tasks(self, *, state: TaskState | None, after: str | None, limit: int) -> Page[Task]:
-        items = [t for t in self.tasks.values() if state is None or t.state is state]
-        return Page(items[:limit], None)
-
-    async def list_events(self, query: EventQuery) -> Page[EventRecord]:
-        return Page([], None)
-
     async def quarantine(self, entry: Quarantined) -> None:
         if self.down:
             raise StoreUnavailableError("the fake store is down")
         self.quarantined.append(entry)
 
-    async def list_quarantine(self, *, after: int, limit: int) -> Page[Quarantined]:
-        return Page(self.quarantined[after : after + limit], None)
-
     async def ping(self) -> None:
         if self.down:
             raise StoreUnavailableError("the fake store is down")
-
-    async def aclose(self) -> None:
-        pass
 
 
 class MemoryLeases:
@@ -105,3 +83,8 @@ class MemoryLeases:
             raise StoreUnavailableError("store down (fake)")
         if self.held.get(name, ("", 0.0))[0] == holder:
             del self.held[name]
+
+
+if TYPE_CHECKING:  # each fake is the whole port it stands for: mypy says so
+    _event_log: EventLog = MemoryEventLog()
+    _leases: Leases = MemoryLeases()

@@ -14,12 +14,14 @@ from receiver.ingest import Ingestor
 from receiver.ports import EventQuery
 from receiver.stores.sqlite import SqliteStore
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
-from tests.fakes import MemoryStore
+from tests.fakes import MemoryEventLog
 
 EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
 
 
-def ingestor(store: MemoryStore, policy: SignPolicy = SignPolicy.REQUIRED, max_batch: int = 256) -> Ingestor:
+def ingestor(
+    store: MemoryEventLog, policy: SignPolicy = SignPolicy.REQUIRED, max_batch: int = 256
+) -> Ingestor:
     return Ingestor(
         store,
         keys=NotifyKeys(static=(NOTIFY_KEY,)),
@@ -34,7 +36,7 @@ def distinct(n: int) -> list[bytes]:
 
 
 async def test_concurrent_notifications_share_one_commit_and_each_waits_for_it() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     store.gate = asyncio.Event()
     ing = ingestor(store)
     pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in distinct(50)]
@@ -49,7 +51,7 @@ async def test_concurrent_notifications_share_one_commit_and_each_waits_for_it()
 
 
 async def test_batches_are_capped() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     store.gate = asyncio.Event()
     ing = ingestor(store, max_batch=8)
     pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in distinct(30)]
@@ -61,7 +63,7 @@ async def test_batches_are_capped() -> None:
 
 
 async def test_a_failed_commit_fails_every_waiter_in_it_and_the_next_batch_still_runs() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     store.down = True
     ing = ingestor(store)
     outcomes = await asyncio.gather(
@@ -93,7 +95,7 @@ async def test_the_same_notification_over_both_channels_is_stored_once_and_count
 
 
 async def test_invalid_and_unsigned_notifications_never_reach_the_store() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     ing = ingestor(store)
     with pytest.raises(InvalidNotificationError):
         await ing.ingest(b"{", Channel.HTTP)
@@ -103,7 +105,7 @@ async def test_invalid_and_unsigned_notifications_never_reach_the_store() -> Non
 
 
 async def test_policy_is_per_channel() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     ing = Ingestor(
         store,
         keys=NotifyKeys(static=(NOTIFY_KEY,)),
@@ -117,7 +119,7 @@ async def test_policy_is_per_channel() -> None:
 
 
 async def test_one_summary_line_per_notification_whatever_the_outcome() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     ing = ingestor(store)
     good = body(signed(EOF_DOC))
     with capture_logs() as logs:
@@ -140,7 +142,7 @@ async def test_one_summary_line_per_notification_whatever_the_outcome() -> None:
 
 
 async def test_an_event_that_breaks_its_batch_fails_alone_and_its_neighbours_are_stored() -> None:
-    store = MemoryStore()
+    store = MemoryEventLog()
     store.gate = asyncio.Event()
     ing = ingestor(store)
     bodies = distinct(6)

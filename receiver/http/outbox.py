@@ -40,13 +40,13 @@ def _here(config: ChainMapProxy) -> Dispatcher | None:
 def delivery_query(params: Mapping[str, Any], *, after: int = 0, limit: int = 100) -> DeliveryQuery:
     state = params.get("state")
     if state is not None:
-        choice_param(state, "state", tuple(DeliveryState.ALL))
+        choice_param(state, "state", tuple(DeliveryState))
     for name in ("sink", "task_id", "type"):
         if params.get(name) is not None and not isinstance(params[name], str):
             raise BadParameterError(name, "a string")
     return DeliveryQuery(
         sink=params.get("sink"),
-        state=state,
+        state=DeliveryState(state) if state is not None else None,
         task_id=params.get("task_id"),
         notification_type=params.get("type"),
         since=time_param(str(params["since"]), "since") if params.get("since") is not None else None,

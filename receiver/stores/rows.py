@@ -19,6 +19,8 @@ from receiver.ports import (
     QUARANTINE_BODY_BYTES,
     Delivery,
     DeliveryQuery,
+    DeliveryRow,
+    DeliveryState,
     EventRecord,
     OperatorEvent,
     OwnEvent,
@@ -27,7 +29,7 @@ from receiver.ports import (
     Router,
     SinkStats,
 )
-from receiver.tasks import Answer, MatchedBy, MpsCheck, Task
+from receiver.tasks import MatchedBy, Task
 
 # Findings as stored: the same JSON as orjson's, in about half the time (msgspec knows dataclasses).
 encode_findings: Final = msgspec.json.Encoder().encode
@@ -166,6 +168,11 @@ def delivery_filter(q: DeliveryQuery) -> tuple[str, list[Any]]:
             clauses.append(clause)
             args.append(value)
     return " AND ".join(clauses), args
+
+
+def delivery_row(r: Sequence[Any]) -> DeliveryRow:
+    """A row of a delivery listing (``DeliveryRow``'s columns in order), its state decoded."""
+    return DeliveryRow(r[0], r[1], DeliveryState(r[2]), *r[3:])
 
 
 def event_record(row: Sequence[Any]) -> EventRecord:
@@ -328,32 +335,6 @@ RECONCILE_CANDIDATES: Final = (
 
 def reconcile_arguments(q: ReconcileQuery) -> tuple[Any, ...]:
     return (q.since, q.checked_before, q.overdue_before, q.silent_before, q.limit)
-
-
-def checks_json(checks: Sequence[MpsCheck]) -> str:
-    """A task's checks as stored: a JSON list of objects, members that are None left out."""
-    out = []
-    for c in checks:
-        doc: dict[str, Any] = {"at": c.at, "answer": c.answer.value}
-        optional = (("err_code", c.err_code), ("message", c.message), ("code", c.code))
-        doc.update((k, v) for k, v in optional if v is not None)
-        out.append(doc)
-    return orjson.dumps(out).decode()
-
-
-def checks_from_json(text: str | None) -> tuple[MpsCheck, ...]:
-    if not text:
-        return ()
-    return tuple(
-        MpsCheck(
-            at=c["at"],
-            answer=Answer(c["answer"]),
-            err_code=c.get("err_code"),
-            message=c.get("message"),
-            code=c.get("code"),
-        )
-        for c in orjson.loads(text)
-    )
 
 
 # --- receiver's own events: digests and operator events ----------------------------------------

@@ -13,115 +13,28 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Final, TypeVar
-
-import orjson
+from typing import Any, TypeVar
 
 from receiver import tasks
 from receiver.errors import ConflictError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import OperatorEvent, OwnEvent, Quarantined, Recorded, Router, Settlement
+from receiver.ports import Recorded, Router, Settlement
 from receiver.stores import reads, rows
-from receiver.stores.rows import ADOPT, DELIVERIES_WITH_EVENTS, ORPHANS_OF, Orphan, encode_findings
-from receiver.tasks import MatchedBy, Task, TaskState
+from receiver.stores.rows import ADOPT, ORPHANS_OF, Orphan
+from receiver.stores.sqlite_rows import (
+    INSERT_EVENT,
+    INSERT_TASK,
+    UPDATE_TASK,
+    event_row,
+    task_insert,
+    task_update,
+)
+from receiver.stores.task_rows import TASK_COLUMNS, task_from_row
+from receiver.tasks import MatchedBy, Task
 
 R = TypeVar("R")
 
-TASK_COLUMNS: Final = (
-    "id, task_id, session_id, session_context, url, labels, state, err_code, err_message, event_count,"
-    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id, checks,"
-    " checked_at, live_at, reconciled_at"
-)
-TASK_COLUMN_COUNT: Final = TASK_COLUMNS.count(",") + 1
-
-
-def task_columns(alias: str) -> str:
-    """``TASK_COLUMNS`` of the table known as ``alias``."""
-    return ", ".join(f"{alias}.{c.strip()}" for c in TASK_COLUMNS.split(","))
-
-
-_INSERT_EVENT = (
-    "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
-    " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key,"
-    " traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_UPDATE_TASK = (
-    "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
-    " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ?, request_id = ?,"
-    " checks = ?, checked_at = ?, live_at = ?, reconciled_at = ? WHERE id = ?"
-)
 _CACHE_LIMIT = 100_000  # cached lookups; past it the cache starts over
-
-
-def _event_row(seq: int, step: tasks.Step) -> tuple[Any, ...]:
-    e = step.event
-    return (
-        seq,
-        e.event_id,
-        e.task_id,
-        step.task.id if step.task else None,
-        step.matched_by.value if step.matched_by else None,
-        e.notification_type,
-        e.session_id,
-        e.session_context,
-        e.channel.value,
-        e.received_at,
-        e.verdict.value,
-        step.late,
-        e.err_code,
-        e.err_message,
-        encode_findings(e.findings),
-        e.body.decode(),
-        e.sign_key,
-        e.traceparent,
-    )
-
-
-def _task_update(t: Task) -> tuple[Any, ...]:
-    return (
-        t.task_id,
-        t.state.value,
-        t.err_code,
-        t.err_message,
-        t.event_count,
-        t.late_count,
-        t.updated_at,
-        t.first_event_at,
-        t.last_event_at,
-        t.ended_at,
-        t.request_id,
-        rows.checks_json(t.checks),
-        t.checked_at,
-        t.live_at,
-        t.reconciled_at,
-        t.id,
-    )
-
-
-def task_from_row(row: Sequence[Any]) -> Task:
-    return Task(
-        id=row[0],
-        task_id=row[1],
-        session_id=row[2],
-        session_context=row[3],
-        url=row[4],
-        labels=orjson.loads(row[5]),
-        state=TaskState(row[6]),
-        err_code=row[7],
-        err_message=row[8],
-        event_count=row[9],
-        late_count=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-        first_event_at=row[13],
-        last_event_at=row[14],
-        ended_at=row[15],
-        request_id=row[16],
-        checks=rows.checks_from_json(row[17]),
-        checked_at=row[18],
-        live_at=row[19],
-        reconciled_at=row[20],
-    )
 
 
 class SqliteWriter:
@@ -165,7 +78,7 @@ class SqliteWriter:
         try:
             result = body()
             if self._staged:
-                con.executemany(_UPDATE_TASK, [_task_update(t) for t in self._staged.values()])
+                con.executemany(UPDATE_TASK, [task_update(t) for t in self._staged.values()])
             con.execute("COMMIT")
         except BaseException as exc:
             self._staged.clear()
@@ -267,7 +180,7 @@ class SqliteWriter:
             for offset, step in enumerate(new, start=1):
                 e, seq = step.event, last + offset
                 seqs[e.event_id] = seq
-                rows.append(_event_row(seq, step))
+                rows.append(event_row(seq, step))
                 if (
                     found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)
                 ) is not None:
@@ -275,7 +188,7 @@ class SqliteWriter:
                 deliveries.extend(
                     (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks
                 )
-            self.con.executemany(_INSERT_EVENT, rows)
+            self.con.executemany(INSERT_EVENT, rows)
             self.con.executemany(reads.SEARCH_INSERT, searched)
             if deliveries:
                 self.con.executemany(
@@ -353,92 +266,9 @@ class SqliteWriter:
         if failed:
             self.con.executemany(reads.ATTEMPT_INSERT, failed)
 
-    def redrive_chunk(
-        self, where: str, args: Sequence[Any], now: float, after: int, limit: int
-    ) -> tuple[int, int]:
-        """Make up to ``limit`` matching deliveries with id > ``after`` pending again; returns how many
-        and the last id (to continue from)."""
-
-        def run() -> tuple[int, int]:
-            ids = [
-                row[0]
-                for row in self.con.execute(
-                    f"SELECT d.id {DELIVERIES_WITH_EVENTS} WHERE {where} AND d.id > ? ORDER BY d.id LIMIT ?",
-                    (*args, after, limit),
-                )
-            ]
-            self.con.executemany(reads.KEEP_DELIVERED, [(i,) for i in ids])
-            self.con.executemany(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " last_error = NULL, updated_at = ?, batch_id = NULL, batch_size = NULL WHERE id = ?",
-                [(now, now, i) for i in ids],
-            )
-            return len(ids), (ids[-1] if ids else after)
-
-        return self.transaction(run)
-
-    def set_sink_disabled(self, sink: str, reason: str | None, now: float) -> None:
-        self.transaction(
-            lambda: self.con.execute(
-                "INSERT INTO sink_state (sink, disabled_at, reason) VALUES (?, ?, ?) ON CONFLICT (sink)"
-                " DO UPDATE SET disabled_at = excluded.disabled_at, reason = excluded.reason",
-                (sink, now if reason else None, reason),
-            )
-        )
-
     # --- receiver's own events ---------------------------------------------------------------
 
-    def record_own_event(
-        self, event: OwnEvent, sinks: Sequence[str], operator: OperatorEvent | None = None
-    ) -> bool:
-        def run() -> bool:
-            op_id = None
-            if operator is not None:
-                row = self.con.execute(
-                    rows.OPERATOR_EVENT_INSERT,
-                    (
-                        operator.kind,
-                        operator.subject,
-                        operator.window_start,
-                        operator.at,
-                        orjson.dumps(operator.detail).decode(),
-                    ),
-                ).fetchone()
-                if row is None:
-                    return False  # this kind, subject and window are told already
-                op_id = row[0]
-            if not sinks:
-                return operator is not None
-            row = self.con.execute(rows.OWN_EVENT_INSERT, rows.own_event_values(event)).fetchone()
-            if row is None:
-                return False
-            at = event.at
-            self.con.executemany(
-                rows.OWN_DELIVERY_INSERT, [(sink, row[0], event.task_key, at, at, at) for sink in sinks]
-            )
-            if op_id is not None:
-                self.con.execute(rows.OPERATOR_EVENT_LINK, (row[0], op_id))
-            return True
-
-        return self.transaction(run)
-
-    def count_up(self, name: str, window_start: float, n: int) -> int:
-        def run() -> int:
-            (total,) = self.con.execute(rows.COUNT_UP, (name, window_start, n)).fetchone()
-            self.con.execute(rows.COUNTERS_PURGE, (window_start - 86400,))  # old windows: nobody asks
-            return int(total)
-
-        return self.transaction(run)
-
     # --- leases -------------------------------------------------------------------------------
-
-    def hold_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
-        return self.transaction(
-            lambda: self.con.execute(rows.HOLD_LEASE, (name, holder, now + ttl, now)).fetchone() is not None
-        )
-
-    def release_lease(self, name: str, holder: str) -> None:
-        self.transaction(lambda: self.con.execute(rows.RELEASE_LEASE, (name, holder)))
 
     # --- maintenance ------------------------------------------------------------------------------
 
@@ -469,26 +299,7 @@ class SqliteWriter:
 
         return self.transaction(run)
 
-    def purge(self, before: float, limit: int) -> tuple[int, int]:
-        """Drop the raw payload of events received before ``before`` (their normalized form stays)
-        unless a pending or dead delivery still needs it, and delivered outbox rows; dead letters
-        stay until redriven."""
-
-        def run() -> tuple[int, int]:
-            payloads = self.con.execute(rows.PURGE_PAYLOADS, (before, limit)).rowcount
-            deliveries = self.con.execute(rows.PURGE_DELIVERED, (before, limit)).rowcount
-            return int(payloads), int(deliveries)
-
-        return self.transaction(run)
-
-    def purge_quarantine(self, before: float, limit: int) -> int:
-        purge = rows.QUARANTINE_PURGE
-        return self.transaction(lambda: int(self.con.execute(purge, (before, limit)).rowcount))
-
     # --- quarantine -------------------------------------------------------------------------------
-
-    def quarantine(self, q: Quarantined) -> None:
-        self.transaction(lambda: self.con.execute(rows.QUARANTINE_INSERT, rows.quarantine_values(q)))
 
     # --- submissions ------------------------------------------------------------------------------
 
@@ -526,32 +337,7 @@ class SqliteWriter:
     def _register(self, task: Task, route: Router | None) -> tuple[Task, int]:
         if task.task_id is not None and self._by_mps_task_id(task.task_id) is not None:
             raise ConflictError(f"task_id {task.task_id!r} is already registered")
-        self.con.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * TASK_COLUMN_COUNT)})",
-            (
-                task.id,
-                task.task_id,
-                task.session_id,
-                task.session_context,
-                task.url,
-                orjson.dumps(task.labels),
-                task.state.value,
-                task.err_code,
-                task.err_message,
-                task.event_count,
-                task.late_count,
-                task.created_at,
-                task.updated_at,
-                task.first_event_at,
-                task.last_event_at,
-                task.ended_at,
-                task.request_id,
-                rows.checks_json(task.checks),
-                task.checked_at,
-                task.live_at,
-                task.reconciled_at,
-            ),
-        )
+        self.con.execute(INSERT_TASK, task_insert(task))
         self._added.append(task)
         return self._adopt(task, task.updated_at, route)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from receiver.errors import StoreUnavailableError
-from receiver.ports import Store
+from receiver.ports import IngestCountBook
 
 log = structlog.get_logger("receiver.console")
 
@@ -32,7 +32,7 @@ class IngestCounts:
         """One notification's outcome (``stored``, ``duplicate``, ``invalid``, ...)."""
         self._counts[(int(self._clock() // 60), outcome)] += 1
 
-    async def flush(self, store: Store) -> int:
+    async def flush(self, store: IngestCountBook) -> int:
         """Add what was counted since the last flush to the store's counts; returns how many rows."""
         counts, self._counts = self._counts, Counter()
         if not counts:
@@ -44,7 +44,7 @@ class IngestCounts:
             raise
         return len(counts)
 
-    async def run(self, store: Store, stop: asyncio.Event, interval: float = FLUSH_SECONDS) -> None:
+    async def run(self, store: IngestCountBook, stop: asyncio.Event, interval: float = FLUSH_SECONDS) -> None:
         """Flush every ``interval`` until ``stop`` is set, then once more. Never raises."""
         while True:
             with contextlib.suppress(TimeoutError):

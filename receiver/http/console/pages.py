@@ -251,7 +251,7 @@ async def deliveries_page(request: web.Request) -> web.Response:
             q=filters,
             sinks=[],
             sink_names=_sinks(request),
-            states=DeliveryState.ALL,
+            states=tuple(DeliveryState),
             redrive_url=None,
             redriven=None,
         )
@@ -269,7 +269,7 @@ async def deliveries_page(request: web.Request) -> web.Response:
         q=filters,
         sinks=sinks,
         sink_names=_sinks(request),
-        states=DeliveryState.ALL,
+        states=tuple(DeliveryState),
         redrive_url=str(URL("/console/deliveries/redrive").with_query(filters)),
         redriven=int(redriven) if redriven and redriven.isdigit() else None,
         now=request.config_dict[keys.CLOCK](),

@@ -79,7 +79,7 @@ async def task_page(request: web.Request) -> web.Response:
     counts = await store.task_delivery_counts(task.task_id) if task.task_id else []
     per_sink: dict[str, dict[str, int]] = {}
     for sink, state, n in counts:
-        per_sink.setdefault(sink, dict.fromkeys(DeliveryState.ALL, 0))[state] = n
+        per_sink.setdefault(sink, dict.fromkeys(tuple(DeliveryState), 0))[state] = n
     config = request.config_dict
     return render_page(
         request,
