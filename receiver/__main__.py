@@ -24,13 +24,14 @@ from aiohttp.log import access_logger
 
 from receiver.app import create_app, listen_addresses, listeners_for
 from receiver.bell import Bell
+from receiver.config import load_settings
 from receiver.errors import ConfigError, ReceiverError
 from receiver.listeners import serve
 from receiver.logs import configure_logging
 from receiver.metrics import Metrics
 from receiver.ports import DeliveryQuery, DeliveryState
 from receiver.redact import redact_url
-from receiver.settings import Settings, load_settings
+from receiver.settings import Settings
 from receiver.stores import open_store
 from receiver.workers import WorkerSpec, supervise, worker_command
 

@@ -28,6 +28,10 @@ class SinkPolicy:
     operator: bool = False  # takes operator events: its own failures raise none (no loops)
 
 
+# The defaults of every sink's policy; the settings take theirs from here.
+DEFAULT_POLICY = SinkPolicy()
+
+
 def _wait(attempts: int, error: SinkError, policy: SinkPolicy, rng: random.Random) -> float:
     """Seconds before the attempt after attempt number ``attempts``."""
     wait = policy.retry_schedule[attempts - 1] * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
