@@ -42,10 +42,6 @@ class IngestResult:
     event: Event
     recorded: Recorded
 
-    @property
-    def outcome(self) -> str:
-        return "duplicate" if self.recorded.duplicate else "stored"
-
 
 class Ingestor:
     """Turns the bytes of one notification, from either channel, into a stored event."""

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from receiver import wire
 from receiver.ports import EventRecord, TimelineEvent
 
 WIDTH = 1000  # the timeline's and the chart's drawing width (viewBox units)
@@ -181,7 +182,7 @@ class Drawing:
             self.rendered.clear()
             self.last_seq = max(self.last_seq, e.seq)
             self.events += 1
-            if e.notification_type == "ProcessEof":
+            if e.notification_type == wire.PROCESS_EOF:
                 ok = (e.err_code or 0) == 0
                 self._eof = (
                     ok,

@@ -26,7 +26,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from receiver import tc3
+from receiver import tc3, wire
 from receiver.emulator import book
 from receiver.emulator.book import ApiError, EmulatedTask
 from receiver.emulator.notify import Notifier
@@ -241,7 +241,7 @@ class Emulator:
         for at, notification in plan(task.task_id, p, scenario):
             if await self._aborted_before(task, started + at / self.settings.speed):
                 break
-            if notification["NotificationType"] == "ProcessEof":
+            if notification["NotificationType"] == wire.PROCESS_EOF:
                 task.finish(scenario.eof_err_code, scenario.eof_message)
                 if scenario.lose_eof:
                     log.info("ProcessEof lost, as the scenario says", task_id=task.task_id)

@@ -107,7 +107,7 @@ def _result(kind: str, rng: random.Random, at: float) -> dict[str, Any]:
 def eof(task_id: str, request: dict[str, Any], err_code: int, message: str) -> Notification:
     """The ProcessEof of a task."""
     return {
-        "NotificationType": "ProcessEof",
+        "NotificationType": wire.PROCESS_EOF,
         "TaskId": task_id,
         "SessionId": request.get("SessionId", ""),
         "SessionContext": request.get("SessionContext", ""),

@@ -772,7 +772,3 @@ class PostgresStore:
 
     async def ping(self) -> None:
         await self._run(lambda con: con.execute("SELECT 1"), write=False)
-
-    async def count_events(self) -> int:
-        sql = f"SELECT count(*) FROM events WHERE channel <> '{rows.OWN_CHANNEL}'"  # MPS's only
-        return int(await self._run(lambda con: con.fetchval(sql), write=False))

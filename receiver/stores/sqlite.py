@@ -579,11 +579,3 @@ class SqliteStore:
     async def ping(self) -> None:
         # Readiness means "can take a write": take the write lock and let it go.
         await self._write_with(lambda w: w.transaction(lambda: None))
-
-    async def count_events(self) -> int:
-        def run() -> int:
-            assert self._rcon is not None
-            sql = f"SELECT count(*) FROM events WHERE channel <> '{rows.OWN_CHANNEL}'"  # MPS's only
-            return int(self._rcon.execute(sql).fetchone()[0])
-
-        return await self._read_safely(run)
