@@ -266,9 +266,14 @@ class AmqpConsumer:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        # Every line logged for this delivery says where it came from (ingest adds the task).
+        bound = structlog.contextvars.bind_contextvars(
+            channel=Channel.AMQP.value, message_id=message.message_id
+        )
         try:
             await self._handle(message, traceparent)
         finally:
+            structlog.contextvars.reset_contextvars(**bound)
             if task is not None:
                 self._inflight.discard(task)
 

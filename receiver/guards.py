@@ -192,7 +192,10 @@ async def body_timeout(request: web.Request, handler: Handler) -> web.StreamResp
             async with asyncio.timeout(limit):
                 await request.read()
         except TimeoutError:
-            log.warning("request body timed out", path=request.path, method=request.method, limit=limit)
+            if request.path == WEBHOOK_PATH:  # still one summary line per notification
+                log.warning("notification", channel="http", outcome="body_timeout", limit=limit)
+            else:
+                log.warning("request body timed out", path=request.path, method=request.method, limit=limit)
             response = _refused(
                 408, "body_timeout", f"the request body did not arrive within {limit} s", "body"
             )
