@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.app import create_app
-from receiver.consumer import policy_command
+from receiver.topology import policy_command
 from receiver.web import CONSUMER
 from tests.amqp_broker import Broker, close_connections_named, connections_named, rabbitmqctl
 from tests.conftest import FROZEN_NOW, body, signed
