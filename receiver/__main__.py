@@ -1,5 +1,7 @@
-"""The command line: ``receiver serve | consume | dispatch | migrate | emulate | submit | replay |
-reconcile | abort``: the parser and the dispatch to ``receiver.commands``."""
+"""The command line's parser and ``main``, which runs the command (``receiver.commands``) it names.
+
+``receiver serve | consume | dispatch | migrate | emulate | submit | replay | reconcile | abort``.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""What a delivery attempt makes of a delivery (or a batch): the retry schedule with jitter, the
-dead letter after the last attempt, a reschedule that spends no attempt; and the circuit breaker.
-Pure: no I/O."""
+"""Sink policies and what an attempt makes of a delivery or a batch: retries, dead letters, the breaker.
+
+The retry schedule with jitter, the dead letter after the last attempt, a reschedule that spends
+no attempt; ``SinkPolicy`` and its defaults (``DEFAULT_POLICY``, which the settings take theirs
+from); and the circuit breaker. Pure: no I/O.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which sinks an event goes to: per-sink filters, evaluated at ingest. Pure, no I/O."""
+"""Which sinks an event goes to: per-sink filters, evaluated at ingest (pure, no I/O)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Task records, their state machine, the rules that match an event to a task, and the batch plan that
-applies them to a whole batch of new events for every store. Pure, no I/O."""
+"""Task records, their state machine, the rules that match an event to a task, and the batch plan.
+
+The plan applies those rules to a whole batch of new events, for every store. Pure, no I/O.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""What the console's pages show, made from stored records: the timeline of a task on its stream's own
-time axis, its transcript, the overview's chart, safe previews and links. Pure: no I/O, no markup
-(the templates escape and draw; nothing here is trusted to be HTML)."""
+"""What the console's pages show, made from stored records: timelines, transcripts, charts, previews.
+
+The timeline of a task on its stream's own time axis, its transcript, the overview's chart, safe
+previews and links. Pure: no I/O, no markup (the templates escape and draw; nothing here is
+trusted to be HTML).
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""``Notifier``: how the emulator sends a notification, as MPS would: HTTP POST to ``NotifyUrl``
-(retried on non-2xx or no answer as ``CallbackRetry`` says: none, at a fixed interval, or with
-backoff; MPS documents no policy, so which one is an assumption) or a message on the
-RabbitMQ queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's stand-in). A topic that no
-one has declared yet is declared here, as the durable fanout exchange receiver's consumer declares
-by default; one that exists is used as it is, whatever its type."""
+"""``Notifier``: how the emulator sends a notification, as MPS would, by HTTP or on RabbitMQ.
+
+HTTP: a POST to ``NotifyUrl``, retried on non-2xx or no answer as ``CallbackRetry`` says (none,
+at a fixed interval, or with backoff; MPS documents no policy, so which one is an assumption).
+RabbitMQ: a message on the queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's
+stand-in). A topic that no one has declared yet is declared here, as the durable fanout exchange
+receiver's consumer declares by default; one that exists is used as it is, whatever its type.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scenarios: what a task's stream "produces", as a deterministic plan of notifications. Pure.
+"""Scenarios: what a task's stream "produces", as a deterministic plan of notifications (pure).
 
 A plan is a list of (seconds after the task started, notification); the same task and seed give
 the same plan. It has notifications of each kind the task asked for, then ``ProcessEof``, and can
