@@ -53,8 +53,8 @@ from harness import (
     write_report,
 )
 
-from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
+from receiver.topology import declare_topology
 
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PREFETCH = 100

@@ -47,7 +47,6 @@ from receiver.ports import (
     Sink,
 )
 from receiver.recent import RecentEvents as RecentEvents
-from receiver.retries import DEFAULT_SCHEDULE as DEFAULT_SCHEDULE
 from receiver.retries import CircuitBreaker as CircuitBreaker
 from receiver.retries import Heard, rescheduled, settle_batch
 from receiver.retries import SinkPolicy as SinkPolicy

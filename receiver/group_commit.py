@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -38,7 +39,9 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            # In a context of its own: a batch is nobody's notification, so the lines it logs
+            # carry none of the context the first caller's adapter bound.
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         return await future
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
@@ -51,7 +54,7 @@ class GroupCommit(Generic[T, R]):
             self._pending.append((item, future))
             futures.append(future)
         if futures and (self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.create_task(self._flush())
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         return [await future for future in futures]
 
     async def _flush(self) -> None:

@@ -7,12 +7,14 @@ The outbox rows for the sinks whose filters match are written in that same trans
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from receiver import decoder, events, logs, wire
 from receiver.errors import (
@@ -27,6 +29,14 @@ from receiver.group_commit import GroupCommit
 from receiver.ports import EventLog, Recorded, Router
 
 log = structlog.get_logger("receiver.ingest")
+# The summary line's outcome for each way a notification is refused; any other exception: "error".
+_REFUSED: dict[type[Exception], str] = {
+    InvalidNotificationError: "invalid",
+    NotLiveError: "not_live",
+    SignatureError: "unauthorized",
+    StoreUnavailableError: "unavailable",
+    UnstorableError: "unstorable",
+}
 # The summary line's level by outcome; any other outcome is an error.
 _LEVEL = {
     "stored": "info",
@@ -41,10 +51,6 @@ _LEVEL = {
 class IngestResult:
     event: Event
     recorded: Recorded
-
-    @property
-    def outcome(self) -> str:
-        return "duplicate" if self.recorded.duplicate else "stored"
 
 
 class Ingestor:
@@ -100,10 +106,14 @@ class Ingestor:
         started = time.perf_counter()
         summary: dict[str, Any] = {"channel": channel.value}
         outcome = "error"
+        bound: Mapping[str, contextvars.Token[Any]] = {}
         try:
             received_at = self._clock()
             body, head = decoder.read(raw)
-            summary["task_id"] = head.task_id.strip()
+            summary["task_id"] = task_id = head.task_id.strip()
+            # The adapter bound the channel and message id; only this knows the task. Every line
+            # logged while the notification is ingested carries it.
+            bound = bind_contextvars(task_id=task_id)
             summary["notification_type"] = head.notification_type.strip()
             # The Sign first: a body nobody signed is refused before it costs a full validation.
             check = events.verify_sign(
@@ -142,27 +152,12 @@ class Ingestor:
             summary["late"] = recorded.late
             summary["findings"] = len(event.findings)
             return IngestResult(event, recorded)
-        except InvalidNotificationError as exc:
-            outcome = "invalid"
-            summary["error"] = str(exc)
-            raise
-        except NotLiveError as exc:
-            outcome = "not_live"
-            summary["error"] = str(exc)
-            raise
-        except SignatureError as exc:
-            outcome = "unauthorized"
-            summary["error"] = exc.reason
-            if self._on_signature_failure is not None:
+        except Exception as exc:
+            outcome = next((_REFUSED[t] for t in type(exc).__mro__ if t in _REFUSED), "error")
+            if outcome != "error":
+                summary["error"] = str(exc)  # (a SignatureError's is its reason)
+            if outcome == "unauthorized" and self._on_signature_failure is not None:
                 self._on_signature_failure(channel)
-            raise
-        except StoreUnavailableError as exc:
-            outcome = "unavailable"
-            summary["error"] = str(exc)
-            raise
-        except UnstorableError as exc:
-            outcome = "unstorable"
-            summary["error"] = str(exc)
             raise
         finally:
             summary["outcome"] = outcome
@@ -171,6 +166,8 @@ class Ingestor:
             if self._observe is not None:
                 self._observe(channel.value, outcome, elapsed)
             logs.line(log, "receiver.ingest", _LEVEL.get(outcome, "error"), "notification", summary)
+            if bound:
+                reset_contextvars(**bound)
 
     async def drain(self) -> None:
         await self._group.drain()

@@ -1,6 +1,9 @@
-"""What a delivery attempt makes of a delivery (or a batch): the retry schedule with jitter, the
-dead letter after the last attempt, a reschedule that spends no attempt; and the circuit breaker.
-Pure: no I/O."""
+"""Sink policies and what an attempt makes of a delivery or a batch: retries, dead letters, the breaker.
+
+The retry schedule with jitter, the dead letter after the last attempt, a reschedule that spends
+no attempt; ``SinkPolicy`` and its defaults (``DEFAULT_POLICY``, which the settings take theirs
+from); and the circuit breaker. Pure: no I/O.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ class SinkPolicy:
     max_batch: int = 1  # events per request or message
     max_wait: float = 0.1  # seconds a batch waits to fill
     operator: bool = False  # takes operator events: its own failures raise none (no loops)
+
+
+# The defaults of every sink's policy; the settings take theirs from here.
+DEFAULT_POLICY = SinkPolicy()
 
 
 def _wait(attempts: int, error: SinkError, policy: SinkPolicy, rng: random.Random) -> float:

@@ -1,9 +1,8 @@
-"""Which sinks an event goes to: per-sink filters, evaluated at ingest. Pure, no I/O."""
+"""Which sinks an event goes to: per-sink filters, evaluated at ingest (pure, no I/O)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,7 +79,3 @@ def router(filters: Sequence[tuple[str, SinkFilter]]) -> Router:
         return [name for name, f in filters if f.matches(event, task)]
 
     return route
-
-
-def describe(f: SinkFilter) -> dict[str, Any]:
-    return f.model_dump(exclude_defaults=True, mode="json")

@@ -1,4 +1,4 @@
-"""Settings: a TOML file (``config/receiver.toml``) overlaid by ``RECEIVER_*`` environment variables.
+"""The settings' models: every section and key, its default and its checks (``receiver.config`` loads them).
 
 Built once in ``main`` and passed down; nothing else reads the environment. Secrets are ``SecretStr``
 so they never show in a repr or a log line.
@@ -6,31 +6,22 @@ so they never show in a repr or a log line.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
-import os
-import re
-import tomllib
-import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
-    TomlConfigSettingsSource,
 )
 
-from receiver import messages
-from receiver.dispatch import DEFAULT_SCHEDULE, SinkPolicy
-from receiver.emulator.api import EmulatorSettings
+from receiver.emulator.settings import EmulatorSettings
 from receiver.errors import ConfigError
 from receiver.events import Channel, NotifyKeys, SignPolicy
+from receiver.retries import DEFAULT_POLICY, SinkPolicy
 from receiver.routing import SinkFilter
 
 
@@ -165,21 +156,24 @@ class SinkSettings(Section):
     kind: str
     options: dict[str, Any] = Field(default_factory=dict)  # checked by the kind itself
     filter: SinkFilter = Field(default_factory=SinkFilter)
-    concurrency: int = Field(default=8, gt=0)
-    retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE  # seconds before attempt 2, 3, ...; then dead
-    jitter: float = Field(default=0.2, ge=0, lt=1)
-    breaker_threshold: int = Field(default=5, gt=0)
-    breaker_cooldown: float = Field(default=30.0, ge=0)
+    # The defaults are SinkPolicy's (one place): see receiver.retries for what each one means.
+    concurrency: int = Field(default=DEFAULT_POLICY.concurrency, gt=0)
+    # seconds before attempt 2, 3, ...; then dead
+    retry_schedule: tuple[float, ...] = DEFAULT_POLICY.retry_schedule
+    jitter: float = Field(default=DEFAULT_POLICY.jitter, ge=0, lt=1)
+    breaker_threshold: int = Field(default=DEFAULT_POLICY.breaker_threshold, gt=0)
+    breaker_cooldown: float = Field(default=DEFAULT_POLICY.breaker_cooldown, ge=0)
     # Events per second (a token bucket counting events, batched or not); None: no limit. Over
     # it a delivery waits: rescheduled, no attempt spent, the breaker not told.
-    rate_limit: float | None = Field(default=None, gt=0)
+    rate_limit: float | None = Field(default=DEFAULT_POLICY.rate_limit, gt=0)
     rate_burst: int | None = Field(
         default=None, gt=0
     )  # events the bucket holds; None: max(rate_limit, max_batch)
     # Events per request (http) or message (amqp): a JSON array. 1: one event each, as always.
-    max_batch: int = Field(default=1, gt=0, le=1000)
-    max_wait: float = Field(default=0.1, ge=0, le=60)  # seconds a batch waits to fill before it goes
-    operator: bool = False  # takes receiver's own operator events, and no MPS event
+    max_batch: int = Field(default=DEFAULT_POLICY.max_batch, gt=0, le=1000)
+    # seconds a batch waits to fill before it goes
+    max_wait: float = Field(default=DEFAULT_POLICY.max_wait, ge=0, le=60)
+    operator: bool = DEFAULT_POLICY.operator  # takes receiver's own operator events, and no MPS event
     digests: bool = False  # also takes a digest of each task once it has ended
 
     def policy(self) -> SinkPolicy:
@@ -382,126 +376,3 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-
-ENV_PREFIX = "RECEIVER_"
-
-
-def _unwrap(annotation: Any) -> list[Any]:
-    """The types an annotation allows, ``None`` left out (``X | None`` is X)."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        return [a for a in get_args(annotation) if a is not type(None)]
-    return [annotation]
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    for a in _unwrap(annotation):
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
-    return None
-
-
-def _json_kind(annotation: Any) -> str | None:
-    """What JSON pydantic-settings expects for a field set from one variable (None: a plain value)."""
-    for a in _unwrap(annotation):
-        origin = get_origin(a) or a
-        if origin in (list, tuple, set, frozenset):
-            return 'a JSON array, e.g. ["a", "b"]'
-        if origin is dict:
-            return 'a JSON object, e.g. {"key": "value"}'
-        if isinstance(origin, type) and issubclass(origin, BaseModel):
-            return "a JSON object of the section's settings (or one variable per setting, with __)"
-    return None
-
-
-def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> Iterator[tuple[str, Any]]:
-    """Every variable that names a setting: ``RECEIVER_SINKS``, ``RECEIVER_HTTP``, ``RECEIVER_HTTP__PORT``."""
-    for name, field in model.model_fields.items():
-        env = f"{prefix}{name.upper()}"
-        yield env, field.annotation
-        nested = _model_of(field.annotation)
-        if nested is not None:
-            yield from _env_names(nested, f"{env}__")
-
-
-def check_environment(environ: Mapping[str, str]) -> None:
-    """Refuse a ``RECEIVER_*`` variable that names no setting (a typo would be ignored otherwise),
-    and a list or table given as a plain string (pydantic-settings wants JSON there)."""
-    valid = dict(_env_names(Settings))
-    for name, value in sorted(environ.items()):
-        upper = name.upper()  # pydantic-settings reads names case-insensitively
-        if not upper.startswith(ENV_PREFIX):
-            continue
-        if upper not in valid:
-            near = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]}?" if near else ""
-            raise ConfigError(f"{name}: no such setting{hint}")
-        kind = _json_kind(valid[upper])
-        if kind is None:
-            continue
-        try:
-            json.loads(value)
-        except ValueError:
-            # The value is not shown: it may be a secret (notify keys, sink options).
-            raise ConfigError(f"{name}: expected {kind}; got a value that is not JSON") from None
-
-
-def _sinks_by_name(message: str, config_file: Path | None, environ: Mapping[str, str]) -> str:
-    """``sinks.0.rate_limit`` said as ``sinks.alerts.rate_limit``: the sink by the name it was given
-    (from RECEIVER_SINKS when set, as the settings take it, else from the file)."""
-    given: Any = None
-    env = next((v for k, v in environ.items() if k.upper() == f"{ENV_PREFIX}SINKS"), None)
-    try:
-        if env is not None:
-            given = json.loads(env)
-        elif config_file is not None:
-            given = tomllib.loads(config_file.read_text()).get("sinks")
-    except (ValueError, OSError):
-        return message
-    if not isinstance(given, list):
-        return message
-    names = [s.get("name") if isinstance(s, dict) else None for s in given]
-
-    def named(match: re.Match[str]) -> str:
-        i = int(match.group(1))
-        name = names[i] if i < len(names) else None
-        return f"sinks.{name}." if isinstance(name, str) and name else match.group(0)
-
-    return re.sub(r"\bsinks\.(\d+)\.", named, message)
-
-
-def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the TOML file (if any), then let ``RECEIVER_*`` variables override it.
-
-    ``environ`` is what is checked for unknown ``RECEIVER_*`` names (default: ``os.environ``, which
-    pydantic-settings reads).
-    """
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
-    environ = os.environ if environ is None else environ
-    check_environment(environ)
-
-    class FromFile(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources = [init_settings, env_settings]
-            if config_file is not None:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
-            return tuple(sources)
-
-    try:
-        settings = Settings.model_validate(FromFile().model_dump())
-    except ValidationError as exc:
-        raise ConfigError(_sinks_by_name(messages.describe(exc), config_file, environ)) from None
-    except SettingsError as exc:
-        raise ConfigError(f"{exc} (lists and tables in RECEIVER_* variables are JSON)") from None
-    # OTEL_* are not ours (not RECEIVER_*): the OpenTelemetry variables, read here once and no
-    # more (the SDK is given what they say rather than reading the environment itself).
-    return settings.model_copy(update={"tracing": settings.tracing.with_environment(environ)})

@@ -1,5 +1,7 @@
-"""Task records, their state machine, the rules that match an event to a task, and the batch plan that
-applies them to a whole batch of new events for every store. Pure, no I/O."""
+"""Task records, their state machine, the rules that match an event to a task, and the batch plan.
+
+The plan applies those rules to a whole batch of new events, for every store. Pure, no I/O.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from receiver.events import OWN_CONTEXT_PREFIX, Channel, Event
+from receiver.wire import PROCESS_EOF
 
 
 class TaskState(StrEnum):
@@ -26,7 +29,6 @@ class TaskState(StrEnum):
         return self in (TaskState.FINISHED, TaskState.FAILED)
 
 
-EOF = "ProcessEof"
 # receiver's own event for a task that MPS says has ended (DescribeTaskDetail: FINISH) while no
 # ProcessEof came: it ends the task as a ProcessEof would. Only from the reconcile channel: a
 # notification of that name from outside is a generic event like any unknown type.
@@ -153,7 +155,7 @@ def adoptable(task: Task, event_session_context: str) -> bool:
 def ends(event: Occurrence) -> bool:
     """Whether the event is the end of its task: a ProcessEof, or receiver's own reconcile end."""
     kind = event.notification_type
-    return kind == EOF or (kind == RECONCILE_END and event.channel == Channel.RECONCILE)
+    return kind == PROCESS_EOF or (kind == RECONCILE_END and event.channel == Channel.RECONCILE)
 
 
 def apply(task: Task, event: Occurrence) -> Transition:
@@ -169,7 +171,7 @@ def apply(task: Task, event: Occurrence) -> Transition:
         state = TaskState.FINISHED if err_code == 0 else TaskState.FAILED
         missing = (
             "ProcessEof carried no ProcessEofInfo.ErrCode"
-            if event.notification_type == EOF
+            if event.notification_type == PROCESS_EOF
             else "MPS said FINISH without an ErrCode"
         )
         err_message = event.err_message if err_code is not None else missing

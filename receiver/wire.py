@@ -16,6 +16,7 @@ from typing import Annotated, Final, TypeVar
 
 import msgspec
 
+PROCESS_EOF: Final = "ProcessEof"  # the last notification of every task
 NOTIFICATION_TYPES: Final = (
     "AiReviewResult",
     "AiRecognitionResult",
@@ -23,7 +24,7 @@ NOTIFICATION_TYPES: Final = (
     "AiQualityControlResult",
     "LiveRecordResult",
     "AiSmartSubtitleResult",
-    "ProcessEof",
+    PROCESS_EOF,
 )
 
 # What one notification may carry. Real ones hold a handful of results and a few KiB of text.

@@ -13,7 +13,9 @@ import pytest
 from aiohttp import web
 
 from receiver import decoder, events
+from receiver.documents import OWN_CHANNEL
 from receiver.events import Channel, Check, Event, expected_sign
+from receiver.ports import EventQuery
 from tests.amqp_broker import Broker, broker_session
 
 EXAMPLES = Path(__file__).parent / "data" / "examples"
@@ -115,3 +117,15 @@ class HookTarget:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def mps_events(store: Any) -> int:
+    """How many of MPS's events a store holds (receiver's own operator events left out), read
+    through the event listing as the API reads it."""
+    count, after = 0, 0
+    while True:
+        page = await store.list_events(EventQuery(after=after, limit=1000))
+        count += sum(1 for e in page.items if e.channel != OWN_CHANNEL)
+        if page.next is None:
+            return count
+        after = int(page.next)

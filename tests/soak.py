@@ -37,8 +37,8 @@ import orjson
 from aiohttp import web
 
 from receiver import events
-from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
+from receiver.topology import declare_topology
 from tests.amqp_broker import close_connections_named
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

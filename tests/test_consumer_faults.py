@@ -10,13 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.app import create_app
-from receiver.consumer import policy_command
 from receiver.http.keys import CONSUMER
+from receiver.topology import policy_command
 from tests.amqp_broker import Broker, close_connections_named, connections_named, rabbitmqctl
 from tests.conftest import FROZEN_NOW, body, signed
 from tests.test_consumer import (
@@ -193,6 +195,32 @@ async def test_every_notification_logs_exactly_one_summary_line_whichever_way_it
     outcomes = sorted(e["outcome"] for e in per_notification)
     assert outcomes == ["duplicate", "invalid", "stored", "too_large", "unauthorized"]
     assert {e["channel"] for e in per_notification} == {"amqp"}
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "outcome"),
+    [
+        ("dead-lettered", b"{ not json", "invalid"),
+        ("too large", body(signed({**REVIEW, "Padding": "x" * 5000})), "too_large"),
+    ],
+)
+async def test_a_refused_delivery_logs_one_summary_line_bound_to_its_message_id(
+    aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker, path: str, payload: bytes, outcome: str
+) -> None:
+    limits = settings(tmp_path, broker.queue).model_copy(deep=True)
+    limits.http.max_body_bytes = 4096
+    client = await aiohttp_client(create_app(limits, clock=lambda: FROZEN_NOW))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await broker.channel.default_exchange.publish(
+            aio_pika.Message(payload, message_id="m-refused"), routing_key=broker.queue
+        )
+
+        async def settled() -> bool:
+            return int((await amqp_state(client)).get("rejected", 0)) == 1
+
+        await eventually(settled)
+    [summary] = [e for e in logs if e["event"] == "notification"]
+    assert (summary["channel"], summary["outcome"], summary["message_id"]) == ("amqp", outcome, "m-refused")
 
 
 async def test_the_connection_name_can_be_set(

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from receiver import events
-from receiver.consumer import declare_topology
 from receiver.settings import AmqpSettings
+from receiver.topology import declare_topology
 from tests.amqp_broker import AMQP_URL, queue_for_a_process
 from tests.conftest import body, example, signed
 from tests.test_process import free_port

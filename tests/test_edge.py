@@ -240,24 +240,27 @@ async def test_a_body_that_stops_half_way_is_408_and_the_connection_closes(tmp_p
     s = settings(tmp_path, port=0, body_timeout=timeout)
     listening = await Listening.start(listeners_for(s, create_app(s)))
     try:
-        host, port = listening.addresses["http"]
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            "Content-Length: 1000\r\n\r\n".encode()
-            + b'{"TaskId": "' + b"x" * 488
-        )  # fmt: skip
-        await writer.drain()
-        sent = time.monotonic()
-        answer = await asyncio.wait_for(reader.read(), timeout=timeout + 5)  # until the server closes
-        elapsed = time.monotonic() - sent
-        writer.close()
+        with capture_logs() as logs:
+            host, port = listening.addresses["http"]
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 1000\r\n\r\n".encode()
+                + b'{"TaskId": "' + b"x" * 488
+            )  # fmt: skip
+            await writer.drain()
+            sent = time.monotonic()
+            answer = await asyncio.wait_for(reader.read(), timeout=timeout + 5)  # until the server closes
+            elapsed = time.monotonic() - sent
+            writer.close()
     finally:
         await listening.stop()
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer
     assert orjson.loads(payload)["error"]["code"] == "body_timeout"
     assert timeout <= elapsed < timeout + 1.0  # closed at once, not after aiohttp's 10 s of lingering
+    summaries = [line["outcome"] for line in logs if line["event"] == "notification"]
+    assert summaries == (["body_timeout"] if path == "/v1/notifications" else [])
 
 
 # --- what the unauthenticated are told ----------------------------------------------------------

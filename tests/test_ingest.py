@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel, NotifyKeys, SignPolicy, Verdict
-from receiver.ingest import Ingestor
+from receiver.ingest import Ingestor, IngestResult
 from receiver.ports import EventQuery
 from receiver.stores.sqlite import SqliteStore
 from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
@@ -45,7 +45,7 @@ async def test_concurrent_notifications_share_one_commit_and_each_waits_for_it()
     assert not any(t.done() for t in pending)  # nobody is answered before the commit
     store.gate.set()
     results = await asyncio.gather(*pending)
-    assert all(r.outcome == "stored" for r in results)
+    assert not any(r.recorded.duplicate for r in results)  # every one stored
     assert sum(len(b) for b in store.batches) == 50
     assert len(store.batches) <= 2  # the first arrival may commit alone; the rest ride together
 
@@ -72,7 +72,7 @@ async def test_a_failed_commit_fails_every_waiter_in_it_and_the_next_batch_still
     assert all(isinstance(o, StoreUnavailableError) for o in outcomes)
     store.down = False
     result = await ing.ingest(distinct(1)[0], Channel.HTTP)
-    assert result.outcome == "stored"
+    assert not result.recorded.duplicate  # stored
 
 
 async def test_the_same_notification_over_both_channels_is_stored_once_and_counted_as_a_duplicate(
@@ -86,7 +86,7 @@ async def test_the_same_notification_over_both_channels_is_stored_once_and_count
         first, second = await asyncio.gather(
             ing.ingest(body(doc), Channel.HTTP), ing.ingest(body(doc), Channel.AMQP)
         )
-        assert (first.outcome, second.outcome) == ("stored", "duplicate")
+        assert (first.recorded.duplicate, second.recorded.duplicate) == (False, True)  # stored, duplicate
         assert first.event.event_id == second.event.event_id
         [stored] = (await store.list_events(EventQuery())).items
         assert (stored.event_id, stored.channel, stored.duplicates) == (first.event.event_id, "http", 1)
@@ -161,5 +161,6 @@ async def test_an_event_that_breaks_its_batch_fails_alone_and_its_neighbours_are
     store.gate.set()
     outcomes = await asyncio.gather(*pending, return_exceptions=True)
     assert isinstance(outcomes[3], UnstorableError)
-    assert [getattr(o, "outcome", None) for i, o in enumerate(outcomes) if i != 3] == ["stored"] * 6
+    stored = [o for i, o in enumerate(outcomes) if i != 3]
+    assert [isinstance(o, IngestResult) and not o.recorded.duplicate for o in stored] == [True] * 6
     assert len(store.events) == 6

@@ -10,9 +10,10 @@ import orjson
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from receiver.config import _env_names, load_settings
 from receiver.errors import ConfigError
 from receiver.events import Channel, SignPolicy
-from receiver.settings import Settings, _env_names, load_settings
+from receiver.settings import Settings
 from receiver.sinks import build_sink
 from receiver.sinks.log import LogOptions
 

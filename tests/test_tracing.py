@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from receiver.app import create_app
+from receiver.config import load_settings
 from receiver.errors import ConfigError
-from receiver.settings import load_settings
 from tests.amqp_broker import Broker
 from tests.conftest import body, signed
 from tests.test_consumer import settings as consumer_settings
@@ -66,7 +66,7 @@ def test_with_tracing_off_a_fresh_interpreter_never_imports_opentelemetry(otel: 
         "import sys\n"
         "import receiver.__main__, receiver.app, receiver.http.api, receiver.consumer, receiver.dispatch\n"
         "import receiver.sinks.http, receiver.sinks.amqp, receiver.notices, receiver.tracing\n"
-        "from receiver.settings import load_settings\n"
+        "from receiver.config import load_settings\n"
         "s = load_settings(None)\n"
         f"s = s.model_copy(update={{'store': s.store.model_copy(update={{'url': 'sqlite:///{tmp_path}/r.db'}})}})\n"
         "receiver.app.create_app(s)\n"

@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.events import expected_sign
@@ -157,6 +159,28 @@ async def test_a_body_over_the_limit_is_413(client: TestClient[Any, Any]) -> Non
     assert status == 413
     assert answer["error"]["code"] == "body_too_large"
     assert answer["error"]["limit"] == 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("path", "sent", "status", "outcome"),
+    [
+        ("accepted", [signed(EOF_DOC)], 200, "stored"),
+        ("duplicate", [signed(EOF_DOC), signed(EOF_DOC)], 200, "duplicate"),
+        ("bad signature", [signed(EOF_DOC, key="not-our-key")], 401, "unauthorized"),
+        ("bad JSON", [b"{ not json"], 400, "invalid"),
+        ("too large", [signed({**EOF_DOC, "Padding": "x" * (64 * 1024)})], 413, "too_large"),
+    ],
+)
+async def test_each_webhook_notification_logs_exactly_one_summary_line(
+    client: TestClient[Any, Any], path: str, sent: list[Any], status: int, outcome: str
+) -> None:
+    *before, last = sent
+    for payload in before:
+        assert (await post(client, payload))[0] == 200
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        assert (await post(client, last))[0] == status
+    [summary] = [line for line in logs if line["event"] == "notification"]
+    assert (summary["channel"], summary["outcome"]) == ("http", outcome)
 
 
 @pytest.mark.parametrize(

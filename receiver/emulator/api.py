@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import time
 import uuid
 from collections import deque
@@ -26,14 +25,14 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from receiver import tc3
+from receiver import tc3, wire
 from receiver.emulator import book
 from receiver.emulator.book import ApiError, EmulatedTask
-from receiver.emulator.notify import CallbackRetry, Notifier
+from receiver.emulator.notify import Notifier
 from receiver.emulator.recent import Recent
 from receiver.emulator.scenario import Scenario, eof, plan
+from receiver.emulator.settings import EmulatorSettings as EmulatorSettings  # where it was first found
 
 log = structlog.get_logger("receiver.emulator")
 
@@ -52,7 +51,6 @@ REPLAY_WINDOW = 2 * tc3.MAX_SKEW
 SIGNATURES_KEPT = RATE_LIMITS["ProcessLiveStream"] * (REPLAY_WINDOW + 1)
 # A task's stream URL may name one of emulator.scenarios in this query parameter.
 SCENARIO_PARAMETER = "emulator_scenario"
-DEFAULT_SECRET_KEY = "emulator-secret-key"
 STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "srt", "trtc", "webrtc")
 TASK_INPUTS = (
     "AiContentReviewTask",
@@ -61,56 +59,6 @@ TASK_INPUTS = (
     "AiQualityControlTask",
     "SmartSubtitlesTask",
 )
-
-
-class EmulatorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = "127.0.0.1"
-    port: int = 9000
-    secret_id: str = "emulator-secret-id"
-    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
-    # What every request must sign, beyond which the client may sign more. The official SDKs sign
-    # content-type;host only: add "x-tc-action" for clients that sign it too.
-    required_signed_headers: list[str] = Field(default_factory=lambda: list(tc3.REQUIRED_SIGNED_HEADERS))
-    amqp_url: SecretStr | None = None  # where TDMQ-CMQ notifications go (RabbitMQ)
-    scenario: Scenario = Field(default_factory=Scenario)
-    scenario_file: Path | None = None  # a JSON or TOML file with the Scenario fields; wins over scenario
-    # Named scenarios: a task whose Url has ?emulator_scenario=<name> plays that one instead.
-    scenarios: dict[str, Scenario] = Field(default_factory=dict)
-    callback_retry: CallbackRetry = Field(default_factory=CallbackRetry)  # URL notifications not taken
-    speed: float = Field(default=1.0, gt=0)  # 2.0 plays scenarios twice as fast
-    response_delay: float = Field(default=0.0, ge=0)  # hold the answer: notifications beat it
-
-    @field_validator("required_signed_headers")
-    @classmethod
-    def _at_least_the_mandatory_pair(cls, value: list[str]) -> list[str]:
-        lowered = [h.strip().lower() for h in value]
-        missing = [h for h in tc3.REQUIRED_SIGNED_HEADERS if h not in lowered]
-        if missing:
-            mandatory = ", ".join(tc3.REQUIRED_SIGNED_HEADERS)
-            raise ValueError(f"must include {mandatory} (missing {', '.join(missing)})")
-        return lowered
-
-    @model_validator(mode="after")
-    def _own_key_off_loopback(self) -> EmulatorSettings:
-        # The default key is in this repository: anyone who can reach the emulator could start
-        # tasks, and so make it POST or publish notifications to wherever they name.
-        if not _loopback(self.host) and self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
-            raise ValueError(
-                f"emulator.secret_key: set your own (RECEIVER_EMULATOR__SECRET_KEY) when emulator.host"
-                f" is {self.host!r}, not a loopback address: the default key is public"
-            )
-        return self
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _answer(body: dict[str, Any]) -> web.Response:
@@ -293,7 +241,7 @@ class Emulator:
         for at, notification in plan(task.task_id, p, scenario):
             if await self._aborted_before(task, started + at / self.settings.speed):
                 break
-            if notification["NotificationType"] == "ProcessEof":
+            if notification["NotificationType"] == wire.PROCESS_EOF:
                 task.finish(scenario.eof_err_code, scenario.eof_message)
                 if scenario.lose_eof:
                     log.info("ProcessEof lost, as the scenario says", task_id=task.task_id)

@@ -1,49 +1,28 @@
-"""``Notifier``: how the emulator sends a notification, as MPS would: HTTP POST to ``NotifyUrl``
-(retried on non-2xx or no answer as ``CallbackRetry`` says: none, at a fixed interval, or with
-backoff; MPS documents no policy, so which one is an assumption) or a message on the
-RabbitMQ queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's stand-in). A topic that no
-one has declared yet is declared here, as the durable fanout exchange receiver's consumer declares
-by default; one that exists is used as it is, whatever its type."""
+"""``Notifier``: how the emulator sends a notification, as MPS would, by HTTP or on RabbitMQ.
+
+HTTP: a POST to ``NotifyUrl``, retried on non-2xx or no answer as ``CallbackRetry`` says (none,
+at a fixed interval, or with backoff; MPS documents no policy, so which one is an assumption).
+RabbitMQ: a message on the queue or topic that the task's ``TaskNotifyConfig`` names (CMQ's
+stand-in). A topic that no one has declared yet is declared here, as the durable fanout exchange
+receiver's consumer declares by default; one that exists is used as it is, whatever its type.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
 import aio_pika
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
+
+from receiver.emulator.settings import HTTP_ATTEMPTS, HTTP_BACKOFF
+from receiver.emulator.settings import CallbackRetry as CallbackRetry  # where it was first found
 
 log = structlog.get_logger("receiver.emulator.notify")
-
-HTTP_ATTEMPTS = 6  # 1 + 5 retries
-HTTP_BACKOFF = 0.5  # seconds, doubling
-
-
-class CallbackRetry(BaseModel):
-    """How a URL notification its target did not take (non-2xx, no answer) is sent again. MPS
-    documents no retry policy for live-stream callbacks: this is the emulator's assumption, a
-    choice so that receiver can be tried against each (``none`` is the worst case it must survive:
-    then only reconciling finds a lost ProcessEof)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy: Literal["none", "fixed", "backoff"] = "backoff"
-    attempts: int = Field(default=HTTP_ATTEMPTS, ge=1)  # in all, the first included (none: 1)
-    interval: float = Field(
-        default=HTTP_BACKOFF, gt=0
-    )  # seconds: between attempts (fixed); the first wait, doubling (backoff)
-
-    def waits(self) -> list[float]:
-        """The waits before the second, third, ... attempt."""
-        if self.policy == "none":
-            return []
-        if self.policy == "fixed":
-            return [self.interval] * (self.attempts - 1)
-        return [self.interval * 2**i for i in range(self.attempts - 1)]
 
 
 class Notifier:

@@ -1,4 +1,4 @@
-"""Scenarios: what a task's stream "produces", as a deterministic plan of notifications. Pure.
+"""Scenarios: what a task's stream "produces", as a deterministic plan of notifications (pure).
 
 A plan is a list of (seconds after the task started, notification); the same task and seed give
 the same plan. It has notifications of each kind the task asked for, then ``ProcessEof``, and can
@@ -107,7 +107,7 @@ def _result(kind: str, rng: random.Random, at: float) -> dict[str, Any]:
 def eof(task_id: str, request: dict[str, Any], err_code: int, message: str) -> Notification:
     """The ProcessEof of a task."""
     return {
-        "NotificationType": "ProcessEof",
+        "NotificationType": wire.PROCESS_EOF,
         "TaskId": task_id,
         "SessionId": request.get("SessionId", ""),
         "SessionContext": request.get("SessionContext", ""),

@@ -23,6 +23,7 @@ from yarl import URL
 
 from receiver.errors import ConfigError
 from receiver.http.keys import BODY_TIMEOUT
+from receiver.http.middleware import WEBHOOK_PATH
 from receiver.http.responses import error_response
 from receiver.settings import Settings
 
@@ -192,7 +193,10 @@ async def body_timeout(request: web.Request, handler: Handler) -> web.StreamResp
             async with asyncio.timeout(limit):
                 await request.read()
         except TimeoutError:
-            log.warning("request body timed out", path=request.path, method=request.method, limit=limit)
+            if request.path == WEBHOOK_PATH:  # still one summary line per notification
+                log.warning("notification", channel="http", outcome="body_timeout", limit=limit)
+            else:
+                log.warning("request body timed out", path=request.path, method=request.method, limit=limit)
             response = _refused(
                 408, "body_timeout", f"the request body did not arrive within {limit} s", "body"
             )

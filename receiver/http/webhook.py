@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import structlog
 from aiohttp import web
 
 from receiver import decoder
@@ -30,6 +31,15 @@ _OK = b'{"code":0}'
 
 async def receive_notification(request: web.Request, traceparent: str | None = None) -> web.Response:
     """``POST /v1/notifications``: answered ``200 {"code":0}`` only once the event is committed."""
+    # Every line logged for this notification says which channel it came in (ingest adds the task).
+    bound = structlog.contextvars.bind_contextvars(channel=Channel.HTTP.value)
+    try:
+        return await _receive(request, traceparent)
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+
+
+async def _receive(request: web.Request, traceparent: str | None) -> web.Response:
     body = await request.read()
     try:
         await request.app[INGESTOR].ingest(body, Channel.HTTP, traceparent)

@@ -256,11 +256,3 @@ class SqliteReadModel:
             return None if row is None else (row[0], float(row[1]))
 
         return await self._read_safely(run)
-
-    async def count_events(self) -> int:
-        def run() -> int:
-            assert self._rcon is not None
-            sql = f"SELECT count(*) FROM events WHERE channel <> '{rows.OWN_CHANNEL}'"  # MPS's only
-            return int(self._rcon.execute(sql).fetchone()[0])
-
-        return await self._read_safely(run)

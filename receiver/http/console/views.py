@@ -1,6 +1,9 @@
-"""What the console's pages show, made from stored records: the timeline of a task on its stream's own
-time axis, its transcript, the overview's chart, safe previews and links. Pure: no I/O, no markup
-(the templates escape and draw; nothing here is trusted to be HTML)."""
+"""What the console's pages show, made from stored records: timelines, transcripts, charts, previews.
+
+The timeline of a task on its stream's own time axis, its transcript, the overview's chart, safe
+previews and links. Pure: no I/O, no markup (the templates escape and draw; nothing here is
+trusted to be HTML).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from receiver import wire
 from receiver.ports import EventRecord, TimelineEvent
 
 WIDTH = 1000  # the timeline's and the chart's drawing width (viewBox units)
@@ -181,7 +185,7 @@ class Drawing:
             self.rendered.clear()
             self.last_seq = max(self.last_seq, e.seq)
             self.events += 1
-            if e.notification_type == "ProcessEof":
+            if e.notification_type == wire.PROCESS_EOF:
                 ok = (e.err_code or 0) == 0
                 self._eof = (
                     ok,

@@ -182,7 +182,3 @@ class PostgresReadModel(PostgresConnection):
     async def lease_holder(self, name: str) -> tuple[str, float] | None:
         row = await self._run(lambda con: con.fetchrow(pg(rows.LEASE_HOLDER), name), write=False)
         return None if row is None else (row[0], float(row[1]))
-
-    async def count_events(self) -> int:
-        sql = f"SELECT count(*) FROM events WHERE channel <> '{rows.OWN_CHANNEL}'"  # MPS's only
-        return int(await self._run(lambda con: con.fetchval(sql), write=False))
