@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from receiver import openapi
 from receiver.app import create_app, create_webhook_app
@@ -24,10 +22,9 @@ from receiver.settings import Settings
 from receiver.sinks.http import HttpSink
 from receiver.web import STORE
 from tests import console_data
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, signed
-from tests.test_dispatch import FAST, REVIEW, _clock
+from tests.apps import FAST, ClientFactory, running_clock
+from tests.payloads import FROZEN_NOW, NOTIFY_KEY, REVIEW, body, signed
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 TOKEN = "console-unit-token"
 
 
@@ -40,7 +37,7 @@ def app_for(tmp_path: Path, **more: Any) -> web.Application:
             **more,
         }
     )
-    return create_app(settings, clock=_clock)
+    return create_app(settings, clock=running_clock)
 
 
 def csrf_of(page: str) -> str:
@@ -296,7 +293,7 @@ async def test_the_http_sink_reports_the_status_and_first_bytes_of_an_answer(aio
     app.router.add_post("/ok", ok)
     app.router.add_post("/busy", busy)
     server = await aiohttp_server(app)
-    from tests.test_sinks import delivery, record
+    from tests.builders import delivery, record
 
     sink = HttpSink.from_options("s", {"url": str(server.make_url("/ok"))})
     busy_sink = HttpSink.from_options("b", {"url": str(server.make_url("/busy"))})

@@ -12,20 +12,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aio_pika
 import orjson
 import pytest
 
 from receiver import events
-from receiver.consumer import declare_topology
-from receiver.settings import AmqpSettings
-from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import body, example, signed
-from tests.test_process import free_port
+from tests.amqp_broker import AMQP_URL, publish_all, queue_depth, queue_for_a_process
+from tests.payloads import REVIEW, body, signed
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 KEY = "consumer-process-key"
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 N = 10_000
 
 
@@ -77,30 +73,6 @@ def wait_until(check: object, timeout: float, what: str, proc: ConsumerProcess) 
 @pytest.fixture
 def queue() -> Iterator[str]:
     yield from queue_for_a_process("test.kill")
-
-
-async def publish_all(queue: str, payloads: list[bytes]) -> None:
-    async with await aio_pika.connect(AMQP_URL) as connection:
-        channel = await connection.channel()  # publisher confirms: each publish returns once confirmed
-        await declare_topology(
-            connection, channel, AmqpSettings(queue=queue)
-        )  # as the consumer will declare it
-        for start in range(0, len(payloads), 500):
-            await asyncio.gather(
-                *(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(p, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue
-                    )
-                    for p in payloads[start : start + 500]
-                )
-            )
-
-
-async def queue_depth(queue: str) -> int:
-    async with await aio_pika.connect(AMQP_URL) as connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
 
 
 def test_consumer_killed_mid_stream_then_restarted_stores_every_message_exactly_once(

@@ -27,14 +27,12 @@ import orjson
 import pytest
 
 from receiver import events
-from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import body, example, signed
-from tests.test_consumer_process import publish_all, queue_depth
-from tests.test_process import free_port
+from tests.amqp_broker import AMQP_URL, publish_all, queue_depth, queue_for_a_process
+from tests.payloads import REVIEW, body, signed
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 KEY = "drain-test-key"
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 
 
 def live(session: str) -> dict[str, Any]:

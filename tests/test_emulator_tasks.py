@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 import warnings
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,9 +26,9 @@ from receiver.emulator.api import EMULATOR
 from receiver.emulator.book import EmulatedTask
 from receiver.emulator.notify import CallbackRetry, Notifier
 from receiver.emulator.scenario import Scenario
-from tests.test_wire_sdk import sdk_type
+from tests.apps import ServerFactory
+from tests.sdk import sdk_type
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
 SILENT = {"NotifyType": ""}
 _SOURCE = __import__("pathlib").Path(sdk.__file__).read_text(encoding="utf-8")
 

@@ -11,7 +11,7 @@ from receiver import decoder, events
 from receiver.errors import SignatureError
 from receiver.events import Channel, Event, NotifyKeys, SignPolicy, Verdict
 from receiver.findings import Finding
-from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
+from tests.payloads import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
 
 
 def normalized(raw: bytes, channel: Channel = Channel.HTTP) -> Event:

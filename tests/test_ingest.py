@@ -13,10 +13,8 @@ from receiver.events import Channel, NotifyKeys, SignPolicy, Verdict
 from receiver.ingest import Ingestor
 from receiver.ports import EventQuery
 from receiver.stores.sqlite import SqliteStore
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
 from tests.fakes import MemoryStore
-
-EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+from tests.payloads import EOF_DOC, FROZEN_NOW, NOTIFY_KEY, body, signed
 
 
 def ingestor(store: MemoryStore, policy: SignPolicy = SignPolicy.REQUIRED, max_batch: int = 256) -> Ingestor:

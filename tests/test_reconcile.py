@@ -23,13 +23,9 @@ from receiver.reconcile import LEASE, Reconciler
 from receiver.settings import MpsSettings, ReconcileSettings
 from receiver.tasks import Task, TaskState, new_id
 from receiver.web import DISPATCHER, ROUTER, STORE
-from tests import test_store
-from tests.conftest import signed
-from tests.test_loop import KEY, emulator, receiver, request, submit
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-ServerFactory = Callable[..., Awaitable[TestServer]]
-store = test_store.store  # the fixture: the lease test runs on SQLite and on PostgreSQL
+from tests.apps import ClientFactory, ServerFactory
+from tests.emulated import KEY, emulator, receiver, request, submit
+from tests.payloads import signed
 
 SCENARIOS = {
     "lost": {"duration": 0.5, "rate": 8.0, "lose_eof": True},  # results, then no ProcessEof

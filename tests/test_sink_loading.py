@@ -16,8 +16,8 @@ from receiver.app import create_app
 from receiver.ports import Delivery
 from receiver.settings import Settings
 from receiver.sinks.jsonl import JsonlSink
-from tests.conftest import body, example
-from tests.test_sinks import delivery, record
+from tests.builders import delivery, record
+from tests.payloads import body, example
 
 PLUGIN = '''
 """A third-party sink, as a package outside receiver would ship it."""

@@ -20,12 +20,8 @@ from receiver.settings import MaintenanceSettings
 from receiver.stores import sqlite_writer
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task, TaskState
-from tests import test_store
-from tests.conftest import FROZEN_NOW
-from tests.test_store import EOF_DOC, REVIEW, event, new_task
-
-store = test_store.store  # the fixture: each test runs on SQLite and on PostgreSQL
-sqlite_store = test_store.sqlite_store
+from tests.builders import event, new_task
+from tests.payloads import EOF_DOC, FROZEN_NOW, REVIEW
 
 LATER = FROZEN_NOW + 10_000
 

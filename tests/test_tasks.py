@@ -7,7 +7,7 @@ from typing import Any
 
 from receiver import tasks
 from receiver.tasks import MatchedBy, Task, TaskState
-from tests.conftest import event_of
+from tests.payloads import event_of
 
 
 @dataclass

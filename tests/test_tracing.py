@@ -22,9 +22,9 @@ from receiver.app import create_app
 from receiver.errors import ConfigError
 from receiver.settings import load_settings
 from tests.amqp_broker import Broker
-from tests.conftest import body, signed
-from tests.test_consumer import settings as consumer_settings
-from tests.test_dispatch import REVIEW, ClientFactory, _clock, eventually, settings, sink
+from tests.apps import ClientFactory, app_settings, consumer_settings, running_clock, sink
+from tests.payloads import REVIEW, body, signed
+from tests.waiting import eventually
 
 INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"  # a caller's trace
 ROOT = Path(__file__).parent.parent
@@ -89,7 +89,9 @@ async def test_a_notification_is_one_trace_from_the_webhook_to_each_delivery_att
         {"name": "batched", "kind": "memory", "max_batch": 5, "max_wait": 0.2},
     ]
     app = create_app(
-        settings(f"sqlite:///{tmp_path}/receiver.db", sinks), clock=_clock, tracer_provider=provider
+        app_settings(f"sqlite:///{tmp_path}/receiver.db", sinks),
+        clock=running_clock,
+        tracer_provider=provider,
     )
     client = await aiohttp_client(app)
     for i in range(2):
@@ -134,7 +136,7 @@ async def test_a_message_from_the_queue_gets_a_consumer_span_in_the_publishers_t
     tmp_path: Path, aiohttp_client: ClientFactory, broker: Broker
 ) -> None:
     provider, exporter = traced()
-    app = create_app(consumer_settings(tmp_path, broker.queue), clock=_clock, tracer_provider=provider)
+    app = create_app(consumer_settings(tmp_path, broker.queue), clock=running_clock, tracer_provider=provider)
     client = await aiohttp_client(app)
     message = aio_pika.Message(body(signed(REVIEW)), headers={"traceparent": INCOMING}, message_id="m-1")
     await broker.channel.default_exchange.publish(message, routing_key=broker.queue)

@@ -10,7 +10,7 @@ import pytest
 from receiver import events, wire
 from receiver.errors import InvalidNotificationError
 from receiver.findings import findings
-from tests.conftest import EXAMPLE_FILES, example, example_bytes
+from tests.payloads import EXAMPLE_FILES, example, example_bytes
 
 
 @pytest.mark.parametrize("name", EXAMPLE_FILES)

@@ -28,8 +28,8 @@ from receiver.bell import Bell
 from receiver.errors import ConfigError
 from receiver.workers import WorkerSpec, bind, metrics_directory
 from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import HookTarget, body
-from tests.test_process import KEY, RECEIVER, REVIEW, Server, free_port, live
+from tests.payloads import REVIEW, body
+from tests.servers import KEY, RECEIVER, HookTarget, Server, free_port, live
 
 LEASE = 1.5  # seconds: renewed every 0.5 s
 _serial = itertools.count()
@@ -137,16 +137,6 @@ def stored(channel: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 @pytest.fixture
 def queue() -> Iterator[str]:
     yield from queue_for_a_process("test.workers")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
 
 
 @pytest.mark.slow
