@@ -40,7 +40,7 @@ unit: install
 test: install services browser lint typecheck unit
 
 soak: install services
-	$(BIN)/python -m tests.soak
+	$(BIN)/python -m bench.soak
 
 demo: install
 	scripts/demo
