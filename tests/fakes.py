@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from receiver import tasks
-from receiver.errors import ConflictError, StoreUnavailableError
+from receiver.errors import ConflictError, SinkError, StoreUnavailableError
 from receiver.events import Event
-from receiver.ports import EventQuery, EventRecord, Page, Quarantined, Recorded, Router
+from receiver.ports import (
+    Delivery,
+    DeliveryState,
+    EventQuery,
+    EventRecord,
+    Page,
+    Quarantined,
+    Recorded,
+    Router,
+    Settlement,
+)
 from receiver.tasks import Task, TaskState
 
 
@@ -105,3 +116,128 @@ class MemoryLeases:
             raise StoreUnavailableError("store down (fake)")
         if self.held.get(name, ("", 0.0))[0] == holder:
             del self.held[name]
+
+
+@dataclass(slots=True)
+class OutboxRow:
+    """One delivery as the in-memory outbox keeps it."""
+
+    id: int
+    sink: str
+    task_key: str
+    event: EventRecord
+    state: str = DeliveryState.PENDING
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    error: str | None = None
+    batch_id: str | None = None
+    batch_size: int | None = None
+
+
+class MemoryOutbox:
+    """The outbox part of the ``Store`` port that the dispatcher uses, in a list, with the stores'
+    claim rule; it keeps every settlement and every switch of a sink, in order."""
+
+    def __init__(self) -> None:
+        self.rows: list[OutboxRow] = []
+        self.disabled: dict[str, str] = {}
+        self.settled: list[Settlement] = []
+        self.switches: list[tuple[str, str | None]] = []  # (sink, reason), None: re-enabled
+
+    def add(self, sink: str, event: EventRecord, *, due: float = 0.0) -> OutboxRow:
+        row = OutboxRow(len(self.rows) + 1, sink, event.task_id or event.event_id, event, next_attempt_at=due)
+        self.rows.append(row)
+        return row
+
+    async def claim_deliveries(
+        self,
+        sink: str,
+        *,
+        now: float,
+        limit: int,
+        busy_keys: Collection[str],
+        per_key: int = 1,
+        known: Callable[[int], EventRecord | None] | None = None,
+    ) -> list[Delivery]:
+        lines: dict[str, list[OutboxRow]] = {}
+        stopped: set[str] = set()
+        for row in self.rows:  # oldest first
+            key = row.task_key
+            if row.sink != sink or row.state != DeliveryState.PENDING or key in busy_keys or key in stopped:
+                continue
+            if row.next_attempt_at > now:
+                stopped.add(key)  # a line stops at the first delivery not due: the rest wait behind it
+                continue
+            if key not in lines and len(lines) == limit:
+                continue
+            line = lines.setdefault(key, [])
+            if len(line) < per_key:
+                line.append(row)
+        return [
+            Delivery(r.id, r.sink, r.task_key, r.attempts, r.event, r.batch_id, r.batch_size)
+            for line in lines.values()
+            for r in line
+        ]
+
+    async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
+        by_id = {row.id: row for row in self.rows}
+        for s in settlements:
+            row = by_id[s.id]
+            row.state, row.attempts, row.next_attempt_at, row.error = (
+                s.state,
+                s.attempts,
+                s.next_attempt_at,
+                s.error,
+            )
+            row.batch_id, row.batch_size = s.batch_id, s.batch_size
+            self.settled.append(s)
+
+    async def set_sink_disabled(self, sink: str, reason: str | None, *, now: float) -> None:
+        self.switches.append((sink, reason))
+        if reason is None:
+            self.disabled.pop(sink, None)
+        else:
+            self.disabled[sink] = reason
+
+    async def disabled_sinks(self) -> dict[str, str]:
+        return dict(self.disabled)
+
+
+class ScriptedSink:
+    """A ``Sink`` that raises, for each event (by session id), the errors it was given, one per
+    attempt and in order, then takes it; it keeps every attempt and every event it took, in order."""
+
+    def __init__(self, name: str, script: Mapping[str, Sequence[SinkError]] | None = None) -> None:
+        self.name = name
+        self.script = {session: list(errors) for session, errors in (script or {}).items()}
+        self.attempts: list[str] = []  # session ids, one per attempt
+        self.received: list[str] = []  # session ids taken
+        self.closed = False
+
+    async def deliver(self, delivery: Delivery, document: dict[str, Any]) -> None:
+        session = str(document["session_id"])
+        self.attempts.append(session)
+        errors = self.script.get(session)
+        if errors:
+            raise errors.pop(0)
+        self.received.append(session)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class StepClock:
+    """A clock that moves only when told to (``clock.now = ...`` or ``advance``); it counts its reads,
+    so a test can see that the code under test has looked at the time since."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
