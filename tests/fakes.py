@@ -35,12 +35,14 @@ class MemoryStore:
         self.batches: list[list[str]] = []
         self.down = False
         self.gate: asyncio.Event | None = None  # when set, commits wait for it
+        self.at_gate = asyncio.Event()  # set once a commit waits for the gate
         self.quarantined: list[Quarantined] = []
         self.routed: dict[str, list[str]] = {}
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
         """The stores' recording algorithm, on dicts: load what the plan needs, run it, write it."""
         if self.gate is not None:
+            self.at_gate.set()
             await self.gate.wait()
         if self.down:
             raise StoreUnavailableError("the fake store is down")

@@ -124,7 +124,12 @@ async def test_filters_include_and_exclude_what_they_say(
     for doc in (REVIEW, RECOGNITION, {**QUALITY, "TaskId": "vip-task", "SessionContext": ""}, EOF_DOC):
         await post(client, doc)
     await eventually(lambda: len(sink(client, "all").received) == 4)
-    await asyncio.sleep(0.1)
+
+    async def all_settled() -> bool:  # nothing left on its way to any sink
+        stats = (await (await client.get("/v1/sinks")).json())["items"]
+        return len(stats) == 5 and all(s["backlog"] == 0 for s in stats)
+
+    await eventually(all_settled)
 
     def types(name: str) -> list[str]:
         return [d["notification_type"] for d in sink(client, name).received]

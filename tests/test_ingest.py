@@ -36,8 +36,7 @@ async def test_concurrent_notifications_share_one_commit_and_each_waits_for_it()
     store.gate = asyncio.Event()
     ing = ingestor(store)
     pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in distinct(50)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await asyncio.wait_for(store.at_gate.wait(), timeout=5)  # the commit is under way, held
     assert not any(t.done() for t in pending)  # nobody is answered before the commit
     store.gate.set()
     results = await asyncio.gather(*pending)
