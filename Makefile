@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check receiver tests bench
 
 typecheck: install
-	$(BIN)/mypy receiver
+	$(BIN)/mypy receiver tests
 
 unit: install
 	$(BIN)/pytest -q

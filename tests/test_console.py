@@ -101,7 +101,7 @@ async def test_without_a_token_the_console_is_open_but_its_forms_still_need_the_
     store = client.app[STORE]
 
     async def dead() -> list[Any]:
-        return (await store.list_deliveries(DeliveryQuery(state="dead"))).items
+        return list((await store.list_deliveries(DeliveryQuery(state="dead"))).items)
 
     deadline = asyncio.get_running_loop().time() + 10
     while not await dead():
@@ -384,7 +384,7 @@ def record(seq: int, findings: list[dict[str, Any]], kind: str = "AiReviewResult
 
 
 def finding(kind: str, start: float, **more: Any) -> dict[str, Any]:
-    base = {
+    base: dict[str, Any] = {
         "kind": kind,
         "label": None,
         "suggestion": None,

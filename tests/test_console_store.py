@@ -17,7 +17,7 @@ from tests.builders import event, new_task
 from tests.payloads import FROZEN_NOW
 
 
-def review(n: int, *items: dict[str, Any]) -> Any:
+def review(n: int, *items: tuple[str, dict[str, Any]]) -> Any:
     result_set = [{"Type": kind, f"{kind}ResultSet": [item]} for kind, item in items]
     return event(
         {

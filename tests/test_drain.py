@@ -204,7 +204,7 @@ def test_sigterm_with_deliveries_in_hand_commits_or_returns_each_none_lost_none_
 
             def all_in_hand_and_checked() -> bool:
                 amqp = first.readyz().get("amqp", {})
-                return amqp.get("held_retries", 0) >= prefetch and amqp.get("store_checks", 0) >= 2
+                return bool(amqp.get("held_retries", 0) >= prefetch and amqp.get("store_checks", 0) >= 2)
 
             first.wait_until(all_in_hand_and_checked, "the prefetch window held against the store")
             first.proc.send_signal(signal.SIGTERM)

@@ -52,7 +52,13 @@ def conforms(value: Any, spelled: str, where: str) -> None:
         for i, item in enumerate(value):
             conforms(item, spelled.removeprefix("list of "), f"{where}[{i}]")
         return
-    scalar = {"str": str, "int": int, "float": (int, float), "bool": bool}.get(spelled)
+    scalars: dict[str, type | tuple[type, ...]] = {
+        "str": str,
+        "int": int,
+        "float": (int, float),
+        "bool": bool,
+    }
+    scalar = scalars.get(spelled)
     if scalar is not None:
         assert isinstance(value, scalar), f"{where}: {value!r} is not {spelled}"
         assert (spelled == "bool") == isinstance(value, bool), f"{where}: {value!r} is not {spelled}"

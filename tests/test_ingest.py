@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 import pytest
 from structlog.testing import capture_logs
@@ -11,15 +12,16 @@ from structlog.testing import capture_logs
 from receiver.errors import InvalidNotificationError, SignatureError, StoreUnavailableError, UnstorableError
 from receiver.events import Channel, NotifyKeys, SignPolicy, Verdict
 from receiver.ingest import Ingestor
-from receiver.ports import EventQuery
+from receiver.ports import EventQuery, Store
 from receiver.stores.sqlite import SqliteStore
 from tests.fakes import MemoryStore
 from tests.payloads import EOF_DOC, FROZEN_NOW, NOTIFY_KEY, body, signed
 
 
 def ingestor(store: MemoryStore, policy: SignPolicy = SignPolicy.REQUIRED, max_batch: int = 256) -> Ingestor:
+    # Ingestor types against the whole Store; what ingest calls, MemoryStore has.
     return Ingestor(
-        store,
+        cast(Store, store),
         keys=NotifyKeys(static=(NOTIFY_KEY,)),
         policies={Channel.HTTP: policy, Channel.AMQP: policy},
         max_batch=max_batch,
@@ -102,7 +104,7 @@ async def test_invalid_and_unsigned_notifications_never_reach_the_store() -> Non
 async def test_policy_is_per_channel() -> None:
     store = MemoryStore()
     ing = Ingestor(
-        store,
+        cast(Store, store),
         keys=NotifyKeys(static=(NOTIFY_KEY,)),
         policies={Channel.HTTP: SignPolicy.REQUIRED, Channel.AMQP: SignPolicy.IF_PRESENT},
         clock=lambda: FROZEN_NOW,

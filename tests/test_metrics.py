@@ -118,7 +118,7 @@ def test_shared_metrics_add_up_every_worker_the_dead_ones_included(
 
     def worker(pid: int) -> Metrics:
         # What importing prometheus_client in a worker the parent started does, with its pid.
-        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid))
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid))  # type: ignore[no-untyped-call]
         return Metrics.shared(tmp_path)
 
     one = worker(101)  # a worker that dies: what it counted still counts

@@ -26,6 +26,7 @@ WIRE_KEYS = ["NotificationType", "TaskId", "ResultSet", "Type", "Confidence", "S
 
 
 def attempt(raw: bytes) -> None:
+    error: InvalidNotificationError | None
     try:  # the steps ingest takes
         data = decoder.unwrap(raw)
         head = decoder.read_head(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from receiver.web import STORE
 from tests.apps import FAST, ClientFactory, dispatcher_of, post, running_clock, sink, start
@@ -38,7 +39,10 @@ async def test_a_sink_re_enabled_through_another_process_resumes_in_the_dispatch
     store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     """``receiver serve`` without a dispatcher (the API) and ``receiver dispatch`` on one store."""
-    sinks = [{"name": "gone", "kind": "memory", **FAST}, {"name": "witness", "kind": "memory"}]
+    sinks: list[dict[str, Any]] = [
+        {"name": "gone", "kind": "memory", **FAST},
+        {"name": "witness", "kind": "memory"},
+    ]
     api = await start(aiohttp_client, store_url, sinks, dispatch_in_serve=False)
     dispatcher = await start(aiohttp_client, store_url, sinks, role="dispatch")
     gone, witness = sink(dispatcher, "gone"), sink(dispatcher, "witness")

@@ -218,7 +218,10 @@ async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_l
             await asyncio.sleep(0.02)
         taken_over = time.monotonic() - killed
         assert taken_over <= LEASE + LEASE / 3 + 1.0  # the ttl, one renewal, and slack for a busy machine
-        dispatching = lambda log: sum(line["event"] == "dispatching" for line in log)  # noqa: E731
+
+        def dispatching(log: list[dict[str, Any]]) -> int:
+            return sum(line["event"] == "dispatching" for line in log)
+
         await asyncio.to_thread(until, server, lambda log: dispatching(log) == 2)  # the one that took over
         print(f"dispatch taken over {taken_over:.2f} s after the kill (lease {LEASE} s)")
         expected = {events.event_id(d) for d in docs}
