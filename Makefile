@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check receiver tests bench
 
 typecheck: install
-	$(BIN)/mypy receiver
+	$(BIN)/mypy receiver tests
 
 unit: install
 	$(BIN)/pytest -q
@@ -40,7 +40,7 @@ unit: install
 test: install services browser lint typecheck unit
 
 soak: install services
-	$(BIN)/python -m tests.soak
+	$(BIN)/python -m bench.soak
 
 demo: install
 	scripts/demo

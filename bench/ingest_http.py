@@ -439,11 +439,11 @@ def main() -> int:
     if workers:
         for n in (1, 2):
 
-            def step(n: int = n) -> None:
+            def on_workers(n: int = n) -> None:
                 name = f"receiver serve --workers {n}, SQLite FULL, free to use both cores"
                 receiver(f"workers{n}", name, sqlite(f"workers{n}.db"), workers=n)
 
-            plan.append((f"workers{n}", step))
+            plan.append((f"workers{n}", on_workers))
     try:
         for key, step in plan:
             if key not in skip:

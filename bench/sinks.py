@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,11 @@ def main() -> int:
                 stop(proc)
 
     outcomes: dict[str, Outcome] = {}
-    three = lambda: [log_sink, jsonl("three"), hook(target_port)]  # noqa: E731
-    plan = [
+
+    def three() -> list[dict[str, Any]]:
+        return [log_sink, jsonl("three"), hook(target_port)]
+
+    plan: list[tuple[str, str, Callable[[], Outcome]]] = [
         ("none", "no sinks", lambda: closed_loop("none", "no sinks", [])),
         ("log_jsonl", "log + jsonl, one core", lambda: closed_loop("log_jsonl", "", [log_sink, jsonl("lj")])),
         ("three", "log + jsonl + http, one core", lambda: closed_loop("three", "", three())),

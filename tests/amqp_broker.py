@@ -1,4 +1,5 @@
-"""Acting on the shared test broker through ``rabbitmqctl``, only ever on what a test created itself."""
+"""The shared test broker: publishing to it, its queues, and acting on it through ``rabbitmqctl``,
+only ever on what a test created itself."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
+
+from receiver.settings import AmqpSettings
+from receiver.topology import declare_topology
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -105,3 +109,27 @@ async def close_connections_named(prefix: str, reason: str = "test: forced close
     named = await connections_named(prefix)
     await asyncio.gather(*(rabbitmqctl("close_connection", pid, reason) for pid in named.values()))
     return len(named)
+
+
+async def publish_all(queue: str, payloads: list[bytes]) -> None:
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        channel = await connection.channel()  # publisher confirms: each publish returns once confirmed
+        await declare_topology(
+            connection, channel, AmqpSettings(queue=queue)
+        )  # as the consumer will declare it
+        for start in range(0, len(payloads), 500):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(p, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue
+                    )
+                    for p in payloads[start : start + 500]
+                )
+            )
+
+
+async def queue_depth(queue: str) -> int:
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.conftest import example
+from tests.payloads import example
 
 TASK_ID = "1300099999-procedure-live-console0001"
 SCRIPT_TEXT = "<script>window.__pwned = 1</script>"

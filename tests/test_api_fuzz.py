@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.test_commands import Running, environment
-from tests.test_process import REVIEW, free_port, live
+from tests.payloads import REVIEW
+from tests.servers import Running, environment, free_port, live
 
 pytestmark = pytest.mark.slow
 TOKEN = "fuzz-token"

@@ -15,7 +15,7 @@ from receiver.app import create_app
 from receiver.http.keys import DISPATCHER, INGESTOR, STORE
 from receiver.listeners import Listening, listeners_for
 from receiver.settings import Settings
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.payloads import FROZEN_NOW, NOTIFY_KEY, body, example, signed
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 TOKEN = "s3cret-api-token"
@@ -85,7 +85,8 @@ async def test_the_webhook_path_takes_no_token_and_only_post(
 
 async def test_the_dispatch_role_builds_no_ingestor(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
     client = await aiohttp_client(create_app(settings(tmp_path), role="dispatch", clock=lambda: FROZEN_NOW))
-    app = client.server.app
+    app = client.app
+    assert app is not None
     assert INGESTOR not in app
     assert DISPATCHER in app
     assert STORE in app

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import orjson
@@ -19,23 +17,11 @@ from standardwebhooks.webhooks import Webhook
 from receiver.http.keys import DISPATCHER
 from receiver.ports import Batch
 from receiver.sinks.http import HttpSink
-from tests.test_dispatch import EOF_DOC, QUALITY, REVIEW, ClientFactory, eventually, post, sink, start
-from tests.test_sinks import AMQP_URL, SECRET, ServerFactory, delivery, record
-from tests.test_store import postgres_database
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/receiver.db"
-        return
-    async with postgres_database() as url:
-        yield url
-
-
-async def deliveries(client: Any, **params: str) -> list[dict[str, Any]]:
-    resp = await client.get("/v1/deliveries", params={"limit": "1000", **params})
-    return list((await resp.json())["items"])
+from tests.amqp_broker import AMQP_URL
+from tests.apps import ClientFactory, ServerFactory, deliveries, post, sink, start
+from tests.builders import SECRET, delivery, record
+from tests.payloads import EOF_DOC, QUALITY, REVIEW
+from tests.waiting import eventually
 
 
 async def test_batches_carry_many_events_and_each_tasks_order_holds_inside_and_across_them(

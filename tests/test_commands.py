@@ -4,12 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,55 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from receiver import events
 from receiver.app import create_app
 from receiver.settings import Settings
-from tests.conftest import body, example
-from tests.test_process import free_port
-from tests.test_store import PG_URL
+from tests.databases import PG_URL
+from tests.payloads import REVIEW, body
+from tests.servers import Running, environment, free_port, run
 
 pytestmark = pytest.mark.slow
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
-SCRIPT = Path(sys.executable).with_name("receiver")
-
-
-def environment(**settings: str) -> dict[str, str]:
-    # Nothing of this process's own RECEIVER_* settings (or test knobs) may leak into the child.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    return {**inherited, "RECEIVER_LOG__FORMAT": "json", **settings}
-
-
-def run(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT.exists(), "make install puts the console script beside the interpreter"
-    return subprocess.run(
-        [str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-class Running:
-    """A long-running command (``serve``, ``dispatch``, ``emulate``), up once its port answers."""
-
-    def __init__(self, cwd: Path, env: dict[str, str], command: str, port: int) -> None:
-        self.port = port
-        self.log = cwd / f"{command}-{port}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [str(SCRIPT), command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.proc.poll() is None, self.output()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                assert time.monotonic() < deadline, f"{command} did not start:\n{self.output()}"
-                time.sleep(0.05)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
 from receiver.errors import SinkError
@@ -21,14 +19,13 @@ from receiver.http.console import views
 from receiver.http.console.sessions import Sessions
 from receiver.http.keys import STORE
 from receiver.http.webhook import webhook_app
-from receiver.ports import DeliveryQuery, EventRecord
+from receiver.ports import DeliveryQuery, DeliveryState, EventRecord
 from receiver.settings import Settings
 from receiver.sinks.http import HttpSink
 from tests import console_data
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, signed
-from tests.test_dispatch import FAST, REVIEW, _clock
+from tests.apps import FAST, ClientFactory, running_clock
+from tests.payloads import FROZEN_NOW, NOTIFY_KEY, REVIEW, body, signed
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 TOKEN = "console-unit-token"
 
 
@@ -41,7 +38,7 @@ def app_for(tmp_path: Path, **more: Any) -> web.Application:
             **more,
         }
     )
-    return create_app(settings, clock=_clock)
+    return create_app(settings, clock=running_clock)
 
 
 def csrf_of(page: str) -> str:
@@ -105,7 +102,7 @@ async def test_without_a_token_the_console_is_open_but_its_forms_still_need_the_
     store = client.app[STORE]
 
     async def dead() -> list[Any]:
-        return (await store.list_deliveries(DeliveryQuery(state="dead"))).items
+        return list((await store.list_deliveries(DeliveryQuery(state=DeliveryState.DEAD))).items)
 
     deadline = asyncio.get_running_loop().time() + 10
     while not await dead():
@@ -297,7 +294,7 @@ async def test_the_http_sink_reports_the_status_and_first_bytes_of_an_answer(aio
     app.router.add_post("/ok", ok)
     app.router.add_post("/busy", busy)
     server = await aiohttp_server(app)
-    from tests.test_sinks import delivery, record
+    from tests.builders import delivery, record
 
     sink = HttpSink.from_options("s", {"url": str(server.make_url("/ok"))})
     busy_sink = HttpSink.from_options("b", {"url": str(server.make_url("/busy"))})
@@ -404,7 +401,7 @@ def record(seq: int, findings: list[dict[str, Any]], kind: str = "AiReviewResult
 
 
 def finding(kind: str, start: float, **more: Any) -> dict[str, Any]:
-    base = {
+    base: dict[str, Any] = {
         "kind": kind,
         "label": None,
         "suggestion": None,

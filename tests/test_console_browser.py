@@ -22,8 +22,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests import console_data
-from tests.test_commands import Running, environment
-from tests.test_process import free_port, live
+from tests.servers import Running, environment, free_port, live
 
 pytestmark = pytest.mark.slow
 

@@ -12,14 +12,12 @@ import pytest
 from receiver.http.console.counts import IngestCounts
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Settlement
 from receiver.tasks import TaskState
-from tests import console_data, test_store
-from tests.conftest import FROZEN_NOW
-from tests.test_store import event, new_task
-
-store = test_store.store  # the fixture: each test runs on SQLite and on PostgreSQL
+from tests import console_data
+from tests.builders import event, new_task
+from tests.payloads import FROZEN_NOW
 
 
-def review(n: int, *items: dict[str, Any]) -> Any:
+def review(n: int, *items: tuple[str, dict[str, Any]]) -> Any:
     result_set = [{"Type": kind, f"{kind}ResultSet": [item]} for kind, item in items]
     return event(
         {

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,62 +13,28 @@ from aiohttp.test_utils import TestClient
 from receiver.app import create_app
 from receiver.consumer import REASON_HEADER, decode_body
 from receiver.documents import iso
-from receiver.settings import Settings
-from tests.amqp_broker import AMQP_URL, Broker
-from tests.conftest import (
+from tests.amqp_broker import Broker
+from tests.apps import ClientFactory, consumer_settings, count_is, events_of
+from tests.payloads import (
+    EOF_DOC,
     FROZEN_NOW,
     NOTIFICATION_FILES,
-    NOTIFY_KEY,
+    REVIEW,
     body,
     example,
     example_bytes,
     signed,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.amqp
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
-EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
-
-
-def settings(tmp_path: Path, queue: str, **amqp: Any) -> Settings:
-    return Settings.model_validate(
-        {
-            "store": {"url": f"sqlite:///{tmp_path}/receiver.db", "busy_timeout_ms": 100},
-            "verify": {"notify_keys": [NOTIFY_KEY]},
-            "amqp": {"url": AMQP_URL, "queue": queue, "topic": queue, "prefetch": 20, **amqp},
-        }
-    )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    """Poll ``check`` until it holds (the consumer works in the background); fail after ``within`` s."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def events_of(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
-    resp = await client.get("/v1/events", params={"limit": "1000"})
-    assert resp.status == 200
-    return list((await resp.json())["items"])
-
-
-async def count_is(client: TestClient[Any, Any], n: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return len(await events_of(client)) == n
-
-    return check
 
 
 @pytest.fixture
 async def consumer_app(
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker, clock: list[float]
 ) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(settings(tmp_path, broker.queue), clock=lambda: clock[0]))
+    return await aiohttp_client(create_app(consumer_settings(tmp_path, broker.queue), clock=lambda: clock[0]))
 
 
 def test_bodies_are_taken_as_json_or_as_base64_of_json() -> None:
@@ -166,7 +130,7 @@ async def test_the_same_notification_over_http_and_amqp_is_stored_once(
 async def test_topic_model_consumes_what_is_published_to_the_topic(
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
 ) -> None:
-    app = create_app(settings(tmp_path, broker.queue, model="topic"), clock=lambda: FROZEN_NOW)
+    app = create_app(consumer_settings(tmp_path, broker.queue, model="topic"), clock=lambda: FROZEN_NOW)
     client = await aiohttp_client(app)
     for i in range(5):
         await broker.publish(
@@ -183,7 +147,7 @@ async def test_topic_model_consumes_what_is_published_to_the_topic(
 async def test_a_body_over_the_limit_is_dead_lettered_as_too_large(
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
 ) -> None:
-    limits = settings(tmp_path, broker.queue).model_copy(deep=True)
+    limits = consumer_settings(tmp_path, broker.queue).model_copy(deep=True)
     limits.http.max_body_bytes = 4096
     client = await aiohttp_client(create_app(limits, clock=lambda: FROZEN_NOW))
     await broker.publish(body(signed({**REVIEW, "Padding": "x" * 5000})))

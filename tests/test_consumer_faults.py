@@ -20,15 +20,9 @@ from receiver.app import create_app
 from receiver.http.keys import CONSUMER
 from receiver.topology import policy_command
 from tests.amqp_broker import Broker, close_connections_named, connections_named, rabbitmqctl
-from tests.conftest import FROZEN_NOW, body, signed
-from tests.test_consumer import (
-    REVIEW,
-    ClientFactory,
-    count_is,
-    events_of,
-    eventually,
-    settings,
-)
+from tests.apps import ClientFactory, consumer_settings, count_is, events_of
+from tests.payloads import FROZEN_NOW, REVIEW, body, signed
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.amqp
 
@@ -55,7 +49,7 @@ async def test_store_down_deliveries_are_held_in_hand_not_requeued_so_none_spend
 ) -> None:
     # delivery_limit 1: a message returned to the queue twice would be dead-lettered by the broker.
     client = await aiohttp_client(
-        create_app(settings(tmp_path, broker.queue, delivery_limit=1), clock=lambda: FROZEN_NOW)
+        create_app(consumer_settings(tmp_path, broker.queue, delivery_limit=1), clock=lambda: FROZEN_NOW)
     )
     prefetch, sent = 20, 30
     with store_locked(tmp_path):
@@ -84,7 +78,7 @@ async def test_store_down_deliveries_are_held_in_hand_not_requeued_so_none_spend
 async def test_only_the_consumers_own_named_connection_is_dropped_and_the_redelivery_is_a_counted_duplicate(
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
 ) -> None:
-    config = settings(tmp_path, broker.queue).model_copy(deep=True)
+    config = consumer_settings(tmp_path, broker.queue).model_copy(deep=True)
     config.store.busy_timeout_ms = 30_000  # the write waits for the lock instead of failing
     client = await aiohttp_client(create_app(config, clock=lambda: FROZEN_NOW))
     name = client.app[CONSUMER].connection_name
@@ -122,7 +116,9 @@ async def test_the_dead_letter_queue_receiver_creates_is_bounded_oldest_dropped_
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
 ) -> None:
     client = await aiohttp_client(
-        create_app(settings(tmp_path, broker.queue, dead_letter_max_length=3), clock=lambda: FROZEN_NOW)
+        create_app(
+            consumer_settings(tmp_path, broker.queue, dead_letter_max_length=3), clock=lambda: FROZEN_NOW
+        )
     )
     for i in range(5):
         await broker.publish(b"{ not json %d" % i)
@@ -140,7 +136,7 @@ async def test_a_dead_letter_queue_declared_without_the_bound_is_used_as_it_is_a
     dead = f"{broker.queue}.dead"
     # As an older receiver declared it: no x-max-length. Redeclaring it with one is refused.
     await broker.channel.declare_queue(dead, durable=True, arguments={"x-queue-type": "quorum"})
-    config = settings(tmp_path, broker.queue, dead_letter_max_length=3)
+    config = consumer_settings(tmp_path, broker.queue, dead_letter_max_length=3)
     with capture_logs() as logs:
         client = await aiohttp_client(create_app(config, clock=lambda: FROZEN_NOW))
     assert (await amqp_state(client))["state"] == "consuming"
@@ -171,7 +167,7 @@ async def _depth_is(broker: Broker, name: str, n: int) -> bool:
 async def test_every_notification_logs_exactly_one_summary_line_whichever_way_it_goes(
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker
 ) -> None:
-    limits = settings(tmp_path, broker.queue).model_copy(deep=True)
+    limits = consumer_settings(tmp_path, broker.queue).model_copy(deep=True)
     limits.http.max_body_bytes = 4096
     client = await aiohttp_client(create_app(limits, clock=lambda: FROZEN_NOW))
     messages = [
@@ -207,7 +203,7 @@ async def test_every_notification_logs_exactly_one_summary_line_whichever_way_it
 async def test_a_refused_delivery_logs_one_summary_line_bound_to_its_message_id(
     aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker, path: str, payload: bytes, outcome: str
 ) -> None:
-    limits = settings(tmp_path, broker.queue).model_copy(deep=True)
+    limits = consumer_settings(tmp_path, broker.queue).model_copy(deep=True)
     limits.http.max_body_bytes = 4096
     client = await aiohttp_client(create_app(limits, clock=lambda: FROZEN_NOW))
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -228,7 +224,7 @@ async def test_the_connection_name_can_be_set(
 ) -> None:
     name = f"receiver-test-{broker.queue}"
     client = await aiohttp_client(
-        create_app(settings(tmp_path, broker.queue, connection_name=name), clock=lambda: FROZEN_NOW)
+        create_app(consumer_settings(tmp_path, broker.queue, connection_name=name), clock=lambda: FROZEN_NOW)
     )
     assert client.app[CONSUMER].connection_name == name
     assert list(await connections_named(name)) == [name]

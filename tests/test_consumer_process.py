@@ -12,20 +12,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aio_pika
 import orjson
 import pytest
 
 from receiver import events
-from receiver.settings import AmqpSettings
-from receiver.topology import declare_topology
-from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import body, example, signed
-from tests.test_process import free_port
+from tests.amqp_broker import AMQP_URL, publish_all, queue_depth, queue_for_a_process
+from tests.payloads import REVIEW, body, signed
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 KEY = "consumer-process-key"
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 N = 10_000
 
 
@@ -79,30 +75,6 @@ def queue() -> Iterator[str]:
     yield from queue_for_a_process("test.kill")
 
 
-async def publish_all(queue: str, payloads: list[bytes]) -> None:
-    async with await aio_pika.connect(AMQP_URL) as connection:
-        channel = await connection.channel()  # publisher confirms: each publish returns once confirmed
-        await declare_topology(
-            connection, channel, AmqpSettings(queue=queue)
-        )  # as the consumer will declare it
-        for start in range(0, len(payloads), 500):
-            await asyncio.gather(
-                *(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(p, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue
-                    )
-                    for p in payloads[start : start + 500]
-                )
-            )
-
-
-async def queue_depth(queue: str) -> int:
-    async with await aio_pika.connect(AMQP_URL) as connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-
-
 def test_consumer_killed_mid_stream_then_restarted_stores_every_message_exactly_once(
     tmp_path: Path, queue: str
 ) -> None:
@@ -129,7 +101,8 @@ def test_consumer_killed_mid_stream_then_restarted_stores_every_message_exactly_
     try:
         wait_until(lambda: stored(db) == N, 120, f"all {N} events stored", second)
         wait_until(lambda: asyncio.run(queue_depth(queue)) == 0, 30, "the queue to drain", second)
-        time.sleep(0.5)  # any redelivery still in flight would show as a duplicate, never as a new row
+        # SIGTERM drains what is in hand: once it has exited 0, any redelivery that was in flight has
+        # been handled (as a duplicate, never as a new row).
         second.proc.send_signal(signal.SIGTERM)
         assert second.proc.wait(timeout=30) == 0, second.output()[-3000:]
     finally:

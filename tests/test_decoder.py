@@ -14,9 +14,8 @@ import pytest
 
 from receiver import decoder, wire
 from receiver.errors import InvalidNotificationError
-from tests.conftest import NOTIFICATION_FILES, body, example, example_bytes
+from tests.payloads import NOTIFICATION_FILES, REVIEW, body, example, example_bytes
 
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 QC = example("07-AiQualityControlResult.constructed.json")
 
 

@@ -4,98 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
-from receiver.dispatch import CircuitBreaker, Dispatcher, RecentEvents, SinkPolicy, settle
+from receiver.dispatch import CircuitBreaker, RecentEvents, SinkPolicy, settle
 from receiver.errors import SinkError, UndeliverableError
-from receiver.http.keys import DISPATCHER
 from receiver.ports import Delivery, DeliveryState, Recorded
-from receiver.settings import Settings
-from receiver.sinks.memory import MemorySink
 from receiver.tasks import MatchedBy, Task, TaskState
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, event_of, example, signed
-from tests.test_store import postgres_database
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
-RECOGNITION = example("05-AiRecognitionResult-Face-Ocr-Object-Tag.constructed.json")
-QUALITY = example("07-AiQualityControlResult.constructed.json")
-EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
-FAST = {"retry_schedule": [0.01, 0.01, 0.01], "jitter": 0.0, "breaker_threshold": 1000}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/receiver.db"
-        return
-    async with postgres_database() as url:
-        yield url
-
-
-def settings(store_url: str, sinks: list[dict[str, Any]], **more: Any) -> Settings:
-    return Settings.model_validate(
-        {
-            "store": {"url": store_url},
-            "verify": {"notify_keys": [NOTIFY_KEY]},
-            "sinks": sinks,
-            "dispatch_poll_interval": 0.02,
-            **more,
-        }
-    )
-
-
-async def start(
-    aiohttp_client: ClientFactory,
-    store_url: str,
-    sinks: list[dict[str, Any]],
-    role: Literal["serve", "consume", "dispatch"] = "serve",
-    **more: Any,
-) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(settings(store_url, sinks, **more), clock=_clock, role=role))
-
-
-_STARTED = time.monotonic()
-
-
-def _clock() -> float:
-    # Moves forward like a real clock, from before the examples' signatures expire.
-    return FROZEN_NOW + (time.monotonic() - _STARTED)
-
-
-def dispatcher_of(client: TestClient[Any, Any]) -> Dispatcher:
-    """The app's dispatcher: it runs there, as the app holds the store's dispatch lease."""
-    dispatcher = client.app[DISPATCHER].current
-    assert dispatcher is not None
-    return dispatcher
-
-
-def sink(client: TestClient[Any, Any], name: str) -> MemorySink:
-    found = dispatcher_of(client).sink(name)
-    assert isinstance(found, MemorySink)
-    return found
-
-
-async def post(client: TestClient[Any, Any], doc: dict[str, Any]) -> None:
-    resp = await client.post("/v1/notifications", data=body(signed(doc)))
-    assert resp.status == 200, await resp.text()
-
-
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
+from tests.apps import FAST, ClientFactory, dispatcher_of, post, sink, start
+from tests.payloads import EOF_DOC, QUALITY, RECOGNITION, REVIEW, event_of
+from tests.waiting import eventually
 
 # --- pure parts ---------------------------------------------------------------------------------
 
@@ -204,7 +124,12 @@ async def test_filters_include_and_exclude_what_they_say(
     for doc in (REVIEW, RECOGNITION, {**QUALITY, "TaskId": "vip-task", "SessionContext": ""}, EOF_DOC):
         await post(client, doc)
     await eventually(lambda: len(sink(client, "all").received) == 4)
-    await asyncio.sleep(0.1)
+
+    async def all_settled() -> bool:  # nothing left on its way to any sink
+        stats = (await (await client.get("/v1/sinks")).json())["items"]
+        return len(stats) == 5 and all(s["backlog"] == 0 for s in stats)
+
+    await eventually(all_settled)
 
     def types(name: str) -> list[str]:
         return [d["notification_type"] for d in sink(client, name).received]

@@ -12,7 +12,7 @@ from receiver.dispatch import Dispatcher, SinkPolicy
 from receiver.documents import event_document, splices
 from receiver.ports import Delivery, EventRecord
 from receiver.stores.sqlite import SqliteStore
-from tests.conftest import event_of, example
+from tests.payloads import event_of, example
 
 BODY = b'{"NotificationType": "AiReviewResult", "TaskId": "T", "Text": "\\u4e2d\\u0000", "A": [{"a": null}]}'
 

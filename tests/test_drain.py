@@ -27,14 +27,12 @@ import orjson
 import pytest
 
 from receiver import events
-from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import body, example, signed
-from tests.test_consumer_process import publish_all, queue_depth
-from tests.test_process import free_port
+from tests.amqp_broker import AMQP_URL, publish_all, queue_depth, queue_for_a_process
+from tests.payloads import REVIEW, body, signed
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 KEY = "drain-test-key"
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 
 
 def live(session: str) -> dict[str, Any]:
@@ -206,7 +204,7 @@ def test_sigterm_with_deliveries_in_hand_commits_or_returns_each_none_lost_none_
 
             def all_in_hand_and_checked() -> bool:
                 amqp = first.readyz().get("amqp", {})
-                return amqp.get("held_retries", 0) >= prefetch and amqp.get("store_checks", 0) >= 2
+                return bool(amqp.get("held_retries", 0) >= prefetch and amqp.get("store_checks", 0) >= 2)
 
             first.wait_until(all_in_hand_and_checked, "the prefetch window held against the store")
             first.proc.send_signal(signal.SIGTERM)

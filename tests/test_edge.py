@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ from receiver.errors import ConfigError
 from receiver.listeners import Listening, listeners_for
 from receiver.redact import redact_url
 from receiver.settings import Settings
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
+from tests.apps import ClientFactory
+from tests.payloads import FROZEN_NOW, NOTIFY_KEY, REVIEW, body, signed
 
 # Every state-changing route of the management API, with a body it would otherwise take.
 STATE_CHANGES = [

@@ -5,47 +5,25 @@ from __future__ import annotations
 import asyncio
 import time
 import types
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
-from tencentcloud.common import credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
-from tencentcloud.common.profile.client_profile import ClientProfile
-from tencentcloud.common.profile.http_profile import HttpProfile
-from tencentcloud.mps.v20190612 import models, mps_client
+from tencentcloud.mps.v20190612 import models
 
 from receiver import wire
 from receiver.emulator import EmulatorSettings, create_emulator
 from receiver.emulator.scenario import Scenario, kinds_requested, plan
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-SILENT = {"NotifyType": ""}  # MPS sends nothing for an empty NotifyType
+from tests.apps import ServerFactory
+from tests.sdk import SILENT, client, error_code, process
 
 
 @pytest.fixture
 async def emulator(aiohttp_server: ServerFactory) -> TestServer:
     return await aiohttp_server(create_emulator(EmulatorSettings(secret_id="AKIDtest", secret_key="s3cret")))
-
-
-def client(server: TestServer, *, secret_key: str = "s3cret") -> mps_client.MpsClient:
-    profile = ClientProfile(httpProfile=HttpProfile(endpoint=f"127.0.0.1:{server.port}", protocol="http"))
-    return mps_client.MpsClient(credential.Credential("AKIDtest", secret_key), "ap-guangzhou", profile)
-
-
-def process(c: mps_client.MpsClient, **params: Any) -> models.ProcessLiveStreamResponse:
-    request = models.ProcessLiveStreamRequest()
-    request.from_json_string(__import__("json").dumps(params))
-    return c.ProcessLiveStream(request)
-
-
-async def error_code(call: Callable[[], object]) -> str:
-    with pytest.raises(TencentCloudSDKException) as caught:
-        await asyncio.to_thread(call)
-    return str(caught.value.get_code())
 
 
 async def test_process_live_stream_succeeds_with_a_task_id_and_request_id(emulator: TestServer) -> None:

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +18,9 @@ from pydantic import ValidationError
 
 from receiver.emulator import EmulatorSettings, api, create_emulator
 from receiver.emulator.recent import Recent
-from tests.test_emulator import SILENT, client, error_code, process
+from tests.apps import ServerFactory
+from tests.sdk import SILENT, client, error_code, process
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
 SECRET_ID, SECRET_KEY = "AKIDtest", "s3cret"
 
 

@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 import warnings
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,9 +26,10 @@ from receiver.emulator.api import EMULATOR
 from receiver.emulator.book import EmulatedTask
 from receiver.emulator.notify import CallbackRetry, Notifier
 from receiver.emulator.scenario import Scenario
-from tests.test_wire_sdk import sdk_type
+from tests.apps import ServerFactory
+from tests.sdk import sdk_type
+from tests.waiting import eventually
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
 SILENT = {"NotifyType": ""}
 _SOURCE = __import__("pathlib").Path(sdk.__file__).read_text(encoding="utf-8")
 
@@ -52,7 +52,13 @@ def conforms(value: Any, spelled: str, where: str) -> None:
         for i, item in enumerate(value):
             conforms(item, spelled.removeprefix("list of "), f"{where}[{i}]")
         return
-    scalar = {"str": str, "int": int, "float": (int, float), "bool": bool}.get(spelled)
+    scalars: dict[str, type | tuple[type, ...]] = {
+        "str": str,
+        "int": int,
+        "float": (int, float),
+        "bool": bool,
+    }
+    scalar = scalars.get(spelled)
     if scalar is not None:
         assert isinstance(value, scalar), f"{where}: {value!r} is not {spelled}"
         assert (spelled == "bool") == isinstance(value, bool), f"{where}: {value!r} is not {spelled}"
@@ -280,7 +286,13 @@ async def test_an_abort_ends_the_task_with_a_process_eof_or_without_one(
         assert (await mps.call("ManageTask", OperationType="Abort", TaskId=task_id)).RequestId
         done = await until_status(mps, task_id, "FINISH")
         assert done.LiveStreamProcessTask.Message == "Task aborted by ManageTask"
-        await asyncio.sleep(0)  # the player sends its ProcessEof right after it ended the task
+        # The player sends its ProcessEof (or none) right after it ended the task, then it is done.
+        emulator = mps.server.app[EMULATOR]
+
+        def ended(emulator: Any = emulator) -> bool:
+            return not emulator.players
+
+        await eventually(ended, within=10)
         eofs = [n for n in sent if n["NotificationType"] == "ProcessEof"]
         assert len(eofs) == (1 if with_eof else 0)
         assert await mps.code("ManageTask", OperationType="Abort", TaskId=task_id) == (
@@ -317,7 +329,8 @@ async def test_a_lost_process_eof_is_never_sent_yet_the_task_finishes(aiohttp_se
     )  # fmt: skip
     done = await until_status(mps, str(response.TaskId), "FINISH")
     assert done.LiveStreamProcessTask.ErrCode == 0
-    await asyncio.sleep(0.1)  # the late notification after the (lost) end
+    # The late notification goes after the (lost) end; then the player is done: all was sent.
+    await eventually(lambda: not mps.server.app[EMULATOR].players, within=10)
     kinds = [n["NotificationType"] for n in sent]
     assert "ProcessEof" not in kinds
     assert len(kinds) == 3  # two results, one late

@@ -4,20 +4,17 @@ one has), and receiver's consumer in the topic model stores the events."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from receiver.emulator.notify import Notifier
 from tests.amqp_broker import AMQP_URL
-from tests.test_loop import check_every_notification_arrived, emulator, receiver, request, submit, until_ended
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-ServerFactory = Callable[..., Awaitable[TestServer]]
+from tests.apps import ClientFactory, ServerFactory
+from tests.emulated import check_every_notification_arrived, emulator, receiver, request, submit, until_ended
 
 pytestmark = pytest.mark.amqp
 

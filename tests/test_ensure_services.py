@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.test_store import PG_URL
+from tests.databases import PG_URL
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ensure-services"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from receiver import decoder, events
 from receiver.errors import SignatureError
 from receiver.events import Channel, Event, NotifyKeys, SignPolicy, Verdict
 from receiver.findings import Finding
-from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
+from tests.payloads import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
 
 
 def normalized(raw: bytes, channel: Channel = Channel.HTTP) -> Event:
@@ -333,7 +334,7 @@ def test_any_configured_key_verifies_so_keys_can_rotate() -> None:
 
 def test_key_first_order_is_not_accepted() -> None:
     doc = signed(example("02-ProcessEof.cmq-msgBody.verbatim.json"))
-    doc["Sign"] = events.hashlib.md5(f"{NOTIFY_KEY}{doc['Timestamp']}".encode()).hexdigest()
+    doc["Sign"] = hashlib.md5(f"{NOTIFY_KEY}{doc['Timestamp']}".encode()).hexdigest()
     with pytest.raises(SignatureError):
         verify(doc, SignPolicy.REQUIRED)
 

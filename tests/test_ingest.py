@@ -13,10 +13,8 @@ from receiver.events import Channel, NotifyKeys, SignPolicy, Verdict
 from receiver.ingest import Ingestor, IngestResult
 from receiver.ports import EventQuery
 from receiver.stores.sqlite import SqliteStore
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
 from tests.fakes import MemoryEventLog
-
-EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
+from tests.payloads import EOF_DOC, FROZEN_NOW, NOTIFY_KEY, body, signed
 
 
 def ingestor(
@@ -40,8 +38,7 @@ async def test_concurrent_notifications_share_one_commit_and_each_waits_for_it()
     store.gate = asyncio.Event()
     ing = ingestor(store)
     pending = [asyncio.create_task(ing.ingest(b, Channel.HTTP)) for b in distinct(50)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await asyncio.wait_for(store.at_gate.wait(), timeout=5)  # the commit is under way, held
     assert not any(t.done() for t in pending)  # nobody is answered before the commit
     store.gate.set()
     results = await asyncio.gather(*pending)

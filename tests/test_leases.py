@@ -14,12 +14,12 @@ from receiver.http.keys import DISPATCHER
 from receiver.leases import LeasedJob
 from receiver.ports import Leases
 from receiver.stores.sqlite import SqliteStore
-from tests import test_dispatch
+from tests.apps import ClientFactory, post, sink, start
 from tests.fakes import MemoryLeases
-from tests.test_dispatch import REVIEW, ClientFactory, eventually, post, sink, start
+from tests.payloads import REVIEW
+from tests.waiting import eventually
 
 TTL = 0.6  # renewed every 0.2 s
-store_url = test_dispatch.store_url  # the fixture: SQLite and PostgreSQL
 
 
 class Job:

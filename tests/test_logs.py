@@ -19,7 +19,7 @@ import structlog
 
 from receiver import logs
 from receiver.logs import configure_logging
-from tests.test_process import Server, servers  # noqa: F401 (servers is a fixture)
+from tests.servers import Server
 
 KEYS = {"timestamp", "level", "event", "logger"}
 
@@ -92,7 +92,7 @@ def test_a_text_stream_without_a_buffer_gets_the_same_lines(restored_logging: No
 @pytest.mark.slow
 def test_the_served_app_logs_access_lines_as_json_when_asked(
     tmp_path: Path,
-    servers: list[Server],  # noqa: F811
+    servers: list[Server],
 ) -> None:
     env = {"RECEIVER_HTTP__ACCESS_LOG": "true", "RECEIVER_STORE__URL": f"sqlite:///{tmp_path}/l.db"}
     server = Server(tmp_path, env, [])

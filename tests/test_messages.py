@@ -4,20 +4,17 @@ and start-up and submit warnings for settings that silently turn something off."
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.settings import Settings
-from tests.test_loop import KEY, URL_REQUEST, emulator, receiver, request
+from tests.apps import ClientFactory, ServerFactory
+from tests.emulated import KEY, URL_REQUEST, emulator, receiver, request
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-ServerFactory = Callable[..., Awaitable[TestServer]]
 MODEL_NAMES = ("NotifyConfig", "TemplateTask", "SubmitRequest", "TaskRegistration", "Strict", "WireModel")
 
 

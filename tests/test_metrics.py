@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,9 @@ from receiver.errors import ConfigError
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 from tests.amqp_broker import AMQP_URL, Broker
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.apps import ClientFactory
+from tests.payloads import FROZEN_NOW, NOTIFY_KEY, REVIEW, body, signed
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 STORE_GAUGES = {
     "receiver_sink_backlog",
     "receiver_sink_dead",
@@ -120,7 +118,7 @@ def test_shared_metrics_add_up_every_worker_the_dead_ones_included(
 
     def worker(pid: int) -> Metrics:
         # What importing prometheus_client in a worker the parent started does, with its pid.
-        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid))
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid))  # type: ignore[no-untyped-call]
         return Metrics.shared(tmp_path)
 
     one = worker(101)  # a worker that dies: what it counted still counts

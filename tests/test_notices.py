@@ -14,10 +14,10 @@ from receiver.ports import EventRecord
 from receiver.routing import SinkFilter
 from receiver.settings import OperatorSettings
 from receiver.tasks import Task, TaskState
-from tests.conftest import FROZEN_NOW
-from tests.test_dispatch import EOF_DOC, QUALITY, REVIEW, ClientFactory, eventually, post, sink, start
-from tests.test_store import event, new_task
-from tests.test_store import store as store  # the fixture: SQLite and PostgreSQL
+from tests.apps import ClientFactory, post, sink, start
+from tests.builders import event, new_task
+from tests.payloads import EOF_DOC, FROZEN_NOW, QUALITY, REVIEW
+from tests.waiting import eventually
 
 OPERATOR = {"name": "oncall", "kind": "memory", "operator": True}
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.app import create_app
@@ -15,10 +12,9 @@ from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Settlement
 from receiver.settings import Settings
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import TaskState
-from tests.conftest import FROZEN_NOW, NOTIFY_KEY, body, example, signed
-from tests.test_store import EOF_DOC, REVIEW, event, new_task
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+from tests.apps import ClientFactory
+from tests.builders import event, new_task
+from tests.payloads import EOF_DOC, FROZEN_NOW, NOTIFY_KEY, REVIEW, body, example, signed
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from receiver import events
-from tests.conftest import HookTarget
-from tests.test_process import KEY, REVIEW, Server, free_port, live
+from tests.payloads import REVIEW
+from tests.servers import KEY, HookTarget, Server, free_port, live
 
 pytestmark = pytest.mark.slow
 N = 200

@@ -6,13 +6,11 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,95 +20,13 @@ import orjson
 import pytest
 
 from receiver import events
-from tests.conftest import body, example, signed
+from tests.payloads import REVIEW, body
+from tests.servers import KEY, RECEIVER, Server, free_port, live
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "process-test-key"
 TOKEN = "process-test-token"
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
 
 pytestmark = pytest.mark.slow
-
-
-def live(doc: dict[str, object], key: str = KEY) -> dict[str, object]:
-    """Signed to expire ten minutes from now, as MPS does (the examples' own Timestamps are past)."""
-    return signed(doc, key=key, timestamp=int(time.time()) + 600)
-
-
-# The console script the package installs (what the image's ENTRYPOINT runs), if there.
-_SCRIPT = Path(sys.executable).with_name("receiver")
-RECEIVER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "receiver"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(
-        self,
-        cwd: Path,
-        env: dict[str, str],
-        args: list[str],
-        command: str = "serve",
-        port_setting: str = "RECEIVER_HTTP__PORT",
-        command_args: Sequence[str] = (),
-    ) -> None:
-        self.port = free_port()
-        self.log = cwd / f"server-{self.port}.log"
-        full_env = {
-            **os.environ,
-            **env,
-            port_setting: str(self.port),
-            "RECEIVER_LOG__FORMAT": "json",
-        }
-        with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [*RECEIVER, *args, command, *command_args],
-                cwd=cwd,
-                env=full_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"server did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return int(self.proc.returncode)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
 
 
 def test_make_run_config_starts_on_sqlite_warns_about_missing_keys_and_stops_cleanly(
@@ -161,7 +77,7 @@ SECRETS = {
 @contextmanager
 def postgres_database(password: str) -> Iterator[str]:
     """A fresh database on the real PostgreSQL (trust: any password is taken), dropped afterwards."""
-    from tests.test_store import PG_URL
+    from tests.databases import PG_URL
 
     name = f"receiver_secrets_{uuid.uuid4().hex[:12]}"
 

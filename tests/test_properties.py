@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from receiver import decoder, events
 from receiver.errors import InvalidNotificationError
 from receiver.events import Channel
-from tests.conftest import NOTIFICATION_FILES, example
+from tests.payloads import NOTIFICATION_FILES, example
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
@@ -26,6 +26,7 @@ WIRE_KEYS = ["NotificationType", "TaskId", "ResultSet", "Type", "Confidence", "S
 
 
 def attempt(raw: bytes) -> None:
+    error: InvalidNotificationError | None
     try:  # the steps ingest takes
         data = decoder.unwrap(raw)
         head = decoder.read_head(data)

@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.http.keys import DISPATCHER
 from receiver.throttle import TokenBucket
-from tests.test_batches import deliveries
-from tests.test_dispatch import REVIEW, ClientFactory, eventually, post, sink, start
+from tests.apps import ClientFactory, deliveries, post, sink, start
+from tests.payloads import REVIEW
+from tests.waiting import eventually
 
 
 def test_the_bucket_lets_a_burst_through_then_its_rate_and_queues_reservations_in_order() -> None:

@@ -7,6 +7,7 @@ never saw, and abort ends a task with or without a ProcessEof."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,13 +24,9 @@ from receiver.ports import EventQuery
 from receiver.reconcile import LEASE, Reconciler
 from receiver.settings import MpsSettings, ReconcileSettings
 from receiver.tasks import Task, TaskState, new_id
-from tests import test_store
-from tests.conftest import signed
-from tests.test_loop import KEY, emulator, receiver, request, submit
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-ServerFactory = Callable[..., Awaitable[TestServer]]
-store = test_store.store  # the fixture: the lease test runs on SQLite and on PostgreSQL
+from tests.apps import ClientFactory, ServerFactory
+from tests.emulated import KEY, emulator, receiver, request, submit
+from tests.payloads import signed
 
 SCENARIOS = {
     "lost": {"duration": 0.5, "rate": 8.0, "lose_eof": True},  # results, then no ProcessEof
@@ -52,8 +49,10 @@ def reconciler(mps: TestServer, client: TestClient[Any, Any] | None = None, **kw
     settings = ReconcileSettings.model_validate(kw.pop("settings", {}))
     leased = app.get(DISPATCHER) if app is not None else None
     dispatcher = leased.current if leased is not None else None
+    store = kw.pop("store", None) or (app[STORE] if app is not None else None)
+    assert store is not None
     return Reconciler(
-        kw.pop("store", None) or (app[STORE] if app is not None else None),
+        store,
         MpsClient(mps_settings(mps)),
         settings,
         clock=time.time,
@@ -307,14 +306,14 @@ async def test_abort_ends_a_task_with_a_process_eof_or_by_reconcile_when_none_co
     for scenario, by_reconcile in (("long", False), ("silent_abort", True)):
         body = request(await hook(client), Url=f"rtmp://live.example.com/app/x?emulator_scenario={scenario}")
         task_id = (await submit(client, body))["task_id"]
-        await until(lambda task_id=task_id: _events(client, task_id), "a first result")
+        await until(functools.partial(_events, client, task_id), "a first result")
         resp = await client.post(f"/v1/tasks/{task_id}/abort", json={})
         assert resp.status == 202, await resp.text()
         doc = await resp.json()
         # Its ProcessEof may beat the abort's answer here (then the task has ended already).
         assert doc["state"] == "aborting" or (doc["state"] == "finished" and not by_reconcile)
         assert doc["abort_request_id"]
-        await until(lambda task_id=task_id: _finished_at_mps(mps, task_id), "the abort taken at MPS")
+        await until(functools.partial(_finished_at_mps, mps, task_id), "the abort taken at MPS")
         if by_reconcile:
             assert (await task_doc(client, task_id))["state"] == "aborting"  # no ProcessEof: still so
             report = await reconciler(mps, client).once()  # aborting tasks are asked about

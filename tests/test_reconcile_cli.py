@@ -13,8 +13,7 @@ import pytest
 
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task, TaskState, new_id
-from tests.test_commands import Running, environment, run
-from tests.test_process import free_port
+from tests.servers import Running, environment, free_port, run
 
 pytestmark = pytest.mark.slow
 UNKNOWN = "1300000000-procedure-live-unknown-to-mps"

@@ -15,8 +15,9 @@ from receiver.dispatch import Dispatcher, SinkPolicy
 from receiver.ports import EventQuery
 from receiver.sinks.memory import MemorySink
 from receiver.stores.postgres import PostgresStore
-from tests.conftest import mps_events
-from tests.test_store import REVIEW, event, new_task, postgres_database
+from tests.builders import event, new_task
+from tests.databases import mps_events, postgres_database
+from tests.payloads import REVIEW
 
 pytestmark = pytest.mark.postgres
 

@@ -13,11 +13,12 @@ import pytest
 
 from receiver import events, sinks
 from receiver.app import create_app
+from receiver.errors import ConfigError
 from receiver.ports import Delivery
 from receiver.settings import Settings
 from receiver.sinks.jsonl import JsonlSink
-from tests.conftest import body, example
-from tests.test_sinks import delivery, record
+from tests.builders import delivery, record
+from tests.payloads import body, example
 
 PLUGIN = '''
 """A third-party sink, as a package outside receiver would ship it."""
@@ -103,7 +104,7 @@ async def test_a_plugin_sink_named_in_settings_receives_what_the_service_stores(
 
 
 def test_an_unregistered_kind_is_still_refused_with_the_group_named(installed_plugin: Path) -> None:
-    with pytest.raises(sinks.ConfigError, match=r"receiver\.sinks"):
+    with pytest.raises(ConfigError, match=r"receiver\.sinks"):
         sinks.build_sink("x", "pagerr", {})
 
 

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from receiver.http.keys import STORE
-from tests import test_dispatch
-from tests.test_dispatch import (
-    FAST,
-    REVIEW,
-    ClientFactory,
-    _clock,
-    dispatcher_of,
-    eventually,
-    post,
-    sink,
-    start,
-)
-
-store_url = test_dispatch.store_url  # the fixture: SQLite and PostgreSQL
+from tests.apps import FAST, ClientFactory, dispatcher_of, post, running_clock, sink, start
+from tests.payloads import REVIEW
+from tests.waiting import eventually
 
 
 async def test_a_410_switches_the_sink_off_until_re_enabled(
@@ -49,7 +39,10 @@ async def test_a_sink_re_enabled_through_another_process_resumes_in_the_dispatch
     store_url: str, aiohttp_client: ClientFactory
 ) -> None:
     """``receiver serve`` without a dispatcher (the API) and ``receiver dispatch`` on one store."""
-    sinks = [{"name": "gone", "kind": "memory", **FAST}, {"name": "witness", "kind": "memory"}]
+    sinks: list[dict[str, Any]] = [
+        {"name": "gone", "kind": "memory", **FAST},
+        {"name": "witness", "kind": "memory"},
+    ]
     api = await start(aiohttp_client, store_url, sinks, dispatch_in_serve=False)
     dispatcher = await start(aiohttp_client, store_url, sinks, role="dispatch")
     gone, witness = sink(dispatcher, "gone"), sink(dispatcher, "witness")
@@ -82,7 +75,7 @@ async def test_a_sink_switched_off_in_the_store_by_another_replica_stops_here_to
     one = await start(aiohttp_client, store_url, sinks)
     other = await start(aiohttp_client, store_url, sinks, role="dispatch")
     # What the other replica writes when its delivery gets a 410.
-    await other.app[STORE].set_sink_disabled("a", "410 from the other replica", now=_clock())
+    await other.app[STORE].set_sink_disabled("a", "410 from the other replica", now=running_clock())
     await eventually(lambda: dispatcher_of(one).status()["a"]["disabled"] == "410 from the other replica")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,56 +13,19 @@ import aio_pika
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
-from receiver import events, sinks
+from receiver import sinks
 from receiver.documents import event_document
 from receiver.errors import ConfigError, SinkError, SinkGoneError, UndeliverableError
-from receiver.ports import Batch, Delivery, EventRecord
+from receiver.ports import Batch
 from receiver.sinks.amqp import AmqpSink, encoded, routing_key
 from receiver.sinks.http import MAX_RESPONSE_BYTES, HttpSink, retry_after
 from receiver.sinks.jsonl import JsonlSink
-from receiver.tasks import MatchedBy
-from tests.conftest import event_of, example
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
-
-
-def record(name: str = "03-AiReviewResult-Image.constructed.json", **changes: Any) -> EventRecord:
-    """A stored event as a sink gets it. ``NotificationType``/``TaskId`` are set on the record, not
-    the wire: events stored before ingest refused over-long ones must still be safe at the sink."""
-    wire_changes = {k: v for k, v in changes.items() if k not in ("NotificationType", "TaskId")}
-    e = event_of({**example(name), **wire_changes}, check=events.Check(events.Verdict.VALID, "static:0"))
-    e.notification_type = changes.get("NotificationType", e.notification_type)
-    e.task_id = changes.get("TaskId", e.task_id)
-    return EventRecord(
-        seq=1,
-        event_id=e.event_id,
-        task_id=e.task_id,
-        task_ref="ours",
-        matched_by=MatchedBy.TASK_ID,
-        notification_type=e.notification_type,
-        session_id=e.session_id,
-        session_context=e.session_context,
-        channel="http",
-        received_at=e.received_at,
-        verdict="valid",
-        late=False,
-        duplicates=0,
-        err_code=None,
-        err_message=None,
-        findings=orjson.loads(orjson.dumps(e.findings)),
-        body=e.body,
-    )
-
-
-def delivery(rec: EventRecord) -> tuple[Delivery, dict[str, Any]]:
-    return Delivery(id=1, sink="s", task_key=rec.task_id, attempts=0, event=rec), event_document(rec)
-
+from tests.amqp_broker import AMQP_URL
+from tests.apps import ServerFactory
+from tests.builders import SECRET, delivery, record
 
 # --- http ---------------------------------------------------------------------------------------
 
@@ -290,7 +252,9 @@ async def test_jsonl_sink_appends_one_line_per_event_and_rotates_by_size(tmp_pat
     assert all(line["notification_type"] == "AiReviewResult" for line in newest)
 
 
-async def test_jsonl_sink_writes_a_batch_as_its_members_lines_in_order_with_one_fsync(tmp_path: Path) -> None:
+async def test_jsonl_sink_writes_a_batch_as_its_members_lines_in_order_with_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "events.jsonl"
     sink = JsonlSink.from_options("file", {"path": str(path)})
     recs = [record(SessionId=f"s-{i}") for i in range(5)]
@@ -298,18 +262,17 @@ async def test_jsonl_sink_writes_a_batch_as_its_members_lines_in_order_with_one_
     fsyncs = 0
     real_fsync = os.fsync
 
-    def counting_fsync(fd: int) -> None:
+    def counting_fsync(fd: Any) -> None:
         nonlocal fsyncs
         fsyncs += 1
         real_fsync(fd)
 
     documents = [event_document(r, spliced=True) for r in recs]
     bodies = [sink.encode(d)[0] for d in documents]
-    os.fsync = counting_fsync
+    monkeypatch.setattr(os, "fsync", counting_fsync)
     try:
         await sink.deliver_batch(Batch("b1", "", [delivery(r)[0] for r in recs], bodies))
     finally:
-        os.fsync = real_fsync
         await sink.aclose()
     lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [line["event_id"] for line in lines] == [r.event_id for r in recs]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from receiver.stores.sqlite import SqliteStore
-from tests.conftest import mps_events
+from tests.databases import mps_events
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITES = 300
@@ -23,7 +23,8 @@ from pathlib import Path
 from receiver.errors import StoreUnavailableError
 from receiver.stores.sqlite import SqliteStore
 from receiver.stores import sqlite_lock
-from tests.test_store import REVIEW, event
+from tests.builders import event
+from tests.payloads import REVIEW
 
 name, db, n, locked = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "locked"
 if not locked:  # the control: what two writers see without the lock

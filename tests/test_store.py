@@ -4,11 +4,7 @@ plus what only SQLite has (its file lock, its migrations on reopen, its writer's
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,70 +13,13 @@ import asyncpg
 import pytest
 
 from receiver.errors import ConflictError, StoreUnavailableError
-from receiver.events import Event
-from receiver.ports import EventQuery
+from receiver.ports import DeliveryQuery, DeliveryState, EventQuery
 from receiver.stores.postgres import PostgresStore
 from receiver.stores.sqlite import SqliteStore
-from receiver.tasks import MatchedBy, Task, TaskState, new_id
-from tests.conftest import FROZEN_NOW, event_of, example, mps_events
-
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
-EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
-
-
-def event(doc: dict[str, Any], at: float = FROZEN_NOW, **changes: Any) -> Event:
-    return event_of({**doc, **changes}, at=at)
-
-
-def new_task(task_id: str | None = "T1", session_context: str = "", **kw: Any) -> Task:
-    return Task(
-        id=new_id(),
-        task_id=task_id,
-        session_id="",
-        session_context=session_context,
-        url="rtmp://example/live/1",
-        labels={"team": "a"},
-        state=TaskState.SUBMITTED,
-        created_at=1.0,
-        updated_at=1.0,
-        **kw,
-    )
-
-
-PG_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "var" / "receiver.db", busy_timeout_ms=100)
-    yield s
-    await s.aclose()
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh, empty database on the real PostgreSQL, dropped afterwards."""
-    admin = await asyncpg.connect(PG_URL)
-    name = f"receiver_test_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        s: Any = await SqliteStore.open(tmp_path / "var" / "receiver.db", busy_timeout_ms=100)
-        yield s
-        await s.aclose()
-        return
-    async with postgres_database() as url:
-        s = await PostgresStore.open(url)
-        yield s
-        await s.aclose()
+from receiver.tasks import MatchedBy, TaskState
+from tests.builders import event, new_task
+from tests.databases import mps_events, postgres_database
+from tests.payloads import EOF_DOC, FROZEN_NOW, REVIEW
 
 
 async def test_an_event_is_stored_with_its_findings_and_raw_payload(store: Any) -> None:
@@ -318,7 +257,7 @@ async def test_a_rolled_back_batch_leaves_no_trace_in_tasks_or_events(store: Any
 
 
 async def test_quarantine_and_the_outbox_read_back_the_same_on_both_stores(store: Any) -> None:
-    from receiver.ports import DeliveryQuery, DeliveryState, Quarantined, Settlement
+    from receiver.ports import Quarantined, Settlement
 
     await store.quarantine(
         Quarantined("amqp", 5.0, "invalid_notification", "TaskId: missing", "TaskId", b"\xff{", {"m": 1})
@@ -339,9 +278,10 @@ async def test_quarantine_and_the_outbox_read_back_the_same_on_both_stores(store
     await store.set_sink_disabled("b", "gone", now=FROZEN_NOW)
     stats = {s.sink: (s.pending, s.delivered, s.dead, s.disabled) for s in await store.sink_stats()}
     assert stats == {"a": (2, 0, 1, None), "b": (3, 0, 0, "gone")}
-    assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW, dry_run=True) == 1
-    assert await store.redrive(DeliveryQuery(sink="a", state="dead"), now=FROZEN_NOW) == 1
-    assert (await store.list_deliveries(DeliveryQuery(sink="a", state="dead"))).items == []
+    dead = DeliveryQuery(sink="a", state=DeliveryState.DEAD)
+    assert await store.redrive(dead, now=FROZEN_NOW, dry_run=True) == 1
+    assert await store.redrive(dead, now=FROZEN_NOW) == 1
+    assert (await store.list_deliveries(dead)).items == []
 
 
 async def test_a_task_of_our_own_adopts_no_orphan_that_lacks_its_context(store: Any) -> None:

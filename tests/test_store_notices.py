@@ -6,9 +6,9 @@ from typing import Any
 
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, OperatorEvent, OwnEvent, Settlement
 from receiver.tasks import TaskState
-from tests.conftest import FROZEN_NOW, mps_events
-from tests.test_store import EOF_DOC, REVIEW, event, new_task
-from tests.test_store import store as store  # the fixture: SQLite and PostgreSQL
+from tests.builders import event, new_task
+from tests.databases import mps_events
+from tests.payloads import EOF_DOC, FROZEN_NOW, REVIEW
 
 
 def own(event_id: str, task_key: str = "receiver:operator:x", **more: Any) -> OwnEvent:

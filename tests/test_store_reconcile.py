@@ -15,11 +15,8 @@ from receiver.errors import ConflictError
 from receiver.mps import LeasedRateLimiter, MpsError
 from receiver.ports import DeliveryQuery, EventQuery, MpsTaskInfo, ReconcileQuery
 from receiver.tasks import Answer, MpsCheck, TaskState
-from tests import test_store
-from tests.conftest import FROZEN_NOW
-from tests.test_store import EOF_DOC, REVIEW, event, new_task
-
-store = test_store.store  # the fixture: each test runs on SQLite and on PostgreSQL
+from tests.builders import event, new_task
+from tests.payloads import EOF_DOC, FROZEN_NOW, REVIEW
 
 NOW = FROZEN_NOW
 DAY = 86400.0

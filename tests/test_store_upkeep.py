@@ -20,17 +20,13 @@ from receiver.settings import MaintenanceSettings
 from receiver.stores import sqlite_writer
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task, TaskState
-from tests import test_store
-from tests.conftest import FROZEN_NOW
-from tests.test_store import EOF_DOC, REVIEW, event, new_task
-
-store = test_store.store  # the fixture: each test runs on SQLite and on PostgreSQL
-sqlite_store = test_store.sqlite_store
+from tests.builders import event, new_task
+from tests.payloads import EOF_DOC, FROZEN_NOW, REVIEW
 
 LATER = FROZEN_NOW + 10_000
 
 
-async def settle_all(s: Any, sink: str, state: str, at: float = FROZEN_NOW) -> None:
+async def settle_all(s: Any, sink: str, state: DeliveryState, at: float = FROZEN_NOW) -> None:
     page = await s.list_deliveries(DeliveryQuery(sink=sink, state=DeliveryState.PENDING, limit=1000))
     await s.settle_deliveries([Settlement(d.id, state, 1, at, "x", at) for d in page.items])
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from receiver import tasks
 from receiver.tasks import MatchedBy, Task, TaskState
-from tests.conftest import event_of
+from tests.payloads import event_of
 
 
 @dataclass
@@ -154,7 +154,7 @@ def test_a_task_receiver_submitted_is_matched_by_its_own_context_only() -> None:
 
 # --- asking MPS: reconcile ends, live answers, aborts --------------------------------------------
 
-RECONCILED = {"notification_type": "ReconcileEnd", "channel": "reconcile"}
+RECONCILED: dict[str, Any] = {"notification_type": "ReconcileEnd", "channel": "reconcile"}
 
 
 def check(answer: str, at: float = 50.0, **kw: Any) -> tasks.MpsCheck:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import orjson
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -22,12 +23,18 @@ from receiver.app import create_app
 from receiver.config import load_settings
 from receiver.errors import ConfigError
 from tests.amqp_broker import Broker
-from tests.conftest import body, signed
-from tests.test_consumer import settings as consumer_settings
-from tests.test_dispatch import REVIEW, ClientFactory, _clock, eventually, settings, sink
+from tests.apps import ClientFactory, app_settings, consumer_settings, running_clock, sink
+from tests.payloads import REVIEW, body, signed
+from tests.waiting import eventually
 
 INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"  # a caller's trace
 ROOT = Path(__file__).parent.parent
+
+
+def attrs(span: ReadableSpan) -> Mapping[str, Any]:
+    """A span's attributes (every span here has some)."""
+    assert span.attributes is not None
+    return span.attributes
 
 
 def traced() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -84,12 +91,14 @@ async def test_a_notification_is_one_trace_from_the_webhook_to_each_delivery_att
     tmp_path: Path, aiohttp_client: ClientFactory
 ) -> None:
     provider, exporter = traced()
-    sinks = [
+    sinks: list[dict[str, Any]] = [
         {"name": "one", "kind": "memory"},
         {"name": "batched", "kind": "memory", "max_batch": 5, "max_wait": 0.2},
     ]
     app = create_app(
-        settings(f"sqlite:///{tmp_path}/receiver.db", sinks), clock=_clock, tracer_provider=provider
+        app_settings(f"sqlite:///{tmp_path}/receiver.db", sinks),
+        clock=running_clock,
+        tracer_provider=provider,
     )
     client = await aiohttp_client(app)
     for i in range(2):
@@ -108,19 +117,19 @@ async def test_a_notification_is_one_trace_from_the_webhook_to_each_delivery_att
     assert all(
         format(s.context.trace_id, "032x") == trace_id(INCOMING) for s in servers
     )  # the caller's trace
-    assert all(s.attributes["http.response.status_code"] == 200 for s in servers)
+    assert all(attrs(s)["http.response.status_code"] == 200 for s in servers)
     stored = (await (await client.get("/v1/events")).json())["items"]
     assert {trace_id(e["traceparent"]) for e in stored} == {trace_id(INCOMING)}
     server_spans = {s.context.span_id for s in servers}
     clients = [s for s in spans if s.kind is SpanKind.CLIENT]
-    singles = [s for s in clients if s.attributes["receiver.sink"] == "one"]
+    singles = [s for s in clients if attrs(s)["receiver.sink"] == "one"]
     assert {
         s.parent.span_id for s in singles if s.parent
     } == server_spans  # each attempt in its event's trace
-    [batch] = [s for s in clients if s.attributes["receiver.sink"] == "batched"]
+    [batch] = [s for s in clients if attrs(s)["receiver.sink"] == "batched"]
     assert batch.parent is None  # a trace of its own...
     assert {link.context.span_id for link in batch.links} == server_spans  # ...linked to each event's
-    assert batch.attributes["receiver.batch_size"] == 2
+    assert attrs(batch)["receiver.batch_size"] == 2
     # What each sink was given to send on (traceparent) names its attempt's span.
     sent = {trace_id(tp) for tp in sink(client, "one").traceparents if tp}
     assert sent == {trace_id(INCOMING)}
@@ -134,7 +143,7 @@ async def test_a_message_from_the_queue_gets_a_consumer_span_in_the_publishers_t
     tmp_path: Path, aiohttp_client: ClientFactory, broker: Broker
 ) -> None:
     provider, exporter = traced()
-    app = create_app(consumer_settings(tmp_path, broker.queue), clock=_clock, tracer_provider=provider)
+    app = create_app(consumer_settings(tmp_path, broker.queue), clock=running_clock, tracer_provider=provider)
     client = await aiohttp_client(app)
     message = aio_pika.Message(body(signed(REVIEW)), headers={"traceparent": INCOMING}, message_id="m-1")
     await broker.channel.default_exchange.publish(message, routing_key=broker.queue)
@@ -152,8 +161,8 @@ async def test_a_message_from_the_queue_gets_a_consumer_span_in_the_publishers_t
     [consumer] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
     assert format(consumer.context.trace_id, "032x") == trace_id(INCOMING)
     assert (
-        consumer.attributes["messaging.destination.name"],
-        consumer.attributes["messaging.message.id"],
+        attrs(consumer)["messaging.destination.name"],
+        attrs(consumer)["messaging.message.id"],
     ) == (
         broker.queue,
         "m-1",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,20 @@ from receiver.app import create_app
 from receiver.events import expected_sign
 from receiver.settings import IngestSettings, Settings
 from receiver.stores.sqlite import SqliteStore
-from tests.conftest import FROZEN_NOW, NOTIFICATION_FILES, NOTIFY_KEY, body, example, example_bytes, signed
+from tests.apps import ClientFactory
+from tests.payloads import (
+    EOF_DOC,
+    FROZEN_NOW,
+    NOTIFICATION_FILES,
+    NOTIFY_KEY,
+    REVIEW,
+    body,
+    example,
+    example_bytes,
+    signed,
+)
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 TOKEN = "s3cret-api-token"
-REVIEW = example("03-AiReviewResult-Image.constructed.json")
-EOF_DOC = example("02-ProcessEof.cmq-msgBody.verbatim.json")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 _SIGNED_TS = int(FROZEN_NOW) + 600
 SIGNATURE = f', "Timestamp": {_SIGNED_TS}, "Sign": "{expected_sign(_SIGNED_TS, NOTIFY_KEY)}"}}'.encode()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -10,7 +10,15 @@ import pytest
 from receiver import events, wire
 from receiver.errors import InvalidNotificationError
 from receiver.findings import findings
-from tests.conftest import EXAMPLE_FILES, example, example_bytes
+from tests.payloads import EXAMPLE_FILES, example, example_bytes
+
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """A member the example has (the Structs type every member as optional)."""
+    assert value is not None
+    return value
 
 
 @pytest.mark.parametrize("name", EXAMPLE_FILES)
@@ -48,21 +56,21 @@ def test_cmq_envelope_msgbody_is_read_whatever_the_key_case() -> None:
 def test_ocr_words_area_is_read_from_area_coords_not_area_coord_set() -> None:
     _, n = events.parse(example_bytes("05-AiRecognitionResult-Face-Ocr-Object-Tag.constructed.json"))
     assert n.ai_recognition_result_info is not None
-    ocr = n.ai_recognition_result_info.result_set[2].ocr_words_recognition_result_set[0]
+    ocr = present(present(n.ai_recognition_result_info.result_set)[2].ocr_words_recognition_result_set)[0]
     assert ocr.area_coords == [40, 620, 380, 680]
 
 
 def test_object_recognition_times_are_read_from_pts_offsets() -> None:
     _, n = events.parse(example_bytes("05-AiRecognitionResult-Face-Ocr-Object-Tag.constructed.json"))
     assert n.ai_recognition_result_info is not None
-    obj = n.ai_recognition_result_info.result_set[4].object_recognition_result_set[0]
+    obj = present(present(n.ai_recognition_result_info.result_set)[4].object_recognition_result_set)[0]
     assert (obj.start_pts_offset, obj.end_pts_offset) == (306.0, 311.0)
 
 
 def test_smart_subtitle_times_are_read_from_capital_pts_names() -> None:
     _, n = events.parse(example_bytes("09-AiSmartSubtitleResult.constructed.json"))
     assert n.ai_smart_subtitle_result_info is not None
-    sub = n.ai_smart_subtitle_result_info.smart_subtitle_result[0]
+    sub = present(n.ai_smart_subtitle_result_info.smart_subtitle_result)[0]
     assert (sub.start_pts_time, sub.end_pts_time) == (12.32, 14.8)
 
 
@@ -100,7 +108,7 @@ def test_review_type_porn_voice_is_an_alias_of_voice_porn(spelling: str) -> None
     doc["AiReviewResultInfo"]["ResultSet"][0]["Type"] = spelling
     _, n = events.parse(orjson.dumps(doc))
     assert n.ai_review_result_info is not None
-    assert wire.review_kind(n.ai_review_result_info.result_set[0].type) == "VoicePorn"
+    assert wire.review_kind(present(n.ai_review_result_info.result_set)[0].type) == "VoicePorn"
 
 
 @pytest.mark.parametrize("spelling", ["Highlight ", " Description", " SegmentRecognition "])
@@ -109,7 +117,7 @@ def test_analysis_type_stray_spaces_are_stripped(spelling: str) -> None:
     doc["AiAnalysisResultInfo"]["ResultSet"][0]["Type"] = spelling
     _, n = events.parse(orjson.dumps(doc))
     assert n.ai_analysis_result_info is not None
-    assert wire.trimmed(n.ai_analysis_result_info.result_set[0].type) == spelling.strip()
+    assert wire.trimmed(present(n.ai_analysis_result_info.result_set)[0].type) == spelling.strip()
 
 
 @pytest.mark.parametrize("empty", ["absent", None, []])
@@ -128,7 +136,7 @@ def test_absent_null_and_empty_list_mean_the_same(empty: Any) -> None:
             doc[key] = None
     _, n = events.parse(orjson.dumps(doc))
     assert n.ai_review_result_info is not None
-    parsed = n.ai_review_result_info.result_set[0]
+    parsed = present(n.ai_review_result_info.result_set)[0]
     assert not parsed.image_terrorism_result_set
     assert not parsed.voice_porn_result_set
     assert n.ai_recognition_result_info is None
@@ -158,7 +166,7 @@ def test_unknown_notification_type_is_accepted_with_its_payload() -> None:
 def test_integer_confidence_is_a_number() -> None:
     _, n = events.parse(example_bytes("01-AiReviewResult-VoicePorn.doc-verbatim.json"))
     assert n.ai_review_result_info is not None
-    assert n.ai_review_result_info.result_set[0].voice_porn_result_set[0].confidence == 98.0
+    assert present(present(n.ai_review_result_info.result_set)[0].voice_porn_result_set)[0].confidence == 98.0
 
 
 @pytest.mark.parametrize(

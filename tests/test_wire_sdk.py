@@ -17,6 +17,7 @@ import pytest
 import tencentcloud.mps.v20190612.models as sdk
 
 from receiver import wire
+from tests.sdk import sdk_type
 
 CHECKED_AGAINST = "3.1.194"
 
@@ -88,11 +89,6 @@ def ours(t: msgspec.inspect.Type) -> str:
     if isinstance(t, msgspec.inspect.StructType):
         return MODELS[t.cls]
     raise AssertionError(f"no SDK spelling for {t}")
-
-
-def sdk_type(spelled: str) -> str:
-    m = re.fullmatch(r":class:`tencentcloud\.mps\.v20190612\.models\.(\w+)`", spelled)
-    return m.group(1) if m else spelled
 
 
 def test_the_sdk_is_the_version_the_structs_were_checked_against() -> None:

@@ -28,8 +28,8 @@ from receiver.bell import Bell
 from receiver.errors import ConfigError
 from receiver.workers import WorkerSpec, bind, metrics_directory
 from tests.amqp_broker import AMQP_URL, queue_for_a_process
-from tests.conftest import HookTarget, body
-from tests.test_process import KEY, RECEIVER, REVIEW, Server, free_port, live
+from tests.payloads import REVIEW, body
+from tests.servers import KEY, RECEIVER, HookTarget, Server, free_port, live
 
 LEASE = 1.5  # seconds: renewed every 0.5 s
 _serial = itertools.count()
@@ -139,16 +139,6 @@ def queue() -> Iterator[str]:
     yield from queue_for_a_process("test.workers")
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
-
-
 @pytest.mark.slow
 @pytest.mark.amqp
 def test_two_workers_share_the_requests_and_the_queue_and_either_reports_all_of_them_in_metrics(
@@ -228,7 +218,10 @@ async def test_kill_9_of_the_dispatching_worker_hands_dispatch_over_within_the_l
             await asyncio.sleep(0.02)
         taken_over = time.monotonic() - killed
         assert taken_over <= LEASE + LEASE / 3 + 1.0  # the ttl, one renewal, and slack for a busy machine
-        dispatching = lambda log: sum(line["event"] == "dispatching" for line in log)  # noqa: E731
+
+        def dispatching(log: list[dict[str, Any]]) -> int:
+            return sum(line["event"] == "dispatching" for line in log)
+
         await asyncio.to_thread(until, server, lambda log: dispatching(log) == 2)  # the one that took over
         print(f"dispatch taken over {taken_over:.2f} s after the kill (lease {LEASE} s)")
         expected = {events.event_id(d) for d in docs}

@@ -6,7 +6,7 @@ such notification stored exactly once; every stored event delivered to the sink 
 task, the sink saw events in the order they were stored; duplicates counted. Everything on
 127.0.0.1, bounded in count and time.
 
-    python -m tests.soak --notifications 100000 --rate 400     # make soak
+    python -m bench.soak --notifications 100000 --rate 400     # make soak
 """
 
 from __future__ import annotations
