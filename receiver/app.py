@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +20,7 @@ from receiver.build import (
     build_mps_client,
     build_notices,
     build_reconciler,
+    build_sinks,
     committed_to,
     mps_sinks,
 )
@@ -45,6 +46,7 @@ from receiver.http.keys import (
     NOTIFY_KEYS,
     ROUTER,
     SINK_NAMES,
+    SINKS,
     STORE,
     TASK_DEADLINE,
     TRACING,
@@ -55,7 +57,7 @@ from receiver.http.webhook import add_webhook, keep_webhook_path
 from receiver.leases import LeasedJob, holder_name
 from receiver.maintenance import maintain
 from receiver.metrics import Metrics
-from receiver.ports import Recorded, Store
+from receiver.ports import Recorded, Sink, Store
 from receiver.redact import redact_url
 from receiver.routing import router
 from receiver.settings import Settings
@@ -81,6 +83,7 @@ class Wiring:
     bell: Bell | None
     tracing: Tracing | None
     store: Store | None  # the caller's (used, never closed); None: opened from the settings
+    sinks: Mapping[str, Sink] | None  # the caller's, by name (used, never closed); the rest built
     holder: str  # this process, in the leases it holds
     counts: IngestCounts
 
@@ -138,11 +141,24 @@ async def counts_ctx(w: Wiring, app: web.Application) -> AsyncIterator[None]:
     await flusher
 
 
+async def sinks_ctx(w: Wiring, app: web.Application) -> AsyncIterator[None]:
+    """The sinks, built once for every dispatcher this process runs (it may lose its lease and
+    take it again); the ones built here are closed here, after the dispatcher has stopped."""
+    sinks = build_sinks(w.settings, w.sinks)
+    app[SINKS] = sinks
+    yield
+    for name, sink in sinks.items():
+        if w.sinks is None or name not in w.sinks:
+            await sink.aclose()
+            log.info("sink closed", sink=name)
+
+
 async def dispatcher_ctx(w: Wiring, app: web.Application) -> AsyncIterator[None]:
     settings, notices = w.settings, app[NOTICES]
 
     async def begin() -> Dispatcher:
-        dispatcher = build_dispatcher(settings, app[STORE], w.clock, w.metrics, notices, w.tracing)
+        sinks: dict[str, Sink] = app[SINKS]
+        dispatcher = build_dispatcher(settings, app[STORE], sinks, w.clock, w.metrics, notices, w.tracing)
         await dispatcher.start()
         if w.bell is not None:
             w.bell.listen(dispatcher.wake)  # the other workers' commits
@@ -316,6 +332,7 @@ ROLES: dict[Role, tuple[Part, ...]] = {
         STORE_PART,
         NOTICES_PART,
         COUNTS_PART,
+        Part(sinks_ctx, lambda s: s.dispatch_in_serve),
         Part(dispatcher_ctx, lambda s: s.dispatch_in_serve),
         INGESTOR_PART,
         CONSUMER_PART,
@@ -328,6 +345,7 @@ ROLES: dict[Role, tuple[Part, ...]] = {
         TRACING_PART,
         STORE_PART,
         NOTICES_PART,
+        Part(sinks_ctx),
         Part(dispatcher_ctx),
         Part(mps_ctx, lambda s: s.reconcile.enabled),
         MAINTENANCE_PART,
@@ -340,6 +358,7 @@ def create_app(
     settings: Settings,
     *,
     store: Store | None = None,
+    sinks: Mapping[str, Sink] | None = None,
     clock: Callable[[], float] = time.time,
     role: Role = "serve",
     metrics: Metrics | None = None,
@@ -347,8 +366,9 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
     """The aiohttp application of ``role`` (see ``ROLES``). A ``store`` passed in is the caller's:
-    it is used, not closed; so is a ``tracer_provider`` (tracing is then on; otherwise it is on
-    as ``settings.tracing`` says).
+    it is used, not closed; so are ``sinks`` (by the name of a configured sink, in place of the one
+    its kind and options would build; policy and filter still from the settings) and a
+    ``tracer_provider`` (tracing is then on; otherwise it is on as ``settings.tracing`` says).
 
     ``consume`` and ``dispatch`` serve the health probes only. With ``http.management_port`` set,
     this app serves the management API and the probes, and ``http.webhook.webhook_app`` the
@@ -384,7 +404,9 @@ def create_app(
         app[TRACING] = tracing
     metrics = metrics or Metrics()
     app[METRICS] = metrics
-    wiring = Wiring(settings, role, clock, metrics, bell, tracing, store, holder_name(), IngestCounts(clock))
+    wiring = Wiring(
+        settings, role, clock, metrics, bell, tracing, store, sinks, holder_name(), IngestCounts(clock)
+    )
     for part in ROLES[role]:
         if part.when(settings):
             app.cleanup_ctx.append(functools.partial(part.open, wiring))

@@ -4,7 +4,7 @@ sinks, the notices, the MPS client and the reconciler."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
@@ -16,7 +16,7 @@ from receiver.ingest import Ingestor
 from receiver.metrics import Metrics
 from receiver.mps import MpsClient, shared_budgets
 from receiver.notices import Notices
-from receiver.ports import EventLog, Leases, NoticeBook, Outbox, ReconcileBook, Recorded, Router
+from receiver.ports import EventLog, Leases, NoticeBook, Outbox, ReconcileBook, Recorded, Router, Sink
 from receiver.reconcile import Reconciler
 from receiver.routing import SinkFilter, router
 from receiver.settings import Settings
@@ -99,29 +99,38 @@ def build_notices(
     )
 
 
-def build_dispatcher(
-    settings: Settings,
-    store: Outbox,
-    clock: Callable[[], float] = time.time,
-    metrics: Metrics | None = None,
-    notices: Notices | None = None,
-    tracing: Tracing | None = None,
-) -> Dispatcher:
-    sinks = []
+def build_sinks(settings: Settings, given: Mapping[str, Sink] | None = None) -> dict[str, Sink]:
+    """The configured sinks by name, in their order: those ``given`` (a caller's own, for the same
+    names) as they are, the others built from their kind and options."""
+    sinks: dict[str, Sink] = {}
     for s in settings.sinks:
-        sink = build_sink(s.name, s.kind, s.options)
+        sink = given[s.name] if given and s.name in given else build_sink(s.name, s.kind, s.options)
         if s.max_batch > 1 and not takes_batches(sink):
             raise ConfigError(
                 f"sinks.{s.name}: max_batch: expected 1 for kind {s.kind!r}, whose sink takes no batches"
                 " (it has no encode and deliver_batch)"
             )
-        sinks.append((sink, s.policy()))
+        sinks[s.name] = sink
+    return sinks
+
+
+def build_dispatcher(
+    settings: Settings,
+    store: Outbox,
+    sinks: Mapping[str, Sink],
+    clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
+    notices: Notices | None = None,
+    tracing: Tracing | None = None,
+) -> Dispatcher:
+    """The dispatcher of ``sinks`` (``build_sinks``), each with its configured policy. It does not
+    close them: whoever built them does."""
     if metrics is not None:
         for s in settings.sinks:
             metrics.set_rate_limit(s.name, s.rate_limit)
     return Dispatcher(
         store,
-        sinks,
+        [(sinks[s.name], s.policy()) for s in settings.sinks],
         poll_interval=settings.dispatch_poll_interval,
         clock=clock,
         observe=metrics.observe_delivery if metrics else None,

@@ -18,39 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import cast
 
 import structlog
 
 from receiver.batches import Batcher
-from receiver.documents import event_document, splices
-from receiver.errors import SinkError, SinkGoneError, StoreUnavailableError, UndeliverableError
+from receiver.documents import splices
+from receiver.errors import SinkGoneError, StoreUnavailableError
 from receiver.events import Event
 from receiver.group_commit import GroupCommit
-from receiver.ports import (
-    SNIPPET_CHARS,
-    Batch,
-    BatchSink,
-    Delivery,
-    DeliveryState,
-    Outbox,
-    Receipt,
-    Recorded,
-    Settlement,
-    Sink,
-)
-from receiver.recent import RecentEvents as RecentEvents
-from receiver.retries import CircuitBreaker as CircuitBreaker
-from receiver.retries import Heard, rescheduled, settle_batch
-from receiver.retries import SinkPolicy as SinkPolicy
-from receiver.retries import settle as settle
+from receiver.lanes import Lane
+from receiver.ports import Delivery, DeliveryState, Outbox, Recorded, Settlement, Sink
+from receiver.recent import RecentEvents
+from receiver.retries import CircuitBreaker, SinkPolicy, rescheduled, settle
 from receiver.throttle import TokenBucket
 from receiver.tracing import Tracing
 
@@ -58,42 +41,6 @@ log = structlog.get_logger("receiver.dispatch")
 
 # The shortest time between two claims of a sink while wakes keep coming (every commit wakes it).
 CLAIM_GAP = 0.005
-
-# Deliveries of one task claimed at once and sent in a row (one claim and one settlement for all).
-LINE = 64
-
-# Longest a delivery over the rate limit waits in hand; past it, it is rescheduled in the store
-# (a claimed line is leased, and a lease must not run out while it waits).
-RATE_HOLD = 2.0
-
-
-@dataclass(slots=True)
-class _Lane:
-    """The dispatcher's state for one sink."""
-
-    sink: Sink
-    policy: SinkPolicy
-    breaker: CircuitBreaker
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    busy: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # task key -> delivery in flight
-    counts: Counter[str] = field(default_factory=Counter)
-    disabled: str | None = None
-    changed_at: float = 0.0  # monotonic time this process last switched it; inf while writing that
-    runner: asyncio.Task[None] | None = None
-    bucket: TokenBucket | None = None  # its rate limit
-    batcher: Batcher[tuple[SinkError | None, Settlement]] | None = None  # max_batch above 1
-    held: int = 0  # deliveries claimed and not yet settled
-    spliced: bool = False  # the sink takes the payload as stored JSON (documents.splices)
-
-    @property
-    def lines(self) -> int:
-        """Task lines in flight at once: one per task, and enough of them to fill every batch."""
-        return self.policy.concurrency * self.policy.max_batch
-
-    @property
-    def per_key(self) -> int:
-        """Deliveries of one task claimed at once: a line, or a whole batch of one task."""
-        return max(LINE, self.policy.max_batch)
 
 
 class Dispatcher:
@@ -111,17 +58,23 @@ class Dispatcher:
         tracing: Tracing | None = None,
     ) -> None:
         self._store = store
-        self._tracing = tracing  # a client span per attempt; None: tracing is off
-        self._observe = observe
-        self._observe_held = observe_held  # events held back by a rate limit
-        # Operator events (kind, sink, detail); never for an operator sink's own troubles.
-        self._alert = alert
+        rng = rng or random.Random()
         self._lanes = {
-            sink.name: _Lane(sink, policy, CircuitBreaker(policy.breaker_threshold, policy.breaker_cooldown))
+            sink.name: Lane(
+                sink,
+                policy,
+                CircuitBreaker(policy.breaker_threshold, policy.breaker_cooldown),
+                spliced=splices(sink),
+                clock=clock,
+                rng=rng,
+                tracing=tracing,
+                observe=observe,
+                observe_held=observe_held,
+                alert=alert,
+            )
             for sink, policy in sinks
         }
         for lane in self._lanes.values():
-            lane.spliced = splices(lane.sink)
             policy = lane.policy
             if policy.rate_limit is not None:
                 lane.bucket = TokenBucket(policy.rate_limit, policy.rate_burst)
@@ -131,11 +84,11 @@ class Dispatcher:
                     max_wait=policy.max_wait,
                     pinned_wait=max(policy.max_wait, 2 * poll_interval),
                     concurrency=policy.concurrency,
-                    send=functools.partial(self._attempt_batch, lane),
+                    send=lane.attempt_batch,
                 )
         self._poll = poll_interval
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng
         self._settler: GroupCommit[Settlement, None] = GroupCommit(self._settle_batch, max_batch=512)
         self._recent = RecentEvents()
         self._stopping = False
@@ -180,7 +133,7 @@ class Dispatcher:
                     log.warning("sink switched off elsewhere", sink=name, reason=reason)
                     lane.disabled = reason
 
-    def _switch_on(self, lane: _Lane) -> None:
+    def _switch_on(self, lane: Lane) -> None:
         lane.disabled = None
         lane.breaker.succeeded()
         lane.wake.set()
@@ -218,9 +171,8 @@ class Dispatcher:
                 task.cancel()  # still pending in the store: delivered again after the restart
             log.info("dispatcher drained", finished=len(done), left_pending=len(pending))
         await self._settler.drain()
-        for lane in self._lanes.values():
-            await lane.sink.aclose()
-            log.info("sink closed", sink=lane.sink.name, **lane.counts)
+        for lane in self._lanes.values():  # the sinks stay open: whoever built them closes them
+            log.info("sink stopped", sink=lane.sink.name, **lane.counts)
 
     async def enable(self, sink: str) -> None:
         """Switch a sink back on, in the store (for every process) and in this one at once."""
@@ -235,9 +187,6 @@ class Dispatcher:
         if lane is not None:
             self._switch_on(lane)
         log.info("sink re-enabled", sink=sink)
-
-    def sink(self, name: str) -> Sink:
-        return self._lanes[name].sink
 
     def status(self) -> dict[str, dict[str, object]]:
         return {
@@ -266,17 +215,7 @@ class Dispatcher:
 
     # --- one sink -----------------------------------------------------------------------------
 
-    def _free(self, lane: _Lane) -> int:
-        """How many task lines may be claimed now: room for lines, for their deliveries (batching),
-        and for what the rate limit lets through."""
-        free = (lane.policy.concurrency if lane.batcher is None else lane.lines) - len(lane.busy)
-        if lane.batcher is not None:
-            free = min(free, 2 * lane.lines - lane.held)
-        if lane.bucket is not None:
-            free = min(free, math.floor(lane.bucket.available(time.monotonic())))
-        return free
-
-    async def _run(self, lane: _Lane) -> None:
+    async def _run(self, lane: Lane) -> None:
         last_claim = -math.inf
         while not self._stopping:
             # Wakes come with every commit and every settled line: claim at most every CLAIM_GAP,
@@ -287,7 +226,7 @@ class Dispatcher:
             lane.wake.clear()
             claimed = limit = 0
             now = self._clock()
-            free = self._free(lane)
+            free = lane.free()
             if free > 0 and lane.disabled is None and lane.breaker.allows(now):
                 trial = lane.breaker.trial
                 limit = 1 if trial else free
@@ -315,7 +254,7 @@ class Dispatcher:
                 claimed = len(lines)
             if self._stopping:
                 return
-            if claimed and claimed == limit and self._free(lane) > 0:
+            if claimed and claimed == limit and lane.free() > 0:
                 continue  # the store may have more right away (it gave all that was asked)
             timeout = self._poll
             if lane.bucket is not None and free <= 0:  # back when the rate limit lets one through
@@ -324,7 +263,7 @@ class Dispatcher:
                 async with asyncio.timeout(timeout):
                     await lane.wake.wait()
 
-    async def _deliver_line(self, lane: _Lane, key: str, line: Sequence[Delivery]) -> None:
+    async def _deliver_line(self, lane: Lane, key: str, line: Sequence[Delivery]) -> None:
         """One task's deliveries, in order, one at a time (or a batch at a time); settled together at
         the end (the key stays busy until then, so nothing of this task is claimed again meanwhile).
         The line stops at the first delivery that must wait for a retry: every later one waits behind it."""
@@ -336,17 +275,17 @@ class Dispatcher:
                 if outcomes and (self._stopping or lane.disabled is not None or lane.breaker.opened_at):
                     break  # the rest stay pending, as they were
                 if lane.batcher is not None:
-                    tried = await self._offer(lane, line, at)
+                    tried = await lane.offer(line, at)
                 else:
-                    held = await self._throttle(lane, 1)
+                    held = await lane.throttle(1)
                     if held is not None:  # over the rate limit: come back later, as it is
                         if not outcomes:  # the line's head: rescheduled (it is leased until settled)
                             outcomes.append(
-                                rescheduled(line[at], self._clock() + held, self._clock(), held_why(lane))
+                                rescheduled(line[at], self._clock() + held, self._clock(), lane.held_why())
                             )
                         break
                     delivery = line[at]
-                    error, heard = await self._attempt(lane, delivery)
+                    error, heard = await lane.attempt(delivery)
                     tried = [
                         (
                             delivery,
@@ -358,10 +297,10 @@ class Dispatcher:
                 for delivery, error, outcome in tried:
                     outcomes.append(outcome)
                     if outcome.state == DeliveryState.DEAD:
-                        self._dead(lane, delivery, error)
+                        lane.dead(delivery, error)
                 if any(isinstance(error, SinkGoneError) for _, error, _ in tried):
                     gone = next(e for _, e, _ in tried if isinstance(e, SinkGoneError))
-                    self._gone(lane, gone)
+                    lane.gone(gone)
                     break
                 if not tried or any(o.state == DeliveryState.PENDING for _, _, o in tried):
                     break
@@ -381,148 +320,4 @@ class Dispatcher:
             finally:
                 lane.changed_at = time.monotonic()
 
-    def _dead(self, lane: _Lane, delivery: Delivery, error: SinkError | None) -> None:
-        lane.counts["dead"] += 1
-        if self._observe is not None:
-            self._observe(lane.sink.name, "dead")
-        log.error("delivery dead", sink=lane.sink.name, event_id=delivery.event.event_id, error=str(error))
-        if self._alert is not None and not lane.policy.operator:
-            self._alert(
-                "sink_dead_letter", lane.sink.name, {"event_id": delivery.event.event_id, "error": str(error)}
-            )
-
-    def _gone(self, lane: _Lane, error: SinkGoneError) -> None:
-        if lane.disabled is not None:
-            return  # another line of this sink heard it first
-        lane.disabled = str(error)
-        lane.changed_at = math.inf  # until the store has it, what it says is older than this
-        log.error("sink switched off by its target", sink=lane.sink.name, reason=lane.disabled)
-        if self._alert is not None and not lane.policy.operator:
-            self._alert("sink_gone", lane.sink.name, {"reason": lane.disabled})
-
-    async def _throttle(self, lane: _Lane, events: int) -> float | None:
-        """Wait until the rate limit lets ``events`` through; None once they may go, or the seconds
-        to come back in when that is too far off to wait in hand (then they are rescheduled)."""
-        bucket = lane.bucket
-        if bucket is None:
-            return None
-        wait = bucket.reserve(events, time.monotonic())
-        if wait <= 0:
-            return None
-        if self._observe_held is not None:
-            self._observe_held(lane.sink.name, events)
-        if wait <= RATE_HOLD:
-            await asyncio.sleep(wait)
-            return None
-        bucket.cancel(events, time.monotonic())
-        return wait
-
-    async def _attempt(self, lane: _Lane, delivery: Delivery) -> tuple[SinkError | None, Heard]:
-        """Send one delivery: what went wrong, if anything (the breaker and the counts told), and
-        what the attempt history keeps of it."""
-        error: SinkError | None = None
-        receipt: Receipt | None = None
-        started = time.perf_counter()
-        try:
-            if self._tracing is None:
-                receipt = await lane.sink.deliver(
-                    delivery, event_document(delivery.event, spliced=lane.spliced)
-                )
-            else:
-                event = delivery.event
-                with self._tracing.delivery(lane.sink.name, [event.traceparent], event_id=event.event_id):
-                    receipt = await lane.sink.deliver(delivery, event_document(event, spliced=lane.spliced))
-        except SinkError as exc:
-            error = exc
-        except Exception as exc:  # a sink's bug must not stop its lane
-            log.exception("sink raised", sink=lane.sink.name)
-            error = SinkError(repr(exc))
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        self._heard(lane, error, 1)
-        if error is not None:
-            status, snippet = error.status, error.snippet
-        elif isinstance(receipt, Receipt):
-            status, snippet = receipt.status, receipt.snippet
-        else:
-            status, snippet = None, None
-        return error, (status, latency_ms, snippet and snippet[:SNIPPET_CHARS])
-
-    def _heard(self, lane: _Lane, error: SinkError | None, events: int) -> None:
-        """Tell the breaker and the counts how one attempt (of one event or a batch) went."""
-        if error is None:
-            lane.breaker.succeeded()
-            lane.counts["delivered"] += events
-        elif isinstance(error, UndeliverableError):
-            lane.breaker.abstained()  # the target never saw it: no reason to stop sending the rest
-            lane.counts["undeliverable"] += events
-        else:
-            opened = lane.breaker.failed(self._clock())
-            lane.counts["failed"] += events
-            if opened and self._alert is not None and not lane.policy.operator:
-                self._alert(
-                    "breaker_open", lane.sink.name, {"failures": lane.breaker.failures, "error": str(error)}
-                )
-        if self._observe is not None:
-            for _ in range(events):
-                self._observe(lane.sink.name, "delivered" if error is None else "failed")
-
     # --- batches ------------------------------------------------------------------------------
-
-    async def _offer(
-        self, lane: _Lane, line: Sequence[Delivery], at: int
-    ) -> list[tuple[Delivery, SinkError | None, Settlement]]:
-        """The next run of a line for a batch: the members of the batch its head failed in (retried
-        whole), or the deliveries of one group; one that cannot be encoded is dead alone, at once."""
-        assert lane.batcher is not None
-        sink = cast(BatchSink, lane.sink)
-        head = line[at]
-        members: list[tuple[Delivery, bytes]] = []
-        group = ""
-        for delivery in line[at : at + lane.policy.max_batch]:
-            if delivery.batch_id != head.batch_id:
-                break
-            try:
-                body, its_group = sink.encode(event_document(delivery.event, spliced=lane.spliced))
-            except UndeliverableError as exc:
-                if members:
-                    break  # the batch so far goes first; this one is dead on its turn
-                self._heard(lane, exc, 1)
-                return [(delivery, exc, settle(delivery, exc, lane.policy, self._clock(), self._rng))]
-            if members and its_group != group and head.batch_id is None:
-                break
-            group = its_group
-            members.append((delivery, body))
-        pinned = (head.batch_id, head.batch_size or len(members)) if head.batch_id else None
-        tried = await lane.batcher.offer(members, group, pinned)
-        return [(d, error, outcome) for (d, _), (error, outcome) in zip(members, tried, strict=False)]
-
-    async def _attempt_batch(self, lane: _Lane, batch: Batch) -> list[tuple[SinkError | None, Settlement]]:
-        """Send one batch: one attempt, one request, one success or failure for the breaker."""
-        held = await self._throttle(lane, len(batch.deliveries))
-        if held is not None:
-            now = self._clock()
-            return [(None, rescheduled(d, now + held, now, held_why(lane))) for d in batch.deliveries]
-        error: SinkError | None = None
-        sink = cast(BatchSink, lane.sink)
-        try:
-            if self._tracing is None:
-                await sink.deliver_batch(batch)
-            else:
-                traces = [d.event.traceparent for d in batch.deliveries]
-                with self._tracing.delivery(
-                    sink.name, traces, batch=True, batch_id=batch.id, batch_size=len(traces)
-                ):
-                    await sink.deliver_batch(batch)
-        except SinkError as exc:
-            error = exc
-        except Exception as exc:  # a sink's bug must not stop its lane
-            log.exception("sink raised", sink=lane.sink.name)
-            error = SinkError(repr(exc))
-        lane.counts["batches"] += 1
-        self._heard(lane, error, len(batch.deliveries))
-        outcomes = settle_batch(batch, error, lane.policy, self._clock(), self._rng)
-        return [(error, outcome) for outcome in outcomes]
-
-
-def held_why(lane: _Lane) -> str:
-    return f"held back by the sink's rate limit ({lane.policy.rate_limit:g} events/s)"

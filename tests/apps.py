@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from receiver.app import create_app
 from receiver.dispatch import Dispatcher
-from receiver.http.keys import DISPATCHER
+from receiver.http.keys import DISPATCHER, SINKS
 from receiver.settings import Settings
 from receiver.sinks.memory import MemorySink
 from tests.amqp_broker import AMQP_URL
@@ -77,7 +77,7 @@ def dispatcher_of(client: TestClient[Any, Any]) -> Dispatcher:
 
 
 def sink(client: TestClient[Any, Any], name: str) -> MemorySink:
-    found = dispatcher_of(client).sink(name)
+    found = client.app[SINKS][name]
     assert isinstance(found, MemorySink)
     return found
 

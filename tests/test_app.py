@@ -9,13 +9,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from receiver.app import create_app
-from receiver.http.keys import DISPATCHER, INGESTOR, STORE
+from receiver.http.keys import DISPATCHER, INGESTOR, SINKS, STORE
 from receiver.listeners import Listening, listeners_for
 from receiver.settings import Settings
+from receiver.sinks.memory import MemorySink
 from tests.payloads import FROZEN_NOW, NOTIFY_KEY, body, example, signed
+from tests.waiting import eventually
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 TOKEN = "s3cret-api-token"
@@ -118,3 +120,38 @@ async def test_on_two_listeners_the_webhook_quarantines_and_the_api_knows_not_it
                     assert r.status == 404
     finally:
         await listening.stop()
+
+
+async def test_the_app_closes_the_sinks_it_built_and_uses_the_callers_without_closing_them(
+    tmp_path: Path,
+) -> None:
+    config = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/sinks.db"},
+            "verify": {"notify_keys": [NOTIFY_KEY]},
+            "sinks": [{"name": "mine", "kind": "memory"}, {"name": "built", "kind": "memory"}],
+            "dispatch_poll_interval": 0.02,
+        }
+    )
+    mine = MemorySink("mine")
+    closed: list[str] = []
+    app = create_app(config, sinks={"mine": mine}, clock=lambda: FROZEN_NOW)
+    async with TestClient(TestServer(app)) as client:
+        sinks = app[SINKS]
+        assert list(sinks) == ["mine", "built"]
+        assert sinks["mine"] is mine
+        built = sinks["built"]
+        assert isinstance(built, MemorySink)
+        assert built is not mine
+        for name, sink in sinks.items():
+            original = sink.aclose
+
+            async def closing(name: str = name, original: Any = original) -> None:
+                closed.append(name)
+                await original()
+
+            sink.aclose = closing  # type: ignore[method-assign]
+        resp = await client.post("/v1/notifications", data=body(signed(REVIEW)))
+        assert resp.status == 200
+        await eventually(lambda: len(mine.received) == 1 and len(built.received) == 1)
+    assert closed == ["built"]  # the caller's own stays open: the caller closes it

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from receiver.dispatch import CircuitBreaker, RecentEvents, SinkPolicy, settle
 from receiver.errors import SinkError, UndeliverableError
 from receiver.ports import Delivery, DeliveryState, Recorded
+from receiver.recent import RecentEvents
+from receiver.retries import CircuitBreaker, SinkPolicy, settle
 from receiver.tasks import MatchedBy, Task, TaskState
 from tests.apps import FAST, ClientFactory, dispatcher_of, post, sink, start
 from tests.payloads import EOF_DOC, QUALITY, RECOGNITION, REVIEW, event_of

@@ -8,9 +8,10 @@ from typing import cast
 
 import pytest
 
-from receiver.dispatch import Dispatcher, SinkPolicy
+from receiver.dispatch import Dispatcher
 from receiver.errors import SinkError, SinkGoneError
 from receiver.ports import Store
+from receiver.retries import SinkPolicy
 from tests.builders import record
 from tests.fakes import MemoryOutbox, ScriptedSink, StepClock
 from tests.payloads import FROZEN_NOW
@@ -213,7 +214,9 @@ async def test_a_sink_switched_off_in_the_store_sends_nothing_from_the_start(lan
     await lane.until(("a1", "delivered", 1))
 
 
-async def test_stop_closes_the_sink_and_leaves_what_is_not_due_pending(lanes: list[Lane]) -> None:
+async def test_stop_leaves_the_sink_open_to_whoever_built_it_and_what_is_not_due_pending(
+    lanes: list[Lane],
+) -> None:
     sink = ScriptedSink("s", {"a1": [FAIL]})
     lane = await start(lanes, sink, policy((10.0,)))
     lane.add("A", "a1")
@@ -221,5 +224,5 @@ async def test_stop_closes_the_sink_and_leaves_what_is_not_due_pending(lanes: li
     await lane.until(("a1", "pending", 1))
     lanes.remove(lane)
     await lane.dispatcher.stop(drain_seconds=1)
-    assert sink.closed
+    assert not sink.closed  # the sinks outlive a dispatcher: a process may take the lease again
     assert lane.states() == [("a1", "pending", 1)]

@@ -8,9 +8,10 @@ from typing import Any
 
 import orjson
 
-from receiver.dispatch import Dispatcher, SinkPolicy
+from receiver.dispatch import Dispatcher
 from receiver.documents import event_document, splices
 from receiver.ports import Delivery, EventRecord
+from receiver.retries import SinkPolicy
 from receiver.stores.sqlite import SqliteStore
 from tests.payloads import event_of, example
 

@@ -11,8 +11,9 @@ from collections import defaultdict
 
 import pytest
 
-from receiver.dispatch import Dispatcher, SinkPolicy
+from receiver.dispatch import Dispatcher
 from receiver.ports import EventQuery
+from receiver.retries import SinkPolicy
 from receiver.sinks.memory import MemorySink
 from receiver.stores.postgres import PostgresStore
 from tests.builders import event, new_task

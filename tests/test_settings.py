@@ -268,7 +268,7 @@ def test_sink_settings_that_cannot_work_are_refused_naming_the_sink_and_option(
 
 
 def test_a_plugin_sink_without_batches_is_refused_a_max_batch_at_start_up() -> None:
-    from receiver.build import build_dispatcher
+    from receiver.build import build_sinks
     from receiver.sinks.log import LogSink
 
     settings = Settings.model_validate({"sinks": [{"name": "s", "kind": "memory", "max_batch": 5}]})
@@ -277,4 +277,4 @@ def test_a_plugin_sink_without_batches_is_refused_a_max_batch_at_start_up() -> N
         with pytest.raises(
             ConfigError, match=r"sinks\.s: max_batch: expected 1 for kind 'memory', whose sink"
         ):
-            build_dispatcher(settings, store=None)  # type: ignore[arg-type]
+            build_sinks(settings)

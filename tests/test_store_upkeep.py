@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from receiver import dispatch
 from receiver.maintenance import maintain
 from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Quarantined, Settlement
+from receiver.recent import RecentEvents
 from receiver.routing import SinkFilter, router
 from receiver.settings import MaintenanceSettings
 from receiver.stores import sqlite_writer
@@ -367,7 +367,7 @@ async def test_events_given_from_memory_are_what_the_store_would_have_read(store
     await store.register_task(new_task("T1"))
     batch = [event(REVIEW, TaskId="T1", SessionId="m-1"), event(EOF_DOC, TaskId="T1", SessionId="m-2")]
     recorded = await store.record_events(batch, route)
-    recent = dispatch.RecentEvents()
+    recent = RecentEvents()
     recent.add(batch, recorded)
     read = await store.claim_deliveries("s", now=LATER, limit=10, busy_keys=set(), per_key=10)
     after_the_lease = LATER + 3600  # PostgreSQL leased the first claim's lines

@@ -13,7 +13,7 @@ from receiver.leases import LeasedJob
 from receiver.metrics import Metrics
 from receiver.mps import MpsClient
 from receiver.notices import Notices
-from receiver.ports import Router, Store
+from receiver.ports import Router, Sink, Store
 from receiver.tracing import Tracing
 
 STORE = web.AppKey("store", Store)
@@ -27,6 +27,8 @@ NOTICES = web.AppKey("notices", Notices)
 TRACING = web.AppKey("tracing", Tracing)  # set when tracing is on
 ROUTER: web.AppKey[Router] = web.AppKey("router")  # set when sinks are configured
 SINK_NAMES: web.AppKey[frozenset[str]] = web.AppKey("sink_names")  # the configured sinks
+# The sinks themselves, by name, where the dispatcher may run (built once; closed by who built them).
+SINKS: web.AppKey[dict[str, Sink]] = web.AppKey("sinks")
 TASK_DEADLINE = web.AppKey("task_deadline", float)  # seconds; 0 = tasks are never overdue
 MAX_BODY = web.AppKey("max_body", int)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
