@@ -15,6 +15,7 @@ from aiohttp import web
 
 from receiver.bell import Bell
 from receiver.build import (
+    announce_signatures,
     build_dispatcher,
     build_ingestor,
     build_mps_client,
@@ -197,21 +198,7 @@ async def ingestor_ctx(w: Wiring, app: web.Application) -> AsyncIterator[None]:
     )
     ingestor = build_ingestor(settings, app[STORE], w.clock, on_recorded, w.metrics, notices, w.counts)
     app[INGESTOR] = ingestor
-    policies = {c.value: settings.verify.policy_for(c).value for c in NOTIFICATION_CHANNELS}
-    if "off" in policies.values():
-        log.warning(
-            "signature checking is off for some channels: notifications are stored without"
-            " proof that MPS sent them; set verify.notify_keys to turn it on",
-            policies=policies,
-        )
-    else:
-        keys = settings.verify.keys()
-        log.info(
-            "signature checking",
-            policies=policies,
-            static_keys=len(keys.static),
-            master_keys=len(keys.master),
-        )
+    announce_signatures(settings)
     yield
     await ingestor.drain()
 

@@ -79,6 +79,22 @@ def build_ingestor(
     )
 
 
+def announce_signatures(settings: Settings) -> None:
+    """Say at start-up what the ingestor checks of each channel's signatures (a warning if off)."""
+    policies = {c.value: settings.verify.policy_for(c).value for c in NOTIFICATION_CHANNELS}
+    if "off" in policies.values():
+        log.warning(
+            "signature checking is off for some channels: notifications are stored without"
+            " proof that MPS sent them; set verify.notify_keys to turn it on",
+            policies=policies,
+        )
+        return
+    keys = settings.verify.keys()
+    log.info(
+        "signature checking", policies=policies, static_keys=len(keys.static), master_keys=len(keys.master)
+    )
+
+
 def mps_sinks(settings: Settings) -> list[tuple[str, SinkFilter]]:
     """The sinks MPS events are routed to: all but the operator sinks."""
     return [(s.name, s.filter) for s in settings.sinks if not s.operator]

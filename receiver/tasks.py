@@ -152,6 +152,38 @@ def adoptable(task: Task, event_session_context: str) -> bool:
     return True
 
 
+class StoredOrphan(Occurrence, Protocol):
+    """An orphan event as a store reads it back: the task rules' part, and its place in the log."""
+
+    @property
+    def seq(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """One orphan a task takes: how it matched, whether it came late, and the task after it."""
+
+    seq: int
+    matched_by: MatchedBy
+    late: bool
+    task: Task
+
+
+def adopt(task: Task, orphans: Sequence[StoredOrphan], now: float) -> tuple[Task, list[Adopted]]:
+    """Which of the orphans naming a task (its TaskId or SessionContext; in the order received) it
+    takes, each applied in turn; and the task after them, changed ``now`` (not when they came)."""
+    taken = [o for o in orphans if adoptable(task, o.session_context)]
+    adopted = []
+    for orphan in taken:
+        matched_by = adoption_match(task, orphan.session_context)
+        transition = apply(task, orphan)
+        task = transition.task
+        adopted.append(Adopted(orphan.seq, matched_by, transition.late, task))
+    if adopted:
+        task = replace(task, updated_at=max(task.updated_at, now))
+    return task, adopted
+
+
 def ends(event: Occurrence) -> bool:
     """Whether the event is the end of its task: a ProcessEof, or receiver's own reconcile end."""
     kind = event.notification_type

@@ -152,6 +152,42 @@ def test_a_task_receiver_submitted_is_matched_by_its_own_context_only() -> None:
     assert tasks.adoptable(theirs, "")
 
 
+@dataclass
+class Orphan(Happened):
+    seq: int = 0
+
+
+def test_adoption_takes_the_matching_orphans_in_order_and_the_task_changes_now() -> None:
+    ours = task(session_context="receiver:abc")
+    orphans = [
+        Orphan(seq=3, session_context="receiver:abc", received_at=10.0),
+        Orphan(seq=5, session_context="", received_at=11.0),  # its TaskId, not its context: not ours
+        Orphan(
+            seq=8,
+            session_context="receiver:abc",
+            notification_type="ProcessEof",
+            err_code=0,
+            received_at=12.0,
+        ),
+        Orphan(seq=9, session_context="receiver:abc", received_at=13.0),  # after the end: late
+    ]
+    adopted_task, adopted = tasks.adopt(ours, orphans, now=500.0)
+    assert [(a.seq, a.matched_by, a.late) for a in adopted] == [
+        (3, MatchedBy.SESSION_CONTEXT, False),
+        (8, MatchedBy.SESSION_CONTEXT, False),
+        (9, MatchedBy.SESSION_CONTEXT, True),
+    ]
+    assert [a.task.state for a in adopted] == [TaskState.RUNNING, TaskState.FINISHED, TaskState.FINISHED]
+    assert (adopted_task.state, adopted_task.event_count, adopted_task.late_count) == (
+        TaskState.FINISHED,
+        2,  # the late one is counted apart
+        1,
+    )
+    assert adopted_task.updated_at == 500.0  # adopted now, whatever the orphans' own times
+    untouched, none = tasks.adopt(ours, [], now=500.0)
+    assert (untouched, none) == (ours, [])
+
+
 # --- asking MPS: reconcile ends, live answers, aborts --------------------------------------------
 
 RECONCILED: dict[str, Any] = {"notification_type": "ReconcileEnd", "channel": "reconcile"}

@@ -18,7 +18,7 @@ import orjson
 
 from receiver.documents import OWN_CHANNEL
 from receiver.findings import Finding
-from receiver.ports import Attempt, EventQuery, EventRecord, TimelineEvent
+from receiver.ports import Attempt, EventQuery, EventRecord, Page, TimelineEvent
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -136,6 +136,18 @@ def unanswerable(*values: str | None) -> bool:
 # where the window ended, and the following page goes on from there.
 SEARCH_WINDOW = 100_000
 SEARCH_TOP: Final = "SELECT coalesce(max(seq), 0) FROM event_search"
+
+
+def event_page(
+    q: EventQuery, found: Sequence[EventRecord], window: tuple[int, int] | None, top: int
+) -> Page[EventRecord]:
+    """A page of events from what ``event_statement`` found (one row more than the limit, if
+    there are more): the rows the finding conditions truly meet, and where the next page starts."""
+    page = found[: q.limit]
+    items = [r for r in page if matches(q, r)]
+    if len(found) > q.limit:
+        return Page(items, str(page[-1].seq))
+    return Page(items, None if window is None else window_next(q, window, top))
 
 
 def search_window(q: EventQuery, top: int) -> tuple[int, int] | None:

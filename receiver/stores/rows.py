@@ -1,12 +1,10 @@
-"""Row shapes both stores share: column lists, row to record, query filters; and SQLite migrations."""
+"""Row shapes both stores share: column lists, row to record, claims, query filters, quarantine rows."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Final
 
 import msgspec
@@ -108,6 +106,23 @@ def due_line(rows: Sequence[Sequence[Any]], now: float) -> list[Sequence[Any]]:
     return out
 
 
+def known_events(
+    lines: Sequence[Sequence[Any]], known: Known | None
+) -> tuple[dict[int, EventRecord], list[int]]:
+    """The events of claimed ``CLAIM_LINE`` rows this process holds in memory (``known``), by seq,
+    and the seqs of the others, to read from the store."""
+    found: dict[int, EventRecord] = {}
+    missing: list[int] = []
+    for line in lines:
+        seq = line[4]
+        record = known(seq) if known is not None else None
+        if record is None:
+            missing.append(seq)
+        else:
+            found[seq] = record
+    return found, missing
+
+
 def claimed(
     sink: str, lines: Sequence[Sequence[Any]], events: Callable[[int], EventRecord]
 ) -> list[Delivery]:
@@ -197,35 +212,6 @@ def event_record(row: Sequence[Any]) -> EventRecord:
         sign_key=row[17],
         traceparent=row[18],
     )
-
-
-def migrate(con: sqlite3.Connection) -> int:
-    """Apply each numbered ``migrations/sqlite/*.sql`` file not applied yet, in number order.
-
-    The versions applied are kept one by one (``schema_migrations``), not only the newest, so a
-    migration numbered below one already applied (branches number theirs in parallel) is applied
-    all the same; ``PRAGMA user_version`` is the newest. Returns it."""
-    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations")}
-    current = int(con.execute("PRAGMA user_version").fetchone()[0])
-    if current and not applied:
-        # Migrated before the versions were kept: those were applied in order, 1 to user_version.
-        applied = set(range(1, current + 1))
-        con.executemany("INSERT INTO schema_migrations (version) VALUES (?)", [(v,) for v in applied])
-    folder = resources.files("receiver.stores") / "migrations" / "sqlite"
-    scripts = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
-    for script in scripts:
-        version = int(script.name.split("_", 1)[0])
-        if version in applied:
-            continue
-        current = max(current, version)
-        # executescript commits first; the bookkeeping sits in the script's own transaction.
-        con.executescript(
-            f"BEGIN;\n{script.read_text()}\nINSERT INTO schema_migrations (version) VALUES ({version});\n"
-            f"PRAGMA user_version = {current};\nCOMMIT;"
-        )
-        applied.add(version)
-    return current
 
 
 QUARANTINE_PAGE: Final = (

@@ -25,7 +25,6 @@ from receiver.group_commit import RideAlong
 from receiver.ports import (
     Delivery,
     DeliveryQuery,
-    EventRecord,
     OperatorEvent,
     OwnEvent,
     Quarantined,
@@ -41,10 +40,10 @@ from receiver.stores.rows import (
     Known,
     delivery_filter,
     event_record,
-    migrate,
 )
 from receiver.stores.sqlite_lock import WriteLock
 from receiver.stores.sqlite_reads import SqliteReadModel
+from receiver.stores.sqlite_schema import migrate
 from receiver.stores.sqlite_writer import SqliteWriter
 from receiver.stores.task_rows import TASK_COLUMNS, task_from_row
 from receiver.tasks import MpsCheck, Task
@@ -192,14 +191,7 @@ class SqliteStore(SqliteReadModel):
                 taken += 1
                 if taken == limit:
                     break
-            found: dict[int, EventRecord] = {}
-            missing = []
-            for line in lines:
-                record = known(line[4]) if known is not None else None
-                if record is None:
-                    missing.append(line[4])
-                else:
-                    found[line[4]] = record
+            found, missing = rows.known_events(lines, known)
             for chunk in range(0, len(missing), 500):
                 part = missing[chunk : chunk + 500]
                 sql = rows.EVENTS_BY_SEQ.format(marks=", ".join("?" * len(part)))

@@ -109,11 +109,7 @@ class SqliteReadModel:
                     return Page([], None)
             sql, args = reads.event_statement(query, EVENT_COLUMNS, "sqlite", window)
             found = [event_record(r) for r in self._rcon.execute(sql, [*args, query.limit + 1]).fetchall()]
-            page = found[: query.limit]
-            items = [r for r in page if reads.matches(query, r)]
-            if len(found) > query.limit:
-                return Page(items, str(page[-1].seq))
-            return Page(items, None if window is None else reads.window_next(query, window, top))
+            return reads.event_page(query, found, window, top)
 
         return await self._read_safely(run)
 

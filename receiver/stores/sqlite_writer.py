@@ -12,7 +12,6 @@ import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from receiver import tasks
@@ -344,18 +343,13 @@ class SqliteWriter:
     def _adopt(self, task: Task, now: float, route: Router | None) -> tuple[Task, int]:
         """Attach the task's orphans (in the order received) and route each again, task known."""
         found = self.con.execute(ORPHANS_OF, (task.task_id or "", task.session_context))
-        orphans = [o for o in (Orphan(*r) for r in found) if tasks.adoptable(task, o.session_context)]
-        for orphan in orphans:
-            matched_by = tasks.adoption_match(task, orphan.session_context)
-            transition = tasks.apply(task, orphan)
-            task = transition.task
-            self.con.execute(ADOPT, (task.id, matched_by.value, transition.late, orphan.seq))
+        task, adopted = tasks.adopt(task, [Orphan(*r) for r in found], now)
+        for a in adopted:
+            self.con.execute(ADOPT, (task.id, a.matched_by.value, a.late, a.seq))
             if route is not None:
-                row = self.con.execute(rows.EVENT_BY_SEQ, (orphan.seq,)).fetchone()
-                again = rows.routed_again(rows.event_record(row), task, route, now)
-                self.con.executemany(rows.ROUTE_AGAIN, again)
-        if orphans:
-            # The orphans' times are older than the adoption: the task changed now, not back then.
-            task = replace(task, updated_at=max(task.updated_at, now))
+                row = self.con.execute(rows.EVENT_BY_SEQ, (a.seq,)).fetchone()
+                self.con.executemany(
+                    rows.ROUTE_AGAIN, rows.routed_again(rows.event_record(row), a.task, route, now)
+                )
         self._staged[task.id] = task
-        return task, len(orphans)
+        return task, len(adopted)

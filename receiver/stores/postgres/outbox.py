@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from receiver.ports import Delivery, DeliveryQuery, EventRecord, Settlement
+from receiver.ports import Delivery, DeliveryQuery, Settlement
 from receiver.stores import reads, rows
 from receiver.stores.postgres.connection import PostgresConnection, pg
 from receiver.stores.rows import (
@@ -19,6 +19,7 @@ from receiver.stores.rows import (
     delivery_filter,
     due_line,
     event_record,
+    known_events,
 )
 
 # A claimed delivery not settled by then (its replica died, or lost its connection) may be claimed
@@ -104,12 +105,7 @@ class PostgresOutbox(PostgresConnection):
                     line = []
                 if r is not None:
                     line.append(tuple(r))
-            found: dict[int, EventRecord] = {}
-            for r in due:
-                record = known(r[4]) if known is not None else None
-                if record is not None:
-                    found[r[4]] = record
-            missing = [r[4] for r in due if r[4] not in found]
+            found, missing = known_events(due, known)
             if missing:
                 for row in await con.fetch(
                     f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1::bigint[])", missing

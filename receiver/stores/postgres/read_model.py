@@ -77,11 +77,7 @@ class PostgresReadModel(PostgresConnection):
                     return Page([], None)
             sql, args = reads.event_statement(query, EVENT_COLUMNS, "postgres", window)
             found = [event_record(tuple(r)) for r in await con.fetch(pg(sql), *args, query.limit + 1)]
-            page = found[: query.limit]
-            items = [r for r in page if reads.matches(query, r)]
-            if len(found) > query.limit:
-                return Page(items, str(page[-1].seq))
-            return Page(items, None if window is None else reads.window_next(query, window, top))
+            return reads.event_page(query, found, window, top)
 
         return await self._run(body, write=False)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import asyncpg
 
@@ -49,24 +48,16 @@ class PostgresTaskBook(PostgresConnection):
     ) -> tuple[Task, int]:
         """Attach the task's orphans (in the order received) and route each again, task known."""
         found = await con.fetch(pg(rows.ORPHANS_OF) + " FOR UPDATE", task.task_id or "", task.session_context)
-        orphans = [
-            o for o in (rows.Orphan(*tuple(r)) for r in found) if tasks.adoptable(task, o.session_context)
-        ]
-        for orphan in orphans:
-            matched_by = tasks.adoption_match(task, orphan.session_context)
-            transition = tasks.apply(task, orphan)
-            task = transition.task
-            await con.execute(pg(rows.ADOPT), task.id, matched_by.value, transition.late, orphan.seq)
+        task, adopted = tasks.adopt(task, [rows.Orphan(*tuple(r)) for r in found], now)
+        for a in adopted:
+            await con.execute(pg(rows.ADOPT), task.id, a.matched_by.value, a.late, a.seq)
             if route is not None:
-                row = await con.fetchrow(pg(rows.EVENT_BY_SEQ), orphan.seq)
-                again = rows.routed_again(event_record(tuple(row)), task, route, now)
+                row = await con.fetchrow(pg(rows.EVENT_BY_SEQ), a.seq)
+                again = rows.routed_again(event_record(tuple(row)), a.task, route, now)
                 if again:
                     await con.executemany(pg(rows.ROUTE_AGAIN), again)
-        if orphans:
-            # The orphans' times are older than the adoption: the task changed now, not back then.
-            task = replace(task, updated_at=max(task.updated_at, now))
         await con.execute(UPDATE_TASK, *task_row(task))
-        return task, len(orphans)
+        return task, len(adopted)
 
     async def finish_submission(
         self,
