@@ -17,7 +17,7 @@ NOW = FROZEN_NOW + 100
 
 async def outcome(outbox: Outbox) -> list[tuple[str, str, str, int]]:
     """Claim every line, settle each delivery by its sink and event, then redrive the dead ones of
-    sink ``a`` (counted first), and read back (sink, session, state, attempts) for every delivery."""
+    sink ``a`` (counted first): what can be claimed after that, as (sink, session, state, attempts)."""
     dead, delivered = DeliveryState.DEAD, DeliveryState.DELIVERED
     states = {"a": [dead, delivered, dead], "b": [dead, dead, dead]}
     for sink in ("a", "b"):
