@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -50,6 +51,9 @@ log = structlog.get_logger("receiver.consumer")
 REASON_HEADER = "x-receiver-reason"
 DETAIL_HEADER = "x-receiver-detail"
 FIELD_HEADER = "x-receiver-field"
+
+START_ATTEMPTS = 5  # connect + declare, when the broker answers INTERNAL_ERROR
+START_BACKOFF = 0.2  # seconds, doubled per attempt
 
 
 def decode_body(body: bytes) -> bytes:
@@ -105,6 +109,35 @@ class AmqpConsumer:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect, declare the topology and consume.
+
+        RabbitMQ answers two connections declaring the same quorum queue at the same moment (two
+        workers or replicas starting together) with INTERNAL_ERROR and closes the connection; that
+        start is retried on a fresh connection, a few times with backoff, before giving up.
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                await self._start_once()
+                return
+            except aiormq.exceptions.ConnectionInternalError as exc:
+                await self._discard_connection()
+                if attempt == START_ATTEMPTS:
+                    raise
+                log.warning(
+                    "broker refused the declaration (a concurrent start?); retrying",
+                    attempt=attempt,
+                    error=str(exc),
+                )
+                await asyncio.sleep(START_BACKOFF * 2 ** (attempt - 1))
+
+    async def _discard_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel, self._queue, self._dlx = None, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _start_once(self) -> None:
         assert self._settings.url is not None
         self._connection = await aio_pika.connect_robust(
             self._settings.url.get_secret_value(),

@@ -104,6 +104,12 @@ async def connections_named(prefix: str) -> dict[str, str]:
     return found
 
 
+async def count_connections_named(prefix: str) -> int:
+    """How many open connections have a client-given name starting with ``prefix`` (names may repeat)."""
+    out = await rabbitmqctl("list_connections", "--no-table-headers", "client_properties")
+    return sum(1 for line in out.splitlines() if (m := _NAME.search(line)) and m.group(1).startswith(prefix))
+
+
 async def close_connections_named(prefix: str, reason: str = "test: forced close") -> int:
     """Close (as a broker failure would) only the connections whose name starts with ``prefix``."""
     named = await connections_named(prefix)

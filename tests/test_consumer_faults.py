@@ -1,5 +1,6 @@
 """The AMQP consumer under faults, against the real broker: store down, its own connection dropped,
-a dead-letter queue declared before it was bounded; and one summary line per notification."""
+a dead-letter queue declared before it was bounded, a start the broker refuses; and one summary
+line per notification."""
 
 from __future__ import annotations
 
@@ -11,15 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.app import create_app
+from receiver.consumer import START_ATTEMPTS, AmqpConsumer
 from receiver.http.keys import CONSUMER
 from receiver.topology import policy_command
-from tests.amqp_broker import Broker, close_connections_named, connections_named, rabbitmqctl
+from tests.amqp_broker import (
+    Broker,
+    close_connections_named,
+    connections_named,
+    count_connections_named,
+    rabbitmqctl,
+)
 from tests.apps import ClientFactory, consumer_settings, count_is, events_of
 from tests.payloads import FROZEN_NOW, REVIEW, body, signed
 from tests.waiting import eventually
@@ -228,3 +238,50 @@ async def test_the_connection_name_can_be_set(
     )
     assert client.app[CONSUMER].connection_name == name
     assert list(await connections_named(name)) == [name]
+
+
+def refused_after_connecting(monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """The first ``times`` starts connect for real, then meet the INTERNAL_ERROR RabbitMQ closes a
+    connection with when two consumers declare the same quorum queue at once. Returns the names
+    of the connections each attempt opened."""
+    real = AmqpConsumer._start_once
+    opened: list[str] = []
+
+    async def start_once(self: AmqpConsumer) -> None:
+        opened.append(self.connection_name)
+        await real(self)
+        if len(opened) <= times:
+            raise aiormq.exceptions.ConnectionInternalError("INTERNAL_ERROR")
+
+    monkeypatch.setattr(AmqpConsumer, "_start_once", start_once)
+    monkeypatch.setattr("receiver.consumer.START_BACKOFF", 0.01)
+    return opened
+
+
+async def test_a_start_the_broker_refuses_with_internal_error_is_retried_on_a_fresh_connection(
+    aiohttp_client: ClientFactory, tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = refused_after_connecting(monkeypatch, times=2)
+    with capture_logs() as logs:
+        client = await aiohttp_client(
+            create_app(consumer_settings(tmp_path, broker.queue), clock=lambda: FROZEN_NOW)
+        )
+    assert len(opened) == 3
+    assert [e["attempt"] for e in logs if "retrying" in e["event"]] == [1, 2]
+    name = client.app[CONSUMER].connection_name
+    assert await count_connections_named(name) == 1  # the refused attempts' connections are closed
+    await broker.publish(body(signed(REVIEW)))
+    await eventually(await count_is(client, 1))
+
+
+async def test_a_start_refused_every_time_gives_up_and_leaves_no_connection_behind(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = refused_after_connecting(monkeypatch, times=START_ATTEMPTS)
+    app = create_app(consumer_settings(tmp_path, broker.queue), clock=lambda: FROZEN_NOW)
+    runner = web.AppRunner(app)
+    with pytest.raises(aiormq.exceptions.ConnectionInternalError):
+        await runner.setup()
+    await runner.cleanup()
+    assert len(opened) == START_ATTEMPTS
+    assert await count_connections_named(opened[0]) == 0
