@@ -258,6 +258,26 @@ def cpu_snapshot(roots: Iterable[int]) -> dict[int, float]:
     return out
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds by thread of one process, the threads labelled by the name the OS shows
+    (receiver names its SQLite threads ``sqlite-writer`` and ``sqlite-reader``); the main thread,
+    which runs the event loop, is ``event loop``. Threads of one name are added up."""
+    out: dict[str, float] = {}
+    base = Path(f"/proc/{pid}/task")
+    try:
+        tids = os.listdir(base)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            name = "event loop" if tid == str(pid) else (base / tid / "comm").read_text().strip()
+            _, ut, st, _, _ = parse_stat((base / tid / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        out[name] = out.get(name, 0.0) + (ut + st) / CLK_TCK
+    return out
+
+
 def cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> dict[int, float]:
     """CPU seconds each process spent between two snapshots (a process born between them: all of it)."""
     return {pid: t - before.get(pid, 0.0) for pid, t in after.items()}

@@ -54,6 +54,7 @@ from harness import (
     register_tasks,
     serve,
     stop,
+    thread_cpu,
     workers_supported,
     write_report,
 )
@@ -157,8 +158,21 @@ def guarded(name: str, measure: Callable[[], float]) -> tuple[str, float | str]:
         return name, CHANGED
 
 
-def stages(payload_file: Path, work: Path) -> list[tuple[str, float | str]]:
-    """Microseconds per notification for each step of the path, measured in-process on one core."""
+def _written_bytes() -> int:
+    """Bytes this process has handed to write(2) and its kin so far (/proc/self/io ``wchar``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def stages(
+    payload_file: Path, work: Path, written: dict[str, float] | None = None
+) -> list[tuple[str, float | str]]:
+    """Microseconds per notification for each step of the path, measured in-process on one core.
+
+    ``written``, when given, gets what the SQLite stage wrote per event: ``written_kb`` (bytes the
+    process wrote meanwhile: WAL frames and checkpoints) and ``stored_kb`` (the database's size)."""
     templates = payload_file.read_bytes().splitlines()
     bodies = [
         t.replace(b"__SEQ__", f"stage-{i}".encode()).replace(b"__TASK__", str(i % TASKS).encode())
@@ -256,12 +270,21 @@ def stages(payload_file: Path, work: Path) -> list[tuple[str, float | str]]:
         async def cost() -> float:
             store = await SqliteStore.open(work / "stage.db")
             try:
+                wrote = _written_bytes()
                 started = time.perf_counter()
                 for i in range(0, n, 32):
                     await store.record_events(normalized[i : i + 32])
-                return (time.perf_counter() - started) / n * 1e6
+                us = (time.perf_counter() - started) / n * 1e6
+                if written is not None:
+                    written["written_kb"] = (_written_bytes() - wrote) / n / 1024
             finally:
                 await store.aclose()
+            if written is not None:
+                with sqlite3.connect(work / "stage.db") as con:
+                    pages = con.execute("PRAGMA page_count").fetchone()[0]
+                    size = con.execute("PRAGMA page_size").fetchone()[0]
+                written["stored_kb"] = pages * size / n / 1024
+            return us
 
         return asyncio.run(cost())
 
@@ -287,6 +310,7 @@ class Row:
     result: Run
     runs: list[Run]
     side_cpu_us: float | None = None  # the PostgreSQL server's CPU per notification, for that row
+    threads: dict[str, float] = field(default_factory=dict)  # one-process rows: thread -> µs / notification
     shares: dict[str, float] = field(default_factory=dict)  # the 2-worker row: pid -> share
     share_source: str = ""
 
@@ -298,19 +322,30 @@ def measure(
     payload_file: Path,
     seconds: float,
     side: Callable[[], list[int]] | None = None,
+    threads: dict[str, float] | None = None,
 ) -> tuple[Run, list[Run], float | None]:
-    """A warm-up, then ``args.runs`` measured runs; the median of each figure."""
+    """A warm-up, then ``args.runs`` measured runs; the median of each figure. With ``threads``
+    (one-process servers), it is filled with the median CPU µs per notification of each thread of
+    the first root."""
     _wrk(port, args.warmup, args.connections, payload_file)
     runs: list[Run] = []
     side_us: list[float] = []
+    by_thread: dict[str, list[float]] = {}
     for _ in range(args.runs):
         side_pids = side() if side else []
         before = cpu_snapshot(side_pids) if side_pids else {}
+        thread_before = thread_cpu(roots[0]) if threads is not None else {}
         run = _wrk(port, seconds, args.connections, payload_file, server=roots)
+        if threads is not None:
+            for name, t in thread_cpu(roots[0]).items():
+                spent = t - thread_before.get(name, 0.0)
+                by_thread.setdefault(name, []).append(spent / max(run.ok, 1) * 1e6)
         if side_pids:
             spent = sum(cpu_delta(before, cpu_snapshot(side_pids)).values())
             side_us.append(spent / max(run.ok, 1) * 1e6)
         runs.append(run)
+    if threads is not None:
+        threads.update({name: sorted(us)[len(us) // 2] for name, us in by_thread.items()})
     side_cpu = sorted(side_us)[len(side_us) // 2] if side_us else None
     return median_run(runs), runs, side_cpu
 
@@ -402,11 +437,12 @@ def main() -> int:
             register_tasks(port, TASKS)
             seconds = max(args.duration, args.pg_duration) if pg else args.duration
             side = (lambda: postgres_pids(store_url)) if pg else None
-            result, runs, side_cpu = measure(port, [proc.pid], args, payload_file, seconds, side)
+            threads: dict[str, float] | None = None if workers else {}
+            result, runs, side_cpu = measure(port, [proc.pid], args, payload_file, seconds, side, threads)
         finally:
             stop(proc)
         stored, matched = count_events(store_url)
-        row = Row(key, name, result, runs, side_cpu_us=side_cpu)
+        row = Row(key, name, result, runs, side_cpu_us=side_cpu, threads=threads or {})
         if workers == 2:
             row.shares, row.share_source = worker_shares(log, runs[len(runs) // 2], proc.pid)
         rows.append(row)
@@ -452,7 +488,8 @@ def main() -> int:
     finally:
         if pg_db:
             drop_postgres_database(pg_db)
-    breakdown = stages(payload_file, work) if "stages" not in skip else []
+    written: dict[str, float] = {}
+    breakdown = stages(payload_file, work, written) if "stages" not in skip else []
     shutil.rmtree(work, ignore_errors=True)
 
     by_key = {r.key: r for r in rows}
@@ -479,6 +516,30 @@ def main() -> int:
             workers_md += f"\n\nEach process's share with 2 workers ({w2.share_source}): {shares}."
     else:
         workers_md = "workers: not supported by this receiver (`receiver serve --help` has no `--workers`)."
+    threaded = [r for r in rows if r.threads]
+    busy = {n for r in threaded for n, us in r.threads.items() if us >= 0.5}  # idle helper threads left out
+    thread_names = sorted(busy, key=lambda n: (n != "event loop", n))
+    threads_md = (
+        "## By thread\n\nCPU µs per notification of each thread of the one-process rows (utime + stime"
+        " from /proc/<pid>/task; threads of one name added up):\n\n"
+        f"| server | {' | '.join(thread_names)} |\n| --- |{' ---: |' * len(thread_names)}\n"
+        + "\n".join(
+            f"| {r.name} | " + " | ".join(f"{r.threads.get(n, 0.0):,.0f}" for n in thread_names) + " |"
+            for r in threaded
+        )
+        + "\n\n"
+        if threaded
+        else ""
+    )
+    written_md = (
+        f"\nThe SQLite stage (events alone: no task registered, no sink) wrote"
+        f" **{written['written_kb']:.1f} KB per event** (WAL frames and checkpoints) for"
+        f" {written['stored_kb']:.1f} KB of database per event: each commit writes every page it"
+        " changed whole, and the hashed event id and the per-task indexes change a page of their"
+        " own for nearly every event.\n"
+        if "written_kb" in written and "stored_kb" in written
+        else ""
+    )
     pg_row = by_key.get("pg")
     pg_md = (
         f"PostgreSQL row: the PostgreSQL server's own CPU (this database's backends, the background"
@@ -509,7 +570,7 @@ CPU µs / notification = utime + stime of every server process (all threads and 
 Targets (issue #10): SQLite FULL, shipped config >= 0.25x the bare handler, p99 <= 15 ms,
 <= 100 µs per notification; PostgreSQL >= 0.12x.
 
-{pg_md}## Every core
+{pg_md}{threads_md}## Every core
 
 Server not pinned (free to use both cores), wrk still on core 1.
 
@@ -523,7 +584,7 @@ In-process, microseconds each, same payloads (a stage whose receiver internals c
 | step | µs |
 | --- | ---: |
 {chr(10).join(stage_md(n, us) for n, us in breakdown)}
-
+{written_md}
 Checks: {"; ".join(checks)}.
 """
 
@@ -543,11 +604,13 @@ Checks: {"; ".join(checks)}.
                 "vs_bare": r.result.rps / base.result.rps if base else None,
                 "server_cpu_us": r.side_cpu_us,
                 "shares": r.shares or None,
+                "threads": r.threads or None,
                 "runs": [run_json(x) for x in r.runs],
             }
             for r in rows
         ],
         "stages": [{"step": n, "us": us if isinstance(us, float) else None} for n, us in breakdown],
+        "store_stage_written": written or None,
         "checks": checks,
     }
     write_report("ingest-http", report, data)

@@ -73,6 +73,27 @@ def test_cpu_of_our_own_process_tree_is_read_from_proc() -> None:
     assert spent[os.getpid()] > 0
 
 
+def test_cpu_by_thread_names_the_event_loop_and_the_sqlite_threads_the_store_named(tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from receiver.stores.sqlite import SqliteStore
+
+    async def busy_store() -> dict[str, float]:
+        store = await SqliteStore.open(tmp_path / "threads.db")
+        try:
+            for _ in range(50):  # some CPU on the writer thread
+                await store.add_ingest_counts([(1, "stored", 1)])
+            return harness.thread_cpu(os.getpid())
+        finally:
+            await store.aclose()
+
+    spent = asyncio.run(busy_store())
+    assert {"event loop", "sqlite-writer", "sqlite-reader"} <= set(spent)
+    assert spent["event loop"] > 0
+    assert harness.thread_cpu(2**22 + 1) == {}  # no such process: nothing, not an error
+
+
 def test_nearest_rank_percentile() -> None:
     values = list(range(1, 101))  # 1..100
     assert harness.percentile(values, 50) == 50
