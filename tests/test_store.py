@@ -364,3 +364,16 @@ async def test_a_postgres_migration_numbered_below_the_newest_applied_is_still_a
             assert await s.hold_lease("x", "me", ttl=10, now=1.0)
         finally:
             await s.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_statements_are_planned_with_each_runs_arguments_not_a_plan_of_young_tables() -> None:
+    # A generic plan kept from when events was nearly empty scanned the whole table for
+    # ``event_id = ANY($1)`` on every batch: ingest slowed as the table grew.
+    async with postgres_database() as url:
+        s = await PostgresStore.open(url)
+        try:
+            async with s._pool.acquire() as con:
+                assert await con.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        finally:
+            await s.aclose()

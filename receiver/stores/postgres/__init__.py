@@ -40,7 +40,17 @@ class PostgresStore(
     @classmethod
     async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
         try:
-            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=30)
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=30,
+                # asyncpg prepares every statement; after five runs PostgreSQL may keep a generic
+                # plan made while the tables were young (nearly empty), such as a sequential scan
+                # of events for ``event_id = ANY($1)``, and run it ever after: quadratic ingest.
+                # Planned with each run's arguments, a statement follows the tables as they grow.
+                server_settings={"plan_cache_mode": "force_custom_plan"},
+            )
         except TRANSIENT as exc:
             raise StoreUnavailableError(f"postgres: {exc}") from exc
         async with pool.acquire() as con:
