@@ -1,10 +1,10 @@
 """``AmqpConsumer``: takes MPS notifications from RabbitMQ (standing in for CMQ) into the same ingest.
 
-Acknowledged only after the store commit. A message that can never succeed (not JSON, invalid, bad
-signature, too large) is quarantined, republished to the dead-letter exchange with the reason in
-its headers, then acknowledged. When the store is down, consuming pauses: the messages in hand are
-held (not requeued, so they do not burn their delivery limit) and retried with backoff, and
-consuming resumes once the store answers.
+Acknowledged only after the store commit, the deliveries of one commit in one frame (``acks``).
+A message that can never succeed (not JSON, invalid, bad signature, too large) is quarantined,
+republished to the dead-letter exchange with the reason in its headers, then acknowledged. When
+the store is down, consuming pauses: the messages in hand are held (not requeued, so they do not
+burn their delivery limit) and retried with backoff, and consuming resumes once the store answers.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from aio_pika.abc import (
 )
 
 from receiver import decoder
+from receiver.acks import Acks
 from receiver.errors import (
     InvalidNotificationError,
     NotLiveError,
@@ -99,6 +100,7 @@ class AmqpConsumer:
         self._store_ok.set()
         self._resumer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._acks = Acks()  # sent once per loop pass: a commit's deliveries in one frame
         self._stopping = False
         self.counts: Counter[str] = Counter()
         # Named, so that the broker's operators (and our tests) can tell this connection apart.
@@ -214,6 +216,7 @@ class AmqpConsumer:
     # --- one delivery -------------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage, traceparent: str | None = None) -> None:
+        self._acks.received(message)  # first, before any await: tags register in the broker's order
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
@@ -224,6 +227,7 @@ class AmqpConsumer:
         try:
             await self._handle(message, traceparent)
         finally:
+            self._acks.done(message)  # nacked, rejected or given up: its ack no longer awaited
             structlog.contextvars.reset_contextvars(**bound)
             if task is not None:
                 self._inflight.discard(task)
@@ -279,7 +283,7 @@ class AmqpConsumer:
                 return
             if result.recorded.duplicate:
                 self.counts["duplicates"] += 1
-            if await self._settle(message.ack()):
+            if await self._acks.ack(message):
                 self.counts["acked"] += 1
             return
 
@@ -335,7 +339,7 @@ class AmqpConsumer:
             log.warning("dead-letter publish failed; rejecting instead", error=repr(exc))
             await self._settle(message.reject(requeue=False))
         else:
-            await self._settle(message.ack())
+            await self._acks.ack(message)
         # No line of its own: the notification's one summary line (from ingest, or the too-large line
         # above) already says why; the count shows in /readyz and /metrics.
         self.counts["rejected"] += 1
