@@ -50,6 +50,14 @@ async def unacked(broker: Broker) -> int:
     raise AssertionError("the unacknowledged count did not settle")
 
 
+def books(messages: list[AbstractIncomingMessage]) -> Acks:
+    """Acks with ``messages`` taken in hand, in the order the broker gave them."""
+    acks = Acks()
+    for m in messages:
+        acks.received(m)
+    return acks
+
+
 def counting_acks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int | None, bool]]:
     """Each ``basic.ack`` sent: (delivery tag, multiple)."""
     sent: list[tuple[int | None, bool]] = []
@@ -68,9 +76,7 @@ async def test_a_run_of_settled_deliveries_goes_out_as_one_multiple_ack(
 ) -> None:
     sent = counting_acks(monkeypatch)
     async for messages in taken(broker, 20):
-        acks = Acks()
-        for m in messages:
-            acks.received(m)
+        acks = books(messages)
         assert all(await asyncio.gather(*(acks.ack(m) for m in messages)))
         assert sent == [(messages[-1].delivery_tag, True)]
         assert await unacked(broker) == 0
@@ -81,9 +87,7 @@ async def test_a_delivery_in_hand_is_never_covered_and_the_ones_after_it_go_alon
 ) -> None:
     sent = counting_acks(monkeypatch)
     async for messages in taken(broker, 6):
-        acks = Acks()
-        for m in messages:
-            acks.received(m)
+        acks = books(messages)
         first, held, *rest = messages
         assert all(await asyncio.gather(acks.ack(first), *(acks.ack(m) for m in rest)))
         assert await unacked(broker) == 1  # the one in hand keeps its slot, the rest do not
@@ -100,9 +104,7 @@ async def test_a_delivery_finished_without_an_ack_no_longer_holds_back_the_ones_
 ) -> None:
     sent = counting_acks(monkeypatch)
     async for messages in taken(broker, 4):
-        acks = Acks()
-        for m in messages:
-            acks.received(m)
+        acks = books(messages)
         await messages[0].nack(requeue=True)  # as the consumer does, then tells the books
         acks.done(messages[0])
         assert all(await asyncio.gather(*(acks.ack(m) for m in messages[1:])))
@@ -112,9 +114,7 @@ async def test_a_delivery_finished_without_an_ack_no_longer_holds_back_the_ones_
 
 async def test_an_ack_whose_channel_is_gone_says_so_and_the_broker_redelivers(broker: Broker) -> None:
     async for messages in taken(broker, 3):
-        acks = Acks()
-        for m in messages:
-            acks.received(m)
+        acks = books(messages)
         await messages[0].channel.close()
         results: list[Any] = await asyncio.gather(*(acks.ack(m) for m in messages))
         assert results == [False, False, False]
