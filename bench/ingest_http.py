@@ -259,9 +259,9 @@ def stages(
         matched to one of ``TASKS`` registered tasks and routed to one sink (an outbox row each)."""
         from receiver import decoder, events
         from receiver.events import Channel
+        from receiver.register import TaskRegistration, register
         from receiver.routing import SinkFilter, router
         from receiver.stores.sqlite import SqliteStore
-        from receiver.tasks import Task, TaskState, new_id
 
         valid = events.Check(events.Verdict.VALID, "static:0")
         h, p = heads(), parsed()
@@ -277,19 +277,9 @@ def stages(
         async def cost() -> float:
             store = await SqliteStore.open(path)
             try:
-                for k in range(TASKS if shipped else 0):
-                    task = Task(
-                        id=new_id(),
-                        task_id=f"bench-task-{k}",
-                        session_id="",
-                        session_context="",
-                        url=f"rtmp://bench/live/{k}",
-                        labels={},
-                        state=TaskState.SUBMITTED,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    await store.register_task(task, route)
+                for k in range(TASKS if shipped else 0):  # as POST /v1/tasks registers them
+                    spec = TaskRegistration(task_id=f"bench-task-{k}", url=f"rtmp://bench/live/{k}")
+                    await register(spec, store, lambda: now, route)
                 wrote = _written_bytes()
                 started = time.perf_counter()
                 for i in range(0, n, 32):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -93,15 +94,19 @@ class Acks:
         task.add_done_callback(self._sending.discard)
 
 
-async def _ack(message: AbstractIncomingMessage, waiters: list[asyncio.Future[bool]], multiple: bool) -> None:
+async def settle(op: Awaitable[None]) -> bool:
+    """Send an ack, nack or reject; False when its channel is gone (the broker will redeliver the
+    delivery, and the duplicate is counted, not stored twice)."""
     try:
-        await message.ack(multiple=multiple)
-        sent = True
-    except Exception as exc:  # the channel is gone: the broker will redeliver, dedup absorbs it
-        log.warning(
-            "could not settle a delivery; it will be redelivered", error=repr(exc), covered=len(waiters)
-        )
-        sent = False
+        await op
+    except Exception as exc:
+        log.warning("could not settle a delivery; it will be redelivered", error=repr(exc))
+        return False
+    return True
+
+
+async def _ack(message: AbstractIncomingMessage, waiters: list[asyncio.Future[bool]], multiple: bool) -> None:
+    sent = await settle(message.ack(multiple=multiple))
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(sent)

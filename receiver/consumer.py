@@ -32,7 +32,7 @@ from aio_pika.abc import (
 )
 
 from receiver import decoder
-from receiver.acks import Acks
+from receiver.acks import Acks, settle
 from receiver.errors import (
     InvalidNotificationError,
     NotLiveError,
@@ -279,21 +279,13 @@ class AmqpConsumer:
             except Exception:
                 log.exception("unexpected error; message requeued", message_id=message.message_id)
                 self.counts["requeued"] += 1
-                await self._settle(message.nack(requeue=True))
+                await settle(message.nack(requeue=True))
                 return
             if result.recorded.duplicate:
                 self.counts["duplicates"] += 1
             if await self._acks.ack(message):
                 self.counts["acked"] += 1
             return
-
-    async def _settle(self, op: Any) -> bool:
-        try:
-            await op
-        except Exception as exc:  # the channel is gone: the broker will redeliver, dedup absorbs it
-            log.warning("could not settle a delivery; it will be redelivered", error=repr(exc))
-            return False
-        return True
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, reason: str, detail: str, field: str | None
@@ -337,7 +329,7 @@ class AmqpConsumer:
         except Exception as exc:
             # Could not republish: reject, and the broker dead-letters it (without our headers).
             log.warning("dead-letter publish failed; rejecting instead", error=repr(exc))
-            await self._settle(message.reject(requeue=False))
+            await settle(message.reject(requeue=False))
         else:
             await self._acks.ack(message)
         # No line of its own: the notification's one summary line (from ingest, or the too-large line
