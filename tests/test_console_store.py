@@ -340,3 +340,52 @@ async def test_the_maintenance_loop_runs_the_backfill(store: Any) -> None:
     finally:
         stop.set()
         await task
+
+
+async def test_events_by_task_id_are_every_event_carrying_it_however_it_was_matched(store: Any) -> None:
+    """On SQLite the index by TaskId keeps only the events whose task does not tell it: the rest
+    are found by way of their task, and the two parts are merged into pages in seq order."""
+    from tests.payloads import REVIEW
+
+    def carrying(task_id: str, n: int, context: str = "") -> Any:
+        return event(REVIEW, at=FROZEN_NOW + n, TaskId=task_id, SessionId=f"s-{n}", SessionContext=context)
+
+    # Before any task: T-a's first event is an orphan, adopted when A comes (its row predates the
+    # task, as a row from before the index changed would); T-o's never finds a task.
+    await store.record_events([carrying("T-a", 1), carrying("T-o", 2)])
+    a, _ = await store.register_task(new_task("T-a", session_context="ctx-a"))
+    b, _ = await store.register_task(new_task("T-b", session_context="ctx-b"))
+    recorded = await store.record_events(
+        [
+            carrying("T-a", 3),  # by TaskId, to A
+            carrying("T-a", 4, "ctx-b"),  # by context, to B, though it carries A's TaskId
+            carrying("T-a", 5, "ctx-a"),  # by context, to A
+            carrying("T-b", 6),
+            carrying("T-a", 7),
+            carrying("T-o", 8),
+        ]
+    )
+    assert [r.task.id if r.task else None for r in recorded] == [a.id, b.id, a.id, b.id, a.id, None]
+    everything = (await store.list_events(EventQuery(limit=1000))).items
+    for task_id in ("T-a", "T-b", "T-o", "T-none"):
+        expected = [e.seq for e in everything if e.task_id == task_id]
+        assert await seqs(store, task_id=task_id) == expected
+        assert await seqs(store, task_id=task_id, descending=True) == expected[::-1]
+        for descending in (False, True):  # page by page, two at a time: the parts meet across pages
+            paged: list[int] = []
+            after = 0
+            while True:
+                page = await store.list_events(
+                    EventQuery(task_id=task_id, limit=2, after=after, descending=descending)
+                )
+                paged += [e.seq for e in page.items]
+                if page.next is None:
+                    break
+                after = int(page.next)
+            assert paged == (expected[::-1] if descending else expected)
+    t_a = [e.seq for e in everything if e.task_id == "T-a"]
+    assert len(t_a) == 5
+    assert await seqs(store, task_id="T-a", task_ref=a.id) == [s for s in t_a if s != recorded[1].seq]
+    assert await seqs(store, task_id="T-a", task_ref=b.id) == [recorded[1].seq]
+    assert await seqs(store, task_id="T-a", notification_type="AiReviewResult") == t_a
+    assert await seqs(store, task_id="T-a", notification_type="ProcessEof") == []

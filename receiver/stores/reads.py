@@ -11,8 +11,10 @@ every condition, as sink filters have it) is checked on the page's rows (``match
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 
@@ -21,6 +23,7 @@ from receiver.findings import Finding
 from receiver.ports import Attempt, EventQuery, EventRecord, Page, TimelineEvent
 
 Dialect = Literal["sqlite", "postgres"]
+R = TypeVar("R")
 
 # The results whose text is recognized speech or writing: what the free-text filter searches.
 TEXT_KINDS: Final = frozenset(
@@ -169,10 +172,47 @@ def window_next(q: EventQuery, window: tuple[int, int], top: int) -> str | None:
     return str(hi) if hi < top else None
 
 
-def event_statement(
+# Both stores index events by TaskId only where their task does not tell it (SQLite migration 0014,
+# PostgreSQL 0012): a page by TaskId is read in two parts, each in seq order from its own index,
+# and merged. The first part's condition is the partial index's own, word for word.
+TASK_ID_PARTS: Final = (
+    # the orphans, the events whose TaskId is not their task's, and the rows older than the index
+    "e.task_id = ? AND (e.task_ref IS NULL OR e.foreign_task_id IS DISTINCT FROM 0)",
+    # the events of the task with this TaskId that carry it (from the index by task)
+    "e.task_ref = (SELECT id FROM tasks WHERE task_id = ?) AND e.task_id = ? AND e.foreign_task_id = 0",
+)
+
+
+def event_statements(
     q: EventQuery, columns: str, dialect: Dialect, window: tuple[int, int] | None = None
+) -> list[tuple[str, list[Any]]]:
+    """The SELECTs for a page (each ``LIMIT ?`` last, its argument not included): one, or with a
+    TaskId one per part of ``TASK_ID_PARTS``, to be merged (``merge_pages``)."""
+    if q.task_id is None:
+        return [event_statement(q, columns, dialect, window)]
+    return [
+        event_statement(q, columns, dialect, window, task_id=(part, [q.task_id] * part.count("?")))
+        for part in TASK_ID_PARTS
+    ]
+
+
+def merge_pages(q: EventQuery, parts: Sequence[Sequence[R]], seq: Callable[[R], int], n: int) -> list[R]:
+    """The first ``n`` rows of the parts of one page, each part in the page's order, in that order."""
+    if len(parts) == 1:
+        return list(parts[0][:n])
+    merged = heapq.merge(*parts, key=seq, reverse=q.descending)
+    return list(itertools.islice(merged, n))
+
+
+def event_statement(
+    q: EventQuery,
+    columns: str,
+    dialect: Dialect,
+    window: tuple[int, int] | None = None,
+    task_id: tuple[str, list[Any]] | None = None,
 ) -> tuple[str, list[Any]]:
-    """The SELECT (``?`` placeholders; ``LIMIT ?`` last, its argument not included) for a page."""
+    """The SELECT (``?`` placeholders; ``LIMIT ?`` last, its argument not included) for a page;
+    ``task_id``: the clause and arguments that stand for the TaskId condition, if not the plain one."""
     order = "DESC" if q.descending else "ASC"
     searching = q.searches
     # With finding conditions the narrow event_search table leads, and events are joined by seq.
@@ -187,10 +227,15 @@ def event_statement(
     else:
         clauses.append(f"{lead}.seq > ?")
         args.append(q.after)
+    if task_id is not None:
+        clauses.append(task_id[0])
+        args.extend(task_id[1])
+    # With a task given, its index leads: unary + keeps SQLite off the far wider index by type.
+    by_type = "+" if dialect == "sqlite" and (q.task_id or q.task_ref) else ""
     for clause, value in (
-        ("e.task_id = ?", q.task_id),
+        ("e.task_id = ?", q.task_id if task_id is None else None),
         ("e.task_ref = ?", q.task_ref),
-        (f"{lead}.notification_type = ?", q.notification_type),
+        (f"{by_type}{lead}.notification_type = ?", q.notification_type),
         (f"{lead}.received_at >= ?", q.since),
         (f"{lead}.received_at < ?", q.until),
     ):

@@ -27,7 +27,7 @@ from receiver.ports import (
     Router,
     SinkStats,
 )
-from receiver.tasks import MatchedBy, Task
+from receiver.tasks import MatchedBy, Step, Task
 
 # Findings as stored: the same JSON as orjson's, in about half the time (msgspec knows dataclasses).
 encode_findings: Final = msgspec.json.Encoder().encode
@@ -384,3 +384,19 @@ def operator_event(r: Sequence[Any]) -> OperatorEvent:
     return OperatorEvent(
         kind=r[1], subject=r[2], window_start=r[3], at=r[4], detail=orjson.loads(r[5]), id=r[0], event_id=r[6]
     )
+
+
+def foreign_task_id(step: Step) -> int | None:
+    """0 if the event's TaskId is its task's (a task's TaskId never changes once it has one), 1 if
+    it is not, None for an orphan: the index by TaskId keeps all but the 0s (SQLite's migration
+    0014, PostgreSQL's 0012)."""
+    task = step.task
+    if task is None:
+        return None
+    return 0 if step.event.task_id and task.task_id == step.event.task_id else 1
+
+
+def row_seq(row: Sequence[Any]) -> int:
+    """The seq of a row of ``EVENT_COLUMNS`` (they lead with it)."""
+    seq: int = row[0]
+    return seq

@@ -107,8 +107,12 @@ class SqliteReadModel:
                 top = int(self._rcon.execute(reads.SEARCH_TOP).fetchone()[0])
                 if (window := reads.search_window(query, top)) is None:
                     return Page([], None)
-            sql, args = reads.event_statement(query, EVENT_COLUMNS, "sqlite", window)
-            found = [event_record(r) for r in self._rcon.execute(sql, [*args, query.limit + 1]).fetchall()]
+            n = query.limit + 1
+            parts = [
+                self._rcon.execute(sql, [*args, n]).fetchall()
+                for sql, args in reads.event_statements(query, EVENT_COLUMNS, "sqlite", window)
+            ]
+            found = [event_record(r) for r in reads.merge_pages(query, parts, rows.row_seq, n)]
             return reads.event_page(query, found, window, top)
 
         return await self._read_safely(run)

@@ -7,14 +7,14 @@ from typing import Any, Final
 import orjson
 
 from receiver import tasks
-from receiver.stores.rows import encode_findings
+from receiver.stores.rows import encode_findings, foreign_task_id
 from receiver.stores.task_rows import TASK_COLUMN_COUNT, TASK_COLUMNS, checks_json
 from receiver.tasks import Task
 
 INSERT_EVENT = (
     "INSERT INTO events (seq, event_id, task_id, task_ref, matched_by, notification_type, session_id,"
     " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key,"
-    " traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " traceparent, foreign_task_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
@@ -46,6 +46,7 @@ def event_row(seq: int, step: tasks.Step) -> tuple[Any, ...]:
         e.body.decode(),
         e.sign_key,
         e.traceparent,
+        foreign_task_id(step),
     )
 
 

@@ -22,14 +22,15 @@ from receiver.tasks import MatchedBy
 # A batch's new events, in the batch's order (their seqs follow it), in one statement.
 _INSERT_EVENTS = (
     "INSERT INTO events (event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context,"
-    " channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key, traceparent)"
-    " SELECT event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context, channel,"
-    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key, traceparent FROM unnest($1::text[],"
-    " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[],"
-    " $10::text[], $11::bool[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])"
-    " WITH ORDINALITY AS b(event_id, task_id, task_ref, matched_by, notification_type, session_id,"
+    " channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key, traceparent,"
+    " foreign_task_id) SELECT event_id, task_id, task_ref, matched_by, notification_type, session_id,"
     " session_context, channel, received_at, verdict, late, err_code, err_message, findings, raw, sign_key,"
-    " traceparent, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
+    " traceparent, foreign_task_id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+    " $6::text[], $7::text[], $8::text[], $9::float8[], $10::text[], $11::bool[], $12::bigint[], $13::text[],"
+    " $14::text[], $15::text[], $16::text[], $17::text[], $18::int[]) WITH ORDINALITY AS b(event_id, task_id,"
+    " task_ref, matched_by, notification_type, session_id, session_context, channel, received_at, verdict,"
+    " late, err_code, err_message, findings, raw, sign_key, traceparent, foreign_task_id, n) ORDER BY n"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"
 )
 
 
@@ -61,6 +62,7 @@ def _event_values(step: tasks.Step) -> tuple[Any, ...]:
         step.matched_by.value if step.matched_by else None, e.notification_type, e.session_id,
         e.session_context, e.channel.value, e.received_at, e.verdict.value, step.late, e.err_code,
         e.err_message, encode_findings(e.findings).decode(), e.body.decode(), e.sign_key, e.traceparent,
+        rows.foreign_task_id(step),
     )  # fmt: skip
 
 

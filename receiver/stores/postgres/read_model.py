@@ -75,8 +75,12 @@ class PostgresReadModel(PostgresConnection):
                 top = int(await con.fetchval(reads.SEARCH_TOP))
                 if (window := reads.search_window(query, top)) is None:
                     return Page([], None)
-            sql, args = reads.event_statement(query, EVENT_COLUMNS, "postgres", window)
-            found = [event_record(tuple(r)) for r in await con.fetch(pg(sql), *args, query.limit + 1)]
+            n = query.limit + 1
+            parts = [
+                [tuple(r) for r in await con.fetch(pg(sql), *args, n)]
+                for sql, args in reads.event_statements(query, EVENT_COLUMNS, "postgres", window)
+            ]
+            found = [event_record(r) for r in reads.merge_pages(query, parts, rows.row_seq, n)]
             return reads.event_page(query, found, window, top)
 
         return await self._run(body, write=False)
