@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
@@ -42,7 +42,7 @@ from receiver.settings import Settings
 from receiver.stores import reads
 from receiver.stores.postgres import PostgresStore
 from receiver.stores.sqlite import SqliteStore
-from receiver.stores.task_rows import TASK_COLUMNS
+from receiver.stores.task_rows import TASK_COLUMN_COUNT, TASK_COLUMNS
 from receiver.tasks import Task, TaskState
 
 PG_ADMIN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -187,6 +187,7 @@ def rows(n: int) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...] | None, tupl
             findings_json,
             raw.replace("__TASK__", ids[t]),
             "static:0",
+            0,  # its TaskId is its task's: found by way of the task (migration 0014 / 0012)
         )
         search = reads.search_row(seq, kind, at, findings)
         state = "dead" if i % 200 == 3 else "pending" if i % 200 == 5 else "delivered"
@@ -208,7 +209,7 @@ def rows(n: int) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...] | None, tupl
 
 EVENT_INSERT_COLUMNS = (
     "seq, event_id, task_id, task_ref, matched_by, notification_type, session_id, session_context, channel,"
-    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key"
+    " received_at, verdict, late, err_code, err_message, findings, raw, sign_key, foreign_task_id"
 )
 DELIVERY_COLUMNS = (
     "id, sink, event_seq, task_key, state, attempts, next_attempt_at, last_error, created_at, updated_at,"
@@ -242,6 +243,10 @@ def task_rows(n: int) -> list[tuple[Any, ...]]:
                 NOW,
                 T0,
                 NOW,
+                None,
+                None,
+                "[]",  # checks (asking MPS): none
+                None,
                 None,
                 None,
             )
@@ -293,12 +298,14 @@ def fill_sqlite(path: Path, n: int) -> None:
     con.execute("PRAGMA journal_mode = WAL")
     con.execute("PRAGMA synchronous = OFF")
     con.execute("BEGIN")
-    con.executemany(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})", task_rows(n))
+    con.executemany(
+        f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * TASK_COLUMN_COUNT)})", task_rows(n)
+    )
     chunk: list[Any] = []
 
     def flush() -> None:
         con.executemany(
-            f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            f"INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({', '.join('?' * 18)})",
             [c[0] for c in chunk],
         )
         con.executemany(reads.SEARCH_INSERT, [c[1] for c in chunk if c[1] is not None])
@@ -427,6 +434,9 @@ def requests(n: int) -> list[tuple[str, str]]:
         ("API events: since+until", f"/v1/events?since={since}&until={until}"),
         ("API events: newest first", "/v1/events?order=desc"),
         ("API events: deep cursor", f"/v1/events?cursor={deep}"),
+        ("API events: a TaskId", f"/v1/events?task_id={tid}"),
+        ("API events: a TaskId, newest first", f"/v1/events?task_id={tid}&order=desc"),
+        ("API events: TaskId of 10k events, deep", f"/v1/events?task_id={task_ids()[0]}&cursor={BIG - 100}"),
         ("API deliveries: attempts", "/v1/deliveries/4/attempts"),
     ]
 
@@ -434,6 +444,19 @@ def requests(n: int) -> list[tuple[str, str]]:
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def console_drawings(app: web.Application) -> Any:
+    """The console's cache of drawn timelines, in whichever sub-application the console is."""
+    for resource in app.router.resources():
+        if isinstance(resource, PrefixedSubAppResource):
+            sub = resource._app
+            if DRAWINGS in sub:
+                return sub[DRAWINGS]
+            found = console_drawings(sub)
+            if found is not None:
+                return found
+    return None
 
 
 async def measure(store: Any, n: int, runs: int, url: str) -> list[tuple[str, float, float, int]]:
@@ -446,7 +469,7 @@ async def measure(store: Any, n: int, runs: int, url: str) -> list[tuple[str, fl
         }
     )
     app = create_app(settings, store=store, clock=lambda: NOW)
-    drawings = next(r._app[DRAWINGS] for r in app.router.resources() if isinstance(r, PrefixedSubAppResource))
+    drawings = console_drawings(app)
     server = TestServer(app)
     await server.start_server()
     out = []

@@ -549,8 +549,8 @@ def main() -> int:
         f" **{written['written_kb']:.1f} KB per event** (WAL frames and checkpoints) for"
         f" {written['stored_kb']:.1f} KB of database per event: a commit writes every page it"
         " changed whole, as a WAL frame (two write(2) calls each), and the hashed event id and the"
-        " per-task indexes (events by task and by TaskId, deliveries by task and each task's pending"
-        " head) change a page of their own for nearly every event.\n"
+        " indexes keyed by task (events by task, deliveries by task) change a page of their own for"
+        " nearly every event.\n"
         if "written_kb" in written and "stored_kb" in written
         else ""
     )
