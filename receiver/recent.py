@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 
@@ -19,36 +18,19 @@ class RecentEvents:
     them without reading them back; the outbox stays the truth (a miss reads the store).
 
     Only events matched to a task are kept: an orphan may be adopted meanwhile, and then its
-    stored row, not the copy, says so. Each is kept compact (its bytes, not its parsed document):
-    many thousands of live dicts would cost every garbage collection more than a parse costs."""
+    stored row, not the copy, says so. Each is kept as ingest made it (the event holds its bytes,
+    not its parsed document: many thousands of live dicts would cost every garbage collection
+    more than a parse costs), and becomes a record only when the dispatcher asks for it."""
 
     def __init__(self, limit: int = 1024) -> None:
         self._limit = limit
-        self._items: OrderedDict[int, tuple[Any, ...]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[Event, Recorded]] = OrderedDict()
 
     def add(self, events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
         items = self._items
         for e, r in zip(events, recorded, strict=True):
             if not r.duplicate and r.task is not None:
-                items[r.seq] = (
-                    e.event_id,
-                    e.task_id,
-                    r.task.id,
-                    r.matched_by,
-                    e.notification_type,
-                    e.session_id,
-                    e.session_context,
-                    e.channel.value,
-                    e.received_at,
-                    e.verdict.value,
-                    r.late,
-                    e.err_code,
-                    e.err_message,
-                    e.findings,
-                    e.body,
-                    e.sign_key,
-                    e.traceparent,
-                )
+                items[r.seq] = (e, r)
         while len(items) > self._limit:
             items.popitem(last=False)
 
@@ -56,26 +38,26 @@ class RecentEvents:
         found = self._items.get(seq)
         if found is None:
             return None
-        (event_id, task_id, task_ref, matched_by, kind, session_id, session_context, channel, at, verdict,
-         late, err_code, err_message, findings, body, sign_key, traceparent) = found  # fmt: skip
+        e, r = found
+        assert r.task is not None  # only matched events are kept
         return EventRecord(
             seq=seq,
-            event_id=event_id,
-            task_id=task_id,
-            task_ref=task_ref,
-            matched_by=matched_by,
-            notification_type=kind,
-            session_id=session_id,
-            session_context=session_context,
-            channel=channel,
-            received_at=at,
-            verdict=verdict,
-            late=late,
+            event_id=e.event_id,
+            task_id=e.task_id,
+            task_ref=r.task.id,
+            matched_by=r.matched_by,
+            notification_type=e.notification_type,
+            session_id=e.session_id,
+            session_context=e.session_context,
+            channel=e.channel.value,
+            received_at=e.received_at,
+            verdict=e.verdict.value,
+            late=r.late,
             duplicates=0,
-            err_code=err_code,
-            err_message=err_message,
-            findings=_builtins(findings),
-            body=body,
-            sign_key=sign_key,
-            traceparent=traceparent,
+            err_code=e.err_code,
+            err_message=e.err_message,
+            findings=_builtins(e.findings),
+            body=e.body,
+            sign_key=e.sign_key,
+            traceparent=e.traceparent,
         )

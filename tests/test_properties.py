@@ -91,3 +91,41 @@ def mutated_examples(draw: st.DrawFn) -> dict[str, Any]:
 @given(mutated_examples())
 def test_real_notifications_with_any_member_changed_never_raise_anything_else(doc: dict[str, Any]) -> None:
     attempt(orjson.dumps(doc))
+
+
+def _datetime_iso(ts: float | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),  # to 2100
+        st.integers(min_value=946_684_800, max_value=4_102_444_800).map(float),  # whole seconds
+        st.integers(min_value=946_684_800_000_000, max_value=4_102_444_800_000_000).map(
+            lambda us: us / 1e6 + st_half(us)
+        ),
+    )
+)
+def test_iso_writes_every_time_as_datetime_isoformat_does(ts: float) -> None:
+    """The documents' cached ISO stamps (``documents.iso``) against datetime's own: the same text
+    for any time, microseconds rounded half to even, none written when zero."""
+    from receiver.documents import iso
+
+    assert iso(ts) == _datetime_iso(ts)
+    assert iso(ts + 0.5) == _datetime_iso(ts + 0.5)  # the cached second, and the one after it
+    assert iso(ts) == _datetime_iso(ts)
+
+
+def st_half(us: int) -> float:
+    """Half a microsecond on some of them: the rounding ties."""
+    return 5e-7 if us % 3 == 0 else 0.0
+
+
+def test_iso_of_none_and_of_times_before_2000() -> None:
+    from receiver.documents import iso
+
+    assert iso(None) is None
+    for ts in (0.0, 1.5, 946_684_799.9999996, 946_684_800.0, 946_684_800.0000005, 1_764_633_600.9999995):
+        assert iso(ts) == _datetime_iso(ts)
