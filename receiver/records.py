@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import orjson
 
 from receiver.tasks import MatchedBy
@@ -15,8 +16,11 @@ from receiver.tasks import Recorded as Recorded  # where the stores and ingest h
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
+# The three records built once per delivery (or per event read) are msgspec Structs: immutable
+# as the dataclasses around them, and built in a sixth of the time a frozen dataclass takes.
+
+
+class EventRecord(msgspec.Struct, frozen=True):
     """A stored event as the read side sees it."""
 
     seq: int
@@ -145,8 +149,7 @@ class DeliveryState(StrEnum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One event to hand to one sink, as the dispatcher claims it."""
 
     id: int
@@ -159,8 +162,7 @@ class Delivery:
     batch_size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(msgspec.Struct, frozen=True):
     """What became of one delivery attempt (kept in its delivery's attempt history too)."""
 
     id: int

@@ -8,7 +8,9 @@ from); and the circuit breaker. Pure: no I/O.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+import msgspec
 
 from receiver.errors import SinkError, UndeliverableError
 from receiver.ports import Batch, Delivery, DeliveryState, Settlement
@@ -88,7 +90,9 @@ def settle_batch(
             outcomes.append(Settlement(d.id, DeliveryState.PENDING, d.attempts + 1, due, str(error), now))
     size = sum(1 for s in outcomes if s.state == DeliveryState.PENDING)
     return [
-        replace(s, batch_id=batch.id, batch_size=size) if s.state == DeliveryState.PENDING else s
+        msgspec.structs.replace(s, batch_id=batch.id, batch_size=size)
+        if s.state == DeliveryState.PENDING
+        else s
         for s in outcomes
     ]
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from receiver.maintenance import maintain
@@ -301,7 +302,7 @@ async def test_settlements_made_while_ingest_writes_commit_with_it_not_alone(
     # With no ingest to ride with, a settlement is committed at once, on its own.
     page = await sqlite_store.list_deliveries(DeliveryQuery(sink="log", state=DeliveryState.PENDING, limit=1))
     (second,) = page.items
-    await sqlite_store.settle_deliveries([replace(settled, id=second.id)])
+    await sqlite_store.settle_deliveries([msgspec.structs.replace(settled, id=second.id)])
     assert transactions == 2
 
 
@@ -377,7 +378,8 @@ async def test_events_given_from_memory_are_what_the_store_would_have_read(store
     assert [d.event for d in given] == [d.event for d in read]
 
     def marked(seq: int) -> Any:
-        return replace(recent.get(seq), duplicates=99)  # type: ignore[type-var]
+        found = recent.get(seq)
+        return None if found is None else msgspec.structs.replace(found, duplicates=99)
 
     later = after_the_lease + 3600
     taken = await store.claim_deliveries("s", now=later, limit=10, busy_keys=set(), per_key=10, known=marked)
