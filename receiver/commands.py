@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.log import access_logger
 
+from receiver import logs
 from receiver.app import create_app
 from receiver.bell import Bell
 from receiver.errors import ConfigError
@@ -67,7 +68,7 @@ def run_service(
     app.on_startup.append(_settle_gc)
     listeners = listeners_for(settings, app, role)
     if worker is not None:
-        structlog.contextvars.bind_contextvars(worker=worker.spec.index)  # on each of its lines
+        logs.bind(worker=worker.spec.index)  # on each of its lines
         for listener in listeners:
             inherited = worker.spec.sockets.get(listener.name, [])
             listener.sockets = [socket.socket(fileno=fd) for fd in inherited]

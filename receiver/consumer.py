@@ -31,7 +31,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from receiver import decoder
+from receiver import decoder, logs
 from receiver.acks import Acks, settle
 from receiver.errors import (
     InvalidNotificationError,
@@ -221,14 +221,12 @@ class AmqpConsumer:
         if task is not None:
             self._inflight.add(task)
         # Every line logged for this delivery says where it came from (ingest adds the task).
-        bound = structlog.contextvars.bind_contextvars(
-            channel=Channel.AMQP.value, message_id=message.message_id
-        )
+        bound = logs.bind(channel=Channel.AMQP.value, message_id=message.message_id)
         try:
             await self._handle(message, traceparent)
         finally:
             self._acks.done(message)  # nacked, rejected or given up: its ack no longer awaited
-            structlog.contextvars.reset_contextvars(**bound)
+            logs.unbind(bound)
             if task is not None:
                 self._inflight.discard(task)
 

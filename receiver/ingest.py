@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from receiver import decoder, events, logs, wire
 from receiver.errors import (
@@ -106,14 +105,14 @@ class Ingestor:
         started = time.perf_counter()
         summary: dict[str, Any] = {"channel": channel.value}
         outcome = "error"
-        bound: Mapping[str, contextvars.Token[Any]] = {}
+        bound: contextvars.Token[Mapping[str, Any]] | None = None
         try:
             received_at = self._clock()
             body, head = decoder.read(raw)
             summary["task_id"] = task_id = head.task_id.strip()
             # The adapter bound the channel and message id; only this knows the task. Every line
             # logged while the notification is ingested carries it.
-            bound = bind_contextvars(task_id=task_id)
+            bound = logs.bind(task_id=task_id)
             summary["notification_type"] = head.notification_type.strip()
             # The Sign first: a body nobody signed is refused before it costs a full validation.
             check = events.verify_sign(
@@ -166,8 +165,8 @@ class Ingestor:
             if self._observe is not None:
                 self._observe(channel.value, outcome, elapsed)
             logs.line(log, "receiver.ingest", _LEVEL.get(outcome, "error"), "notification", summary)
-            if bound:
-                reset_contextvars(**bound)
+            if bound is not None:
+                logs.unbind(bound)
 
     async def drain(self) -> None:
         await self._group.drain()

@@ -14,7 +14,6 @@ from typing import Any
 import aio_pika
 import aiormq
 import pytest
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
@@ -22,6 +21,7 @@ from structlog.testing import capture_logs
 from receiver.app import create_app
 from receiver.consumer import START_ATTEMPTS, AmqpConsumer
 from receiver.http.keys import CONSUMER
+from receiver.logs import merge_bound
 from receiver.topology import policy_command
 from tests.amqp_broker import (
     Broker,
@@ -216,7 +216,7 @@ async def test_a_refused_delivery_logs_one_summary_line_bound_to_its_message_id(
     limits = consumer_settings(tmp_path, broker.queue).model_copy(deep=True)
     limits.http.max_body_bytes = 4096
     client = await aiohttp_client(create_app(limits, clock=lambda: FROZEN_NOW))
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_bound]) as logs:
         await broker.channel.default_exchange.publish(
             aio_pika.Message(payload, message_id="m-refused"), routing_key=broker.queue
         )

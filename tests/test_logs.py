@@ -45,14 +45,14 @@ def restored_logging() -> Iterator[None]:
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
     logs.unconfigure()
-    structlog.contextvars.clear_contextvars()
+    logs.clear_bound()
 
 
 def test_standard_library_records_come_out_as_the_same_json(restored_logging: None) -> None:
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # has .buffer: the fast path
     configure_logging("json", "info", stream)
-    structlog.contextvars.bind_contextvars(task_id="t-1")
+    logs.bind(task_id="t-1")
     structlog.get_logger("receiver.test").info("ours", n=1)
     logging.getLogger("asyncio").error("Task exception was never retrieved")
     try:
@@ -116,7 +116,7 @@ def test_the_summary_line_has_the_keys_and_format_of_every_other_line(restored_l
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # kept: it closes raw when dropped
     configure_logging("json", "info", stream)
-    structlog.contextvars.bind_contextvars(message_id="m-1")
+    logs.bind(message_id="m-1")
     log = structlog.get_logger("receiver.ingest")
     fields = {"channel": "http", "outcome": "stored", "duration_ms": 0.5, "orphan": False}
     log.info("notification", **fields)

@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
-import structlog
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from receiver.app import create_app
 from receiver.events import expected_sign
+from receiver.logs import merge_bound
 from receiver.settings import IngestSettings, Settings
 from receiver.stores.sqlite import SqliteStore
 from tests.apps import ClientFactory
@@ -185,7 +185,7 @@ async def test_each_webhook_notification_logs_exactly_one_summary_line(
     *before, last = sent
     for payload in before:
         assert (await post(client, payload))[0] == 200
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_bound]) as logs:
         assert (await post(client, last))[0] == status
     [summary] = [line for line in logs if line["event"] == "notification"]
     assert (summary["channel"], summary["outcome"]) == ("http", outcome)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 
-import structlog
 from aiohttp import web
 
-from receiver import decoder
+from receiver import decoder, logs
 from receiver.errors import (
     InvalidNotificationError,
     NotLiveError,
@@ -32,11 +31,11 @@ _OK = b'{"code":0}'
 async def receive_notification(request: web.Request, traceparent: str | None = None) -> web.Response:
     """``POST /v1/notifications``: answered ``200 {"code":0}`` only once the event is committed."""
     # Every line logged for this notification says which channel it came in (ingest adds the task).
-    bound = structlog.contextvars.bind_contextvars(channel=Channel.HTTP.value)
+    bound = logs.bind(channel=Channel.HTTP.value)
     try:
         return await _receive(request, traceparent)
     finally:
-        structlog.contextvars.reset_contextvars(**bound)
+        logs.unbind(bound)
 
 
 async def _receive(request: web.Request, traceparent: str | None) -> web.Response:
