@@ -4,6 +4,8 @@ aio-pika): JSON lines off a terminal, readable on one, the same keys on every li
 JSON lines are buffered while the event loop runs and written once per pass of the loop (one
 ``write(2)`` for every line of the pass), in the order they were logged; off the loop they are
 written at once. ``line()`` is the cheap way to log the one summary line per notification.
+What every line of a context carries (channel, message id, task, worker) is bound with ``bind``
+and taken back with ``unbind``.
 """
 
 from __future__ import annotations
@@ -50,11 +52,6 @@ def bind(**values: Any) -> contextvars.Token[Mapping[str, Any]]:
 def unbind(token: contextvars.Token[Mapping[str, Any]]) -> None:
     """Back to the context as it was before the ``bind`` that gave ``token`` (in the same context)."""
     _bound.reset(token)
-
-
-def bound() -> Mapping[str, Any]:
-    """What lines logged here carry."""
-    return _bound.get()
 
 
 def clear_bound() -> None:
