@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from receiver.ports import EventRecord
+from receiver.stamps import second_text
 from receiver.tasks import MpsCheck, Task
 
 OWN_CHANNEL = "receiver"  # the channel of the events receiver makes itself (digests, operator events)
 
 
 _EPOCH_2000 = 946_684_800.0
-_second = -1  # the whole second last formatted, and its text
-_second_text = ""
 
 
 def iso(ts: float | None) -> str | None:
     """A unix time as ISO 8601 in UTC with ``Z``, exactly as ``datetime.fromtimestamp(ts, UTC)
     .isoformat()`` writes it (microseconds rounded half to even, left out when zero), with the
-    seconds' text kept from the last call: a burst of events shares its seconds."""
-    global _second, _second_text
+    seconds' text cached (``stamps``): a burst of events shares its seconds."""
     if ts is None:
         return None
     if not ts >= _EPOCH_2000:  # (and NaN) as datetime has it
@@ -33,9 +30,8 @@ def iso(ts: float | None) -> str | None:
     whole, micro = int(whole_part), round(frac * 1e6)
     if micro >= 1_000_000:
         whole, micro = whole + 1, micro - 1_000_000
-    if whole != _second:
-        _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second_text}.{micro:06d}Z" if micro else f"{_second_text}Z"
+    text = second_text(whole)
+    return f"{text}.{micro:06d}Z" if micro else f"{text}Z"
 
 
 def overdue(task: Task, now: float, deadline: float) -> bool:

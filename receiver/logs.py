@@ -25,6 +25,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from receiver.stamps import second_text
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Libraries log a lot at INFO (connection chatter); receiver's own lines say what matters. The
 # access log is the exception: asked for (http.access_log), it is wanted at INFO.
@@ -146,18 +148,13 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 # What ``line()`` writes to: set by ``configure_logging`` for JSON lines on a binary stream.
 _fast: LineWriter | None = None
 _fast_level = logging.INFO
-_second = -1
-_second_text = ""
 
 
 def _now_iso() -> str:
     """As structlog's ISO stamper (UTC, microseconds, ``Z``), with the seconds part cached."""
-    global _second, _second_text
     now = time.time()
     whole = int(now)
-    if whole != _second:
-        _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second_text}.{int((now - whole) * 1_000_000):06d}Z"
+    return f"{second_text(whole)}.{int((now - whole) * 1_000_000):06d}Z"
 
 
 def line(logger: Any, name: str, level: str, event: str, fields: Mapping[str, Any]) -> None:

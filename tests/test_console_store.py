@@ -14,7 +14,7 @@ from receiver.ports import DeliveryQuery, DeliveryState, EventQuery, Settlement
 from receiver.tasks import TaskState
 from tests import console_data
 from tests.builders import event, new_task
-from tests.payloads import FROZEN_NOW
+from tests.payloads import FROZEN_NOW, REVIEW
 
 
 def review(n: int, *items: tuple[str, dict[str, Any]]) -> Any:
@@ -345,7 +345,6 @@ async def test_the_maintenance_loop_runs_the_backfill(store: Any) -> None:
 async def test_events_by_task_id_are_every_event_carrying_it_however_it_was_matched(store: Any) -> None:
     """On SQLite the index by TaskId keeps only the events whose task does not tell it: the rest
     are found by way of their task, and the two parts are merged into pages in seq order."""
-    from tests.payloads import REVIEW
 
     def carrying(task_id: str, n: int, context: str = "") -> Any:
         return event(REVIEW, at=FROZEN_NOW + n, TaskId=task_id, SessionId=f"s-{n}", SessionContext=context)
