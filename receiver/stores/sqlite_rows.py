@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Final
 
 import orjson
@@ -20,6 +21,13 @@ UPDATE_TASK = (
     "UPDATE tasks SET task_id = ?, state = ?, err_code = ?, err_message = ?, event_count = ?,"
     " late_count = ?, updated_at = ?, first_event_at = ?, last_event_at = ?, ended_at = ?, request_id = ?,"
     " checks = ?, checked_at = ?, live_at = ?, reconciled_at = ? WHERE id = ?"
+)
+# A task whose event changed only its counts and times: no indexed column is in the SET list, so
+# SQLite rewrites the row alone, not an entry of each index on tasks (it decides by the SET list,
+# not by whether a value changed).
+COUNT_TASK: Final = (
+    "UPDATE tasks SET event_count = ?, late_count = ?, updated_at = ?, first_event_at = ?,"
+    " last_event_at = ? WHERE id = ?"
 )
 INSERT_TASK: Final = f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * TASK_COLUMN_COUNT)})"
 
@@ -70,6 +78,26 @@ def task_update(t: Task) -> tuple[Any, ...]:
         t.reconciled_at,
         t.id,
     )
+
+
+# What COUNT_TASK writes, and every other field of a task: a task whose event changed none of the
+# latter is written by COUNT_TASK. (tests/test_sqlite_rows.py: together they are all of Task's.)
+COUNTED_FIELDS: Final = ("event_count", "late_count", "updated_at", "first_event_at", "last_event_at")
+KEPT_FIELDS: Final = (
+    "id", "task_id", "session_id", "session_context", "url", "labels", "state", "err_code", "err_message",
+    "created_at", "ended_at", "request_id", "checks", "checked_at", "live_at", "reconciled_at",
+)  # fmt: skip
+_kept = operator.attrgetter(*KEPT_FIELDS)
+
+
+def counted_only(before: Task, after: Task) -> bool:
+    """Whether ``after`` differs from the stored ``before`` in no more than ``COUNT_TASK`` writes."""
+    return bool(_kept(after) == _kept(before))
+
+
+def task_count(t: Task) -> tuple[Any, ...]:
+    """A task changed only in its counts and times, as ``COUNT_TASK`` takes it."""
+    return (t.event_count, t.late_count, t.updated_at, t.first_event_at, t.last_event_at, t.id)
 
 
 def task_insert(task: Task) -> tuple[Any, ...]:

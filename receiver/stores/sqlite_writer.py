@@ -21,10 +21,13 @@ from receiver.ports import Recorded, Router, Settlement
 from receiver.stores import reads, rows
 from receiver.stores.rows import ADOPT, ORPHANS_OF, Orphan
 from receiver.stores.sqlite_rows import (
+    COUNT_TASK,
     INSERT_EVENT,
     INSERT_TASK,
     UPDATE_TASK,
+    counted_only,
     event_row,
+    task_count,
     task_insert,
     task_update,
 )
@@ -77,7 +80,7 @@ class SqliteWriter:
         try:
             result = body()
             if self._staged:
-                con.executemany(UPDATE_TASK, [task_update(t) for t in self._staged.values()])
+                self._write_staged()
             con.execute("COMMIT")
         except BaseException as exc:
             self._staged.clear()
@@ -89,6 +92,20 @@ class SqliteWriter:
             raise
         self._publish()
         return result
+
+    def _write_staged(self) -> None:
+        """Each changed task, as one of two statements: most events change only counts and times."""
+        counted, changed = [], []
+        for task in self._staged.values():
+            stored = self._tasks.get(task.id)  # as committed (a task added now is not there yet)
+            if stored is not None and counted_only(stored, task):
+                counted.append(task_count(task))
+            else:
+                changed.append(task_update(task))
+        if counted:
+            self.con.executemany(COUNT_TASK, counted)
+        if changed:
+            self.con.executemany(UPDATE_TASK, changed)
 
     def _forget(self) -> None:
         self._tasks.clear()
