@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from receiver import wire
 
 
-@dataclass(slots=True)
-class Finding:
+class Finding(msgspec.Struct):
     """One result inside a notification, flattened to the same shape whatever its type."""
 
     kind: str
@@ -24,7 +24,7 @@ class Finding:
     url: str | None = None
     area: list[int] | None = None  # [x1, y1, x2, y2] in pixels
     severity: str | None = None
-    attrs: dict[str, Any] = field(default_factory=dict)  # the rest the type carries
+    attrs: dict[str, Any] = msgspec.field(default_factory=dict)  # the rest the type carries
 
 
 def _attrs(**values: Any) -> dict[str, Any]:

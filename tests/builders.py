@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+import msgspec
 
 from receiver import events
 from receiver.documents import event_document
@@ -59,7 +59,7 @@ def record(name: str = "03-AiReviewResult-Image.constructed.json", **changes: An
         duplicates=0,
         err_code=None,
         err_message=None,
-        findings=orjson.loads(orjson.dumps(e.findings)),
+        findings=msgspec.to_builtins(e.findings),
         body=e.body,
     )
 
