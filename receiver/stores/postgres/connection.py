@@ -44,6 +44,23 @@ UPDATE_TASK = (
     " checks = $18, checked_at = $19, live_at = $20, reconciled_at = $21 WHERE id = $1"
 )
 
+# ``UPDATE_TASK`` for a batch's tasks at once (``task_row`` tuples, transposed: one array a column),
+# one statement however many tasks the batch changed.
+UPDATE_TASKS = (
+    "UPDATE tasks SET task_id = b.task_id, state = b.state, err_code = b.err_code, err_message = b.err_message,"
+    " event_count = b.event_count, late_count = b.late_count, updated_at = b.updated_at,"
+    " first_event_at = b.first_event_at, last_event_at = b.last_event_at, ended_at = b.ended_at,"
+    " request_id = b.request_id, session_id = b.session_id, session_context = b.session_context, url = b.url,"
+    " labels = b.labels, created_at = b.created_at, checks = b.checks, checked_at = b.checked_at,"
+    " live_at = b.live_at, reconciled_at = b.reconciled_at"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+    " $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::float8[], $13::float8[], $14::float8[],"
+    " $15::float8[], $16::float8[], $17::text[], $18::text[], $19::float8[], $20::float8[], $21::float8[])"
+    " AS b(id, task_id, session_id, session_context, url, labels, state, err_code, err_message, event_count,"
+    " late_count, created_at, updated_at, first_event_at, last_event_at, ended_at, request_id, checks,"
+    " checked_at, live_at, reconciled_at) WHERE tasks.id = b.id"
+)
+
 
 async def lock_task_id(con: asyncpg.Connection, task_id: str | None) -> None:
     """The lock ingest takes per TaskId, taken first as ingest does (then rows): an event of this

@@ -13,7 +13,7 @@ from receiver.errors import StoreUnavailableError
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
 from receiver.stores import reads, rows
-from receiver.stores.postgres.connection import UPDATE_TASK, PostgresConnection, pg, task_row
+from receiver.stores.postgres.connection import UPDATE_TASKS, PostgresConnection, pg, task_row
 from receiver.stores.postgres.outbox import settle
 from receiver.stores.rows import encode_findings
 from receiver.stores.task_rows import TASK_COLUMNS, task_from_row
@@ -144,8 +144,10 @@ class PostgresEventLog(PostgresConnection):
             repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
             if repeats:
                 await con.execute(_COUNT_REPEATS, *zip(*repeats, strict=True))
-            if plan.tasks:
-                await con.executemany(UPDATE_TASK, [task_row(t) for t in plan.tasks.values()])
+            if plan.tasks:  # one statement for them all, not one execution per task
+                await con.execute(
+                    UPDATE_TASKS, *zip(*(task_row(t) for t in plan.tasks.values()), strict=True)
+                )
             return plan.recorded(seqs)
 
         with riders.carrying():
