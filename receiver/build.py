@@ -70,6 +70,7 @@ def build_ingestor(
         max_ahead_seconds=verify.max_ahead_seconds,
         keep_file_tasks=settings.ingest.file_task_notifications == "store",
         max_batch=settings.store.max_batch,
+        commits_in_flight=settings.store.ingest_commits(),
         clock=clock,
         route=router(sinks) if sinks else None,
         on_recorded=on_recorded,

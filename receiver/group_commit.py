@@ -3,6 +3,11 @@
 No timer and no added latency: a lone item is committed at once; under load, a batch is what
 arrived while the previous commit ran (at most ``max_batch``). Used by ingest (events) and by the
 dispatcher (delivery outcomes).
+
+``concurrency`` above 1 lets that many commits run at once (a database server, where one commit's
+round trips would otherwise leave this process idle): each starts with what is queued when it
+starts, and the next batch is what arrived meanwhile. What orders items of one key across
+concurrent commits is the store's business (PostgreSQL: its lock per TaskId).
 """
 
 from __future__ import annotations
@@ -25,11 +30,19 @@ R = TypeVar("R")
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, commit: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int) -> None:
+    def __init__(
+        self,
+        commit: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        max_batch: int,
+        concurrency: int = 1,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self._commit = commit
         self._max_batch = max_batch
+        self._concurrency = concurrency
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # looked up once, not per item
 
     async def submit(self, item: T) -> R:
@@ -38,11 +51,16 @@ class GroupCommit(Generic[T, R]):
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if self._flusher is None or self._flusher.done():
-            # In a context of its own: a batch is nobody's notification, so the lines it logs
-            # carry none of the context the first caller's adapter bound.
-            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
+        if len(self._flushers) < self._concurrency:
+            self._start_flusher()
         return await future
+
+    def _start_flusher(self) -> None:
+        # In a context of its own: a batch is nobody's notification, so the lines it logs carry
+        # none of the context the first caller's adapter bound.
+        flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
+        self._flushers.add(flusher)
+        flusher.add_done_callback(self._flushers.discard)  # (one cancelled before it ran, too)
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
         """``submit`` for several items at once: committed together (or in the same order), and
@@ -53,15 +71,20 @@ class GroupCommit(Generic[T, R]):
             future: asyncio.Future[R] = loop.create_future()
             self._pending.append((item, future))
             futures.append(future)
-        if futures and (self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
+        if futures and len(self._flushers) < self._concurrency:
+            self._start_flusher()
         return [await future for future in futures]
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            await self._commit_batch(batch)
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._commit_batch(batch)
+        finally:
+            # Off the books as soon as it stops taking items (no await between the last look at
+            # the queue and this): an item queued from now on starts a flusher of its own.
+            self._flushers.discard(asyncio.current_task())
 
     async def _commit_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
@@ -86,8 +109,8 @@ class GroupCommit(Generic[T, R]):
 
     async def drain(self) -> None:
         """Wait for the commit in progress and everything queued behind it."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        while self._flushers:
+            await asyncio.shield(asyncio.gather(*self._flushers, return_exceptions=True))
 
 
 def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], error: Exception) -> None:

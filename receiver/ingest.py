@@ -65,6 +65,7 @@ class Ingestor:
         max_ahead_seconds: float = 600.0,
         keep_file_tasks: bool = True,
         max_batch: int = 256,
+        commits_in_flight: int = 1,
         clock: Callable[[], float] = time.time,
         route: Router | None = None,
         on_recorded: Callable[[Sequence[Event], Sequence[Recorded]], None] | None = None,
@@ -83,7 +84,7 @@ class Ingestor:
         self._observe = observe
         self._on_recorded = on_recorded
         self._on_signature_failure = on_signature_failure  # counted for the operator events
-        self._group: GroupCommit[Event, Recorded] = GroupCommit(self._commit, max_batch)
+        self._group: GroupCommit[Event, Recorded] = GroupCommit(self._commit, max_batch, commits_in_flight)
         self._store = store
 
     async def _commit(self, events: Sequence[Event]) -> list[Recorded]:

@@ -73,6 +73,14 @@ class StoreSettings(Section):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = Field(default=5000, ge=0)
     max_batch: int = Field(default=256, gt=0)  # events per group commit
+    # Ingest commits running at once. None: 1 on SQLite (one writer), 2 on PostgreSQL (one
+    # batch's round trips overlap the next one's; its lock per TaskId keeps each task in order).
+    commits_in_flight: int | None = Field(default=None, gt=0)
+
+    def ingest_commits(self) -> int:
+        if self.commits_in_flight is not None:
+            return self.commits_in_flight
+        return 2 if self.url.startswith(("postgresql://", "postgres://")) else 1
 
 
 class VerifySettings(Section):

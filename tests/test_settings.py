@@ -278,3 +278,25 @@ def test_a_plugin_sink_without_batches_is_refused_a_max_batch_at_start_up() -> N
             ConfigError, match=r"sinks\.s: max_batch: expected 1 for kind 'memory', whose sink"
         ):
             build_sinks(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "given", "expected"),
+    [
+        ("sqlite:///var/r.db", None, 1),  # one writer: a second commit would only wait for the first
+        ("postgresql://u@h/db", None, 2),
+        ("postgres://u@h/db", None, 2),
+        ("postgresql://u@h/db", 1, 1),
+        ("sqlite:///var/r.db", 3, 3),
+    ],
+)
+def test_ingest_commits_in_flight_default_by_store_and_can_be_set(
+    url: str, given: int | None, expected: int
+) -> None:
+    store: dict[str, Any] = {"url": url} if given is None else {"url": url, "commits_in_flight": given}
+    assert Settings.model_validate({"store": store}).store.ingest_commits() == expected
+
+
+def test_ingest_commits_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValidationError, match="commits_in_flight"):
+        Settings.model_validate({"store": {"commits_in_flight": 0}})

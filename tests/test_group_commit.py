@@ -1,0 +1,89 @@
+"""``GroupCommit``: every caller answered by its own commit's result; with ``concurrency`` above 1,
+that many commits at once, and never an item left waiting with nobody to commit it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from receiver.group_commit import GroupCommit
+
+
+class Gate:
+    """A commit that waits until released, recording each batch and how many ran at once."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.running = 0
+        self.most = 0
+        self.release = asyncio.Event()
+
+    async def commit(self, items: Sequence[int]) -> list[int]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.batches.append(list(items))
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return [i * 10 for i in items]
+
+
+async def settle_loop() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+async def test_at_most_concurrency_commits_run_at_once_and_every_caller_gets_its_result(
+    concurrency: int,
+) -> None:
+    gate = Gate()
+    group: GroupCommit[int, int] = GroupCommit(gate.commit, max_batch=100, concurrency=concurrency)
+    callers = []
+    for i in range(12):  # one at a time, each a loop pass apart: every free flusher takes one
+        callers.append(asyncio.create_task(group.submit(i)))
+        await settle_loop()
+    assert gate.running == concurrency
+    gate.release.set()
+    assert await asyncio.gather(*callers) == [i * 10 for i in range(12)]
+    assert gate.most == concurrency
+    # The first `concurrency` items went alone; the rest waited and went together after them.
+    assert gate.batches[:concurrency] == [[i] for i in range(concurrency)]
+    assert sorted(i for b in gate.batches for i in b) == list(range(12))
+
+
+async def test_an_item_queued_just_as_the_last_flusher_finishes_is_still_committed() -> None:
+    committed: list[list[int]] = []
+
+    async def commit(items: Sequence[int]) -> list[None]:
+        committed.append(list(items))
+        return [None] * len(items)
+
+    group: GroupCommit[int, None] = GroupCommit(commit, max_batch=10, concurrency=1)
+    await group.submit(1)  # resumed by its result: its flusher has taken the last item and returned ...
+    # ... and its done callback may not have run yet: a new item must start a flusher anyway.
+    async with asyncio.timeout(1):  # (awaited in place, not as a task the loop would start later)
+        await group.submit(2)
+    await group.drain()
+    assert committed == [[1], [2]]
+
+
+async def test_drain_waits_for_every_commit_in_flight() -> None:
+    gate = Gate()
+    group: GroupCommit[int, int] = GroupCommit(gate.commit, max_batch=100, concurrency=2)
+    callers = [asyncio.create_task(group.submit(i)) for i in range(2)]
+    await settle_loop()
+    drained = asyncio.create_task(group.drain())
+    await settle_loop()
+    assert not drained.done()
+    gate.release.set()
+    await asyncio.wait_for(drained, timeout=1)
+    assert all(c.done() for c in callers)
+
+
+def test_a_concurrency_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        GroupCommit(Gate().commit, max_batch=1, concurrency=0)
