@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -53,6 +54,25 @@ _INSERT_SEARCH: Final = (
     " confidence, text) SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[],"
     " $5::text[], $6::text[], $7::float8[], $8::text[])"
 )
+
+
+def _shifted(sql: str, by: int) -> str:
+    """``sql`` with each ``$n`` placeholder renumbered ``$(n + by)``."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
+
+
+# Everything a batch writes after its events (which give the seqs), in one round trip: data-modifying
+# CTEs all run, referenced or not, each on a table of its own. Empty arrays write nothing.
+_AFTER_EVENTS: Final = (
+    f"WITH deliveries_added AS ({_INSERT_DELIVERIES}), searched AS ({_shifted(_INSERT_SEARCH, 4)}),"
+    f" repeated AS ({_shifted(_COUNT_REPEATS, 12)}) {_shifted(UPDATE_TASKS, 14)}"
+)
+_AFTER_EVENTS_COLUMNS: Final = (4, 8, 2, 21)  # deliveries, search rows, repeats, tasks
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[Sequence[Any]]:
+    """Rows as one sequence a column (``width`` empty ones when there are no rows)."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
 
 
 def _event_values(step: tasks.Step) -> tuple[Any, ...]:
@@ -119,35 +139,34 @@ class PostgresEventLog(PostgresConnection):
                 seqs.update((r[0], r[1]) for r in inserted)
                 if len(inserted) != len(new):  # not reached: the locks above keep other writers out
                     raise StoreUnavailableError("postgres: an event of the batch was stored meanwhile")
-                deliveries = [
-                    (sink, seqs[step.event.event_id], step.event.task_id, step.event.received_at)
-                    for step in new
-                    for sink in step.sinks
-                ]
-                if deliveries:
-                    await con.execute(_INSERT_DELIVERIES, *zip(*deliveries, strict=True))
-                searched = [
-                    row
-                    for step in new
-                    if (
-                        row := reads.search_row(
-                            seqs[step.event.event_id],
-                            step.event.notification_type,
-                            step.event.received_at,
-                            step.event.findings,
-                        )
+            deliveries = [
+                (sink, seqs[step.event.event_id], step.event.task_id, step.event.received_at)
+                for step in new
+                for sink in step.sinks
+            ]
+            searched = [
+                row
+                for step in new
+                if (
+                    row := reads.search_row(
+                        seqs[step.event.event_id],
+                        step.event.notification_type,
+                        step.event.received_at,
+                        step.event.findings,
                     )
-                    is not None
-                ]
-                if searched:
-                    await con.execute(_INSERT_SEARCH, *zip(*searched, strict=True))
-            repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
-            if repeats:
-                await con.execute(_COUNT_REPEATS, *zip(*repeats, strict=True))
-            if plan.tasks:  # one statement for them all, not one execution per task
-                await con.execute(
-                    UPDATE_TASKS, *zip(*(task_row(t) for t in plan.tasks.values()), strict=True)
                 )
+                is not None
+            ]
+            repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
+            changed = [task_row(t) for t in plan.tasks.values()]
+            parts = (deliveries, searched, repeats, changed)
+            if any(parts):
+                arguments = [
+                    column
+                    for part, width in zip(parts, _AFTER_EVENTS_COLUMNS, strict=True)
+                    for column in _columns(part, width)
+                ]
+                await con.execute(_AFTER_EVENTS, *arguments)
             return plan.recorded(seqs)
 
         with riders.carrying():
