@@ -106,6 +106,8 @@ class PostgresEventLog(PostgresConnection):
             # task then get their seq and outbox ids in commit order, which is what keeps a task's
             # deliveries in the order received when several replicas ingest it. Holding them, we
             # also know which of the batch's event ids are stored: an event id names its TaskId.
+            # (The locks are a statement of their own: a statement's snapshot is taken before it
+            # waits, so one that locked and read at once would miss what the last holder committed.)
             await con.execute(
                 "SELECT count(pg_advisory_xact_lock(hashtext(t))) FROM (SELECT t FROM unnest($1::text[]) AS t ORDER BY t) AS keys",
                 task_ids,
