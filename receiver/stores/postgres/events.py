@@ -161,7 +161,7 @@ class PostgresEventLog(PostgresConnection):
             ]
             repeats = [(s.event.event_id, s.event.received_at) for s in plan.steps if s.duplicate]
             changed = [task_row(t) for t in plan.tasks.values()]
-            parts = (deliveries, searched, repeats, changed)
+            parts: tuple[Sequence[Sequence[Any]], ...] = (deliveries, searched, repeats, changed)
             if any(parts):
                 arguments = [
                     column
