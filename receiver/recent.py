@@ -18,9 +18,9 @@ class RecentEvents:
     them without reading them back; the outbox stays the truth (a miss reads the store).
 
     Only events matched to a task are kept: an orphan may be adopted meanwhile, and then its
-    stored row, not the copy, says so. Each is kept as ingest made it (the event holds its bytes,
-    not its parsed document: many thousands of live dicts would cost every garbage collection
-    more than a parse costs), and becomes a record only when the dispatcher asks for it."""
+    stored row, not the copy, says so. Each is kept as ingest made it, its parsed document
+    (``Event.raw``) included, and becomes a record only when the dispatcher asks for it; at most
+    ``limit`` of them, so that the live objects they hold stay few for the garbage collector."""
 
     def __init__(self, limit: int = 1024) -> None:
         self._limit = limit

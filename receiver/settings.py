@@ -77,10 +77,15 @@ class StoreSettings(Section):
     # batch's round trips overlap the next one's; its lock per TaskId keeps each task in order).
     commits_in_flight: int | None = Field(default=None, gt=0)
 
+    @property
+    def postgres(self) -> bool:
+        """Whether ``url`` names a PostgreSQL database (else it must be SQLite's)."""
+        return self.url.startswith(("postgresql://", "postgres://"))
+
     def ingest_commits(self) -> int:
         if self.commits_in_flight is not None:
             return self.commits_in_flight
-        return 2 if self.url.startswith(("postgresql://", "postgres://")) else 1
+        return 2 if self.postgres else 1
 
 
 class VerifySettings(Section):

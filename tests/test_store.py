@@ -58,6 +58,16 @@ async def test_a_repeat_is_counted_on_the_existing_row_never_stored_twice(store:
     assert await mps_events(store) == 1
 
 
+async def test_a_new_event_twice_in_one_batch_is_stored_once_and_counted_once(store: Any) -> None:
+    e = event(REVIEW)
+    first, second = await store.record_events([e, e])
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert second.seq == first.seq
+    page = await store.list_events(EventQuery())
+    assert [item.duplicates for item in page.items] == [1]
+    assert await mps_events(store) == 1
+
+
 async def test_events_match_by_session_context_first_then_task_id(store: Any) -> None:
     by_ctx, _ = await store.register_task(new_task("T-ctx", session_context=REVIEW["SessionContext"]))
     by_id, _ = await store.register_task(new_task(REVIEW["TaskId"]))

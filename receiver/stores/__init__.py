@@ -27,7 +27,7 @@ async def open_store(settings: StoreSettings) -> Store:
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
-    if settings.url.startswith(("postgresql://", "postgres://")):
+    if settings.postgres:
         from receiver.stores.postgres import PostgresStore
 
         return await PostgresStore.open(settings.url, max_size=settings.pool_size)
