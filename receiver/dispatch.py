@@ -32,8 +32,9 @@ from receiver.events import Event
 from receiver.group_commit import GroupCommit
 from receiver.lanes import Lane
 from receiver.ports import Delivery, DeliveryState, Outbox, Recorded, Settlement, Sink
-from receiver.recent import RecentEvents
+from receiver.recent import Handoff, RecentEvents, record_of
 from receiver.retries import CircuitBreaker, SinkPolicy, rescheduled, settle
+from receiver.tasks import outbox_key
 from receiver.throttle import TokenBucket
 from receiver.tracing import Tracing
 
@@ -91,6 +92,7 @@ class Dispatcher:
         self._rng = rng
         self._settler: GroupCommit[Settlement, None] = GroupCommit(self._settle_batch, max_batch=512)
         self._recent = RecentEvents()
+        self._handoffs = 0  # batches handed over so far (a lane syncs only if none came meanwhile)
         self._stopping = False
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -144,10 +146,94 @@ class Dispatcher:
             lane.wake.set()
 
     def committed(self, events: Sequence[Event], recorded: Sequence[Recorded]) -> None:
-        """Ingest in this process committed these: keep them to send, and look now."""
-        if self._lanes:  # (no sink: nothing will ever be sent)
+        """Ingest in this process committed these: a lane that knows all its pending deliveries
+        sends theirs now, from memory; the others keep the events for their next claim to read."""
+        if not self._lanes:  # (no sink: nothing will ever be sent)
+            return
+        self._handoffs += 1
+        epoch: int | None = None
+        claiming = False
+        for lane in self._lanes.values():
+            if lane.handoff is not None:
+                if epoch is None:
+                    epoch = self._store.handoff_epoch()
+                self._hand(lane, events, recorded, epoch)
+            if lane.handoff is None:
+                claiming = True
+                lane.wake.set()
+        if claiming:  # (a lane that falls back later reads what it missed from the store)
             self._recent.add(events, recorded)
-            self.wake()
+
+    def _hand(
+        self, lane: Lane, events: Sequence[Event], recorded: Sequence[Recorded], epoch: int | None
+    ) -> None:
+        """Give the lane its deliveries of a commit and start what can start; or, if it can no
+        longer know all it has pending, drop what it holds (the store has it) and claim again."""
+        handoff = lane.handoff
+        assert handoff is not None
+        if epoch != handoff.epoch:
+            return self._claim_again(lane, "another writer")
+        if not lane.may_hand_off:
+            return self._claim_again(lane, "sink not open")
+        name = lane.sink.name
+        for e, r in zip(events, recorded, strict=True):
+            if name not in r.sinks:
+                continue
+            if r.task is None or not r.outbox:  # an orphan's record is the store's to give
+                return self._claim_again(lane, "orphan")
+            delivery = Delivery(
+                id=r.outbox[r.sinks.index(name)],
+                sink=name,
+                task_key=outbox_key(e),
+                attempts=0,
+                event=record_of(e, r),
+            )
+            if not handoff.add(delivery):
+                return self._claim_again(lane, "too many held")
+        self._start_handed(lane)
+
+    def _start_handed(self, lane: Lane) -> None:
+        """Start a line for each task key with deliveries handed over and none in flight."""
+        handoff = lane.handoff
+        if handoff is None or self._stopping:
+            return
+        for key in handoff.ready(lane.busy):
+            if lane.free() <= 0:
+                return
+            line = handoff.take(key, lane.per_key)
+            lane.held += len(line)
+            lane.busy[key] = asyncio.create_task(self._deliver_line(lane, key, line))
+
+    def _claim_again(self, lane: Lane, why: str) -> None:
+        """Back to claims: the deliveries held in memory are pending in the store, claimed in order
+        after the lines in flight (their keys stay busy until settled)."""
+        if lane.handoff is not None:
+            lane.handoff = None
+            lane.counts["handoffs_dropped"] += 1
+            log.debug("dispatcher claims again", sink=lane.sink.name, why=why)
+        lane.wake.set()
+
+    async def _sync(self, lane: Lane) -> None:
+        """Start sending from memory if this process knows every pending delivery of the lane:
+        nothing in flight, none pending in the store, and nothing written meanwhile (no batch
+        handed over, the store's epoch where it was)."""
+        epoch = self._store.handoff_epoch()
+        handoffs = self._handoffs
+        if epoch is None or not handoffs or lane.busy or not lane.may_hand_off:
+            return  # (no commit handed over yet: this process may not ingest at all)
+        try:
+            pending = await self._store.has_pending(lane.sink.name)
+        except StoreUnavailableError:
+            return
+        if (
+            not pending
+            and not lane.busy
+            and lane.may_hand_off
+            and handoffs == self._handoffs
+            and epoch == self._store.handoff_epoch()
+            and not self._stopping
+        ):
+            lane.handoff = Handoff(epoch)
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self._stopping = True
@@ -194,6 +280,7 @@ class Dispatcher:
                 "breaker": lane.breaker.state,
                 "disabled": lane.disabled,
                 "in_flight": len(lane.busy),
+                "from_memory": lane.handoff is not None,
                 **lane.counts,
             }
             for name, lane in self._lanes.items()
@@ -218,6 +305,9 @@ class Dispatcher:
     async def _run(self, lane: Lane) -> None:
         last_claim = -math.inf
         while not self._stopping:
+            if lane.handoff is not None:
+                await self._watch_handed(lane)
+                continue
             # Wakes come with every commit and every settled line: claim at most every CLAIM_GAP,
             # so that one claim takes what several commits brought.
             gap = last_claim + CLAIM_GAP - time.monotonic()
@@ -256,12 +346,36 @@ class Dispatcher:
                 return
             if claimed and claimed == limit and lane.free() > 0:
                 continue  # the store may have more right away (it gave all that was asked)
+            if not claimed and not lane.busy:
+                await self._sync(lane)
+                if lane.handoff is not None:
+                    continue
             timeout = self._poll
             if lane.bucket is not None and free <= 0:  # back when the rate limit lets one through
                 timeout = min(timeout, max(0.001, lane.bucket.wait_for(1, time.monotonic())))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await lane.wake.wait()
+
+    async def _watch_handed(self, lane: Lane) -> None:
+        """While a lane sends from memory: wait; and when it is idle, make sure the store agrees
+        it has nothing pending (another process's rows are seen here when this one writes nothing)."""
+        lane.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._poll):
+                await lane.wake.wait()
+        handoff = lane.handoff
+        if handoff is None or self._stopping:
+            return
+        if self._store.handoff_epoch() != handoff.epoch or not lane.may_hand_off:
+            self._claim_again(lane, "another writer" if lane.may_hand_off else "sink not open")
+        elif not lane.busy and not handoff.size:
+            try:
+                pending = await self._store.has_pending(lane.sink.name)
+            except StoreUnavailableError:
+                return
+            if pending and not lane.busy and lane.handoff is handoff and not handoff.size:
+                self._claim_again(lane, "pending in the store")
 
     async def _deliver_line(self, lane: Lane, key: str, line: Sequence[Delivery]) -> None:
         """One task's deliveries, in order, one at a time (or a batch at a time); settled together at
@@ -305,14 +419,21 @@ class Dispatcher:
                 if not tried or any(o.state == DeliveryState.PENDING for _, _, o in tried):
                     break
         finally:
+            # Sent from memory, a line must end with nothing of it left pending in the store.
+            left = len(outcomes) < len(line) or any(o.state == DeliveryState.PENDING for o in outcomes)
             try:
                 await self._settler.submit_many(outcomes)
             except StoreUnavailableError:
-                pass  # not settled: still pending in the store, so they go out again (at least once)
+                left = True  # not settled: still pending in the store, so they go out again (at least once)
             finally:
                 lane.busy.pop(key, None)
                 lane.held -= len(line)
-                lane.wake.set()
+                if lane.handoff is None:
+                    lane.wake.set()  # the runner claims what waited behind this line
+                elif left:
+                    self._claim_again(lane, "left pending")
+                else:
+                    self._start_handed(lane)
         if gone is not None:
             try:
                 with contextlib.suppress(StoreUnavailableError):

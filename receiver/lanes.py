@@ -20,6 +20,7 @@ from receiver.batches import Batcher
 from receiver.documents import event_document
 from receiver.errors import SinkError, SinkGoneError, UndeliverableError
 from receiver.ports import SNIPPET_CHARS, Batch, BatchSink, Delivery, Receipt, Settlement, Sink
+from receiver.recent import Handoff
 from receiver.retries import CircuitBreaker, Heard, SinkPolicy, rescheduled, settle, settle_batch
 from receiver.throttle import TokenBucket
 from receiver.tracing import Tracing
@@ -50,6 +51,7 @@ class Lane:
     bucket: TokenBucket | None = None  # its rate limit
     batcher: Batcher[tuple[SinkError | None, Settlement]] | None = None  # max_batch above 1
     held: int = 0  # deliveries claimed and not yet settled
+    handoff: Handoff | None = None  # while set, its deliveries are sent from memory, not claimed
     spliced: bool = False  # the sink takes the payload as stored JSON (documents.splices)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
@@ -78,6 +80,18 @@ class Lane:
         if self.bucket is not None:
             free = min(free, math.floor(self.bucket.available(time.monotonic())))
         return free
+
+    @property
+    def may_hand_off(self) -> bool:
+        """Whether its deliveries may be sent as handed over: one at a time per task, no batches,
+        no rate limit, switched on, the breaker closed (anything else is the claims' to judge)."""
+        return (
+            self.batcher is None
+            and self.bucket is None
+            and self.disabled is None
+            and self.breaker.opened_at is None
+            and not self.breaker.trial
+        )
 
     def dead(self, delivery: Delivery, error: SinkError | None) -> None:
         self.counts["dead"] += 1

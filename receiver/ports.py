@@ -218,6 +218,18 @@ class Outbox(Protocol):
         ``known`` gives the events the caller holds already, by seq (None: read it from the store)."""
         ...
 
+    def handoff_epoch(self) -> int | None:
+        """A number that moves on whenever a delivery may be pending that this process's ingest
+        did not hand to its dispatcher (``Recorded.outbox``): another process wrote the store, or a
+        delivery was made pending otherwise (redrive, receiver's own events, an adopted orphan).
+        While it stands, the dispatcher may send from memory what it is handed. None: the store
+        cannot tell, and every delivery is claimed."""
+        ...
+
+    async def has_pending(self, sink: str) -> bool:
+        """Whether the sink has a pending delivery, due or not."""
+        ...
+
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None: ...
 
     async def redrive(

@@ -306,6 +306,15 @@ class Recorded:
     task: Task | None  # the task it matched, as it is after the event; None for an orphan
     matched_by: MatchedBy | None
     late: bool  # arrived after its task had ended
+    sinks: tuple[str, ...] = ()  # a new event's routed sinks, one outbox row each
+    # Those rows' ids, in ``sinks``' order, when the store tells them (then the dispatcher may send
+    # them from memory); () when it does not.
+    outbox: tuple[int, ...] = ()
+
+
+def outbox_key(event: Event) -> str:
+    """The line an event's deliveries wait in: one task's deliveries go out one at a time, in order."""
+    return event.task_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,8 +349,11 @@ class Step:
     late: bool
     sinks: tuple[str, ...] = ()  # new events only: the sinks whose filters match
 
-    def recorded(self, seq: int) -> Recorded:
-        return Recorded(self.event.event_id, seq, self.duplicate, self.task, self.matched_by, self.late)
+    def recorded(self, seq: int, outbox: tuple[int, ...] = ()) -> Recorded:
+        e = self.event
+        return Recorded(
+            e.event_id, seq, self.duplicate, self.task, self.matched_by, self.late, self.sinks, outbox
+        )
 
 
 @dataclass(slots=True)
@@ -353,9 +365,21 @@ class Plan:
     def new(self) -> list[Step]:
         return [s for s in self.steps if not s.duplicate]
 
-    def recorded(self, seqs: Mapping[str, int]) -> list[Recorded]:
-        """The answer for each event, once the store knows the seq of every event id."""
-        return [s.recorded(seqs[s.event.event_id]) for s in self.steps]
+    def recorded(self, seqs: Mapping[str, int], outbox_from: int | None = None) -> list[Recorded]:
+        """The answer for each event, once the store knows the seq of every event id; with
+        ``outbox_from``, the id of the batch's first outbox row, when the store wrote them with
+        consecutive ids in the plan's order (new steps, each one's sinks in order)."""
+        if outbox_from is None:
+            return [s.recorded(seqs[s.event.event_id]) for s in self.steps]
+        answers = []
+        next_id = outbox_from
+        for s in self.steps:
+            ids: tuple[int, ...] = ()
+            if s.sinks and not s.duplicate:
+                ids = tuple(range(next_id, next_id + len(s.sinks)))
+                next_id += len(s.sinks)
+            answers.append(s.recorded(seqs[s.event.event_id], ids))
+        return answers
 
 
 Route = Callable[[Event, Task | None], Sequence[str]]

@@ -161,6 +161,12 @@ class MemoryOutbox:
             for r in line
         ]
 
+    def handoff_epoch(self) -> int | None:
+        return None  # its rows are added by hand, never handed over by an ingest: all are claimed
+
+    async def has_pending(self, sink: str) -> bool:
+        return any(row.sink == sink and row.state == DeliveryState.PENDING for row in self.rows)
+
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
         by_id = {row.id: row for row in self.rows}
         for s in settlements:

@@ -27,7 +27,7 @@ from receiver.ports import (
     Router,
     SinkStats,
 )
-from receiver.tasks import MatchedBy, Step, Task
+from receiver.tasks import MatchedBy, Step, Task, outbox_key
 
 # Findings as stored: the same JSON as orjson's, in about half the time (msgspec knows dataclasses).
 encode_findings: Final = msgspec.json.Encoder().encode
@@ -89,6 +89,7 @@ CLAIM_LINE: Final = (
     f"SELECT {LINE_COLUMNS} FROM deliveries d WHERE d.sink = ? AND d.task_key = ?"
     " AND d.state = 'pending' AND d.id >= ? ORDER BY d.id LIMIT ?"
 )
+HAS_PENDING: Final = "SELECT 1 FROM deliveries WHERE sink = ? AND state = 'pending' LIMIT 1"
 EVENTS_BY_SEQ: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({{marks}})"
 
 # What a claim is given to read events from before the store: the dispatcher's recent events.
@@ -163,7 +164,9 @@ def stored_event(r: EventRecord) -> Event:
 
 def routed_again(record: EventRecord, task: Task, route: Router, now: float) -> list[tuple[Any, ...]]:
     """The ``ROUTE_AGAIN`` rows for one adopted event."""
-    return [(sink, record.seq, record.task_id, now, now, now) for sink in route(stored_event(record), task)]
+    event = stored_event(record)
+    key = outbox_key(event)
+    return [(sink, record.seq, key, now, now, now) for sink in route(event, task)]
 
 
 def delivery_filter(q: DeliveryQuery) -> tuple[str, list[Any]]:

@@ -218,6 +218,16 @@ class SqliteStore(SqliteReadModel):
 
         return await self._read_safely(run)
 
+    def handoff_epoch(self) -> int | None:
+        return None if self._writer_side is None else self._writer_side.handoff_epoch
+
+    async def has_pending(self, sink: str) -> bool:
+        def run() -> bool:
+            assert self._rcon is not None
+            return self._rcon.execute(rows.HAS_PENDING, (sink,)).fetchone() is not None
+
+        return await self._read_safely(run)
+
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
         """Committed with the ingest transaction running or waiting, if there is one; else at once."""
         await self._riders.submit(settlements)

@@ -32,7 +32,7 @@ from receiver.stores.sqlite_rows import (
     task_update,
 )
 from receiver.stores.task_rows import TASK_COLUMNS, task_from_row
-from receiver.tasks import MatchedBy, Task
+from receiver.tasks import MatchedBy, Task, outbox_key
 
 R = TypeVar("R")
 
@@ -44,6 +44,10 @@ class SqliteWriter:
         self.con = con
         self._lock = lock or contextlib.nullcontext()  # the file's WriteLock: taken around each transaction
         self._data_version = -1
+        # Moves on whenever pending deliveries may exist that ingest here did not hand to this
+        # process's dispatcher: another connection wrote the file, or a delivery was made pending
+        # some other way (``outbox_changed``). The dispatcher sends from memory only while it stands.
+        self.handoff_epoch = 0
         # Committed state: task by our id; our id (or None: no such task) by TaskId and by context.
         self._tasks: dict[str, Task] = {}
         self._by_task_id: dict[str, str | None] = {}
@@ -77,6 +81,7 @@ class SqliteWriter:
         if version != self._data_version:  # someone else wrote: what we cached may be stale
             self._forget()
             self._data_version = version
+            self.handoff_epoch += 1
         try:
             result = body()
             if self._staged:
@@ -92,6 +97,11 @@ class SqliteWriter:
             raise
         self._publish()
         return result
+
+    def outbox_changed(self) -> None:
+        """A delivery was made pending other than by ``record`` (redrive, receiver's own events, an
+        adopted orphan routed again): the dispatcher must claim to find it, in its task's order."""
+        self.handoff_epoch += 1
 
     def _write_staged(self) -> None:
         """Each changed task, as one of two statements: most events change only counts and times."""
@@ -186,10 +196,15 @@ class SqliteWriter:
         plan = tasks.plan(events, self._known(events), route)
         seqs = {eid: row.seq for eid, row in self._stored_now.items()}
         new = plan.new
+        outbox_from: int | None = None
         if new:
-            (last,) = self.con.execute(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)"
+            # AUTOINCREMENT under the write lock: each table's next ids follow its sequence, in the
+            # order inserted (the dispatcher is told the outbox ids, and sends from memory).
+            last, last_delivery = self.con.execute(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+                " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)"
             ).fetchone()
+            outbox_from = last_delivery + 1
             rows: list[tuple[Any, ...]] = []
             deliveries: list[tuple[Any, ...]] = []
             searched: list[tuple[Any, ...]] = []
@@ -201,8 +216,9 @@ class SqliteWriter:
                     found := reads.search_row(seq, e.notification_type, e.received_at, e.findings)
                 ) is not None:
                     searched.append(found)
+                key = outbox_key(e)
                 deliveries.extend(
-                    (sink, seq, e.task_id, e.received_at, e.received_at, e.received_at) for sink in step.sinks
+                    (sink, seq, key, e.received_at, e.received_at, e.received_at) for sink in step.sinks
                 )
             self.con.executemany(INSERT_EVENT, rows)
             self.con.executemany(reads.SEARCH_INSERT, searched)
@@ -219,7 +235,7 @@ class SqliteWriter:
                 repeats,
             )
         self._staged.update(plan.tasks)
-        return plan.recorded(seqs)
+        return plan.recorded(seqs, outbox_from)
 
     def _known(self, events: Sequence[Event]) -> tasks.Known:
         """Every task the batch's events may match, and which of its ids are stored already."""
@@ -368,5 +384,6 @@ class SqliteWriter:
                 self.con.executemany(
                     rows.ROUTE_AGAIN, rows.routed_again(rows.event_record(row), a.task, route, now)
                 )
+                self.outbox_changed()
         self._staged[task.id] = task
         return task, len(adopted)

@@ -36,6 +36,8 @@ def redrive_chunk(
             " last_error = NULL, updated_at = ?, batch_id = NULL, batch_size = NULL WHERE id = ?",
             [(now, now, i) for i in ids],
         )
+        if ids:
+            w.outbox_changed()
         return len(ids), (ids[-1] if ids else after)
 
     return w.transaction(run)
@@ -79,6 +81,7 @@ def record_own_event(
         w.con.executemany(
             rows.OWN_DELIVERY_INSERT, [(sink, row[0], event.task_key, at, at, at) for sink in sinks]
         )
+        w.outbox_changed()
         if op_id is not None:
             w.con.execute(rows.OPERATOR_EVENT_LINK, (row[0], op_id))
         return True

@@ -18,7 +18,7 @@ from receiver.stores.postgres.connection import UPDATE_TASKS, PostgresConnection
 from receiver.stores.postgres.outbox import settle
 from receiver.stores.rows import encode_findings
 from receiver.stores.task_rows import TASK_COLUMNS, task_from_row
-from receiver.tasks import MatchedBy
+from receiver.tasks import MatchedBy, outbox_key
 
 # A batch's new events, in the batch's order (their seqs follow it), in one statement.
 _INSERT_EVENTS = (
@@ -142,7 +142,7 @@ class PostgresEventLog(PostgresConnection):
                 if len(inserted) != len(new):  # not reached: the locks above keep other writers out
                     raise StoreUnavailableError("postgres: an event of the batch was stored meanwhile")
             deliveries = [
-                (sink, seqs[step.event.event_id], step.event.task_id, step.event.received_at)
+                (sink, seqs[step.event.event_id], outbox_key(step.event), step.event.received_at)
                 for step in new
                 for sink in step.sinks
             ]

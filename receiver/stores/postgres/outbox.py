@@ -115,6 +115,12 @@ class PostgresOutbox(PostgresConnection):
 
         return await self._run(body)
 
+    def handoff_epoch(self) -> int | None:
+        return None  # other dispatchers and writers cannot be seen: every delivery is claimed
+
+    async def has_pending(self, sink: str) -> bool:
+        return await self._run(lambda con: con.fetchval(pg(rows.HAS_PENDING), sink), write=False) is not None
+
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
         """Committed with an ingest transaction of this process running or waiting, if there is
         one (one commit instead of two); else at once."""

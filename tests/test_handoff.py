@@ -1,0 +1,215 @@
+"""Deliveries sent from memory: ingest here hands the dispatcher each commit's outbox rows, and a
+lane that knows every pending delivery of its sink sends them with no claim. Real SQLite files;
+a second store on the same file stands for another process writing it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.dispatch import Dispatcher
+from receiver.errors import SinkError
+from receiver.events import Event
+from receiver.ports import Delivery, DeliveryQuery, DeliveryState, OwnEvent, Recorded
+from receiver.recent import Handoff
+from receiver.retries import SinkPolicy
+from receiver.stores.sqlite import SqliteStore
+from receiver.tasks import Task
+from tests.builders import event, new_task
+from tests.fakes import ScriptedSink
+from tests.payloads import REVIEW
+from tests.waiting import eventually
+
+# A retry waits long enough for the test to commit more of the task meanwhile.
+POLICY = SinkPolicy(retry_schedule=(0.3, 0.3, 0.3), jitter=0.0, breaker_threshold=1000)
+SINKS = ("s",)
+
+
+def route(e: Event, task: Task | None) -> Sequence[str]:
+    return SINKS
+
+
+def events_of(task_id: str, *sessions: str) -> list[Event]:
+    return [event(REVIEW, TaskId=task_id, SessionId=s) for s in sessions]
+
+
+class Claims:
+    """Counts the claims a store is asked for (and makes them, as the store would)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.n = 0
+        real = store.claim_deliveries
+
+        async def claim(sink: str, **kw: Any) -> list[Delivery]:
+            self.n += 1
+            return await real(sink, **kw)
+
+        store.claim_deliveries = claim  # type: ignore[method-assign]
+
+
+class Rig:
+    def __init__(self, store: SqliteStore, sink: ScriptedSink, dispatcher: Dispatcher) -> None:
+        self.store, self.sink, self.dispatcher = store, sink, dispatcher
+        self.claims = Claims(store)
+
+    @property
+    def from_memory(self) -> bool:
+        return bool(self.dispatcher.status()["s"]["from_memory"])
+
+    async def ingest(self, events: list[Event], store: SqliteStore | None = None) -> list[Recorded]:
+        """Commit through ``store`` (another process's, when given: nothing is handed over)."""
+        recorded = await (store or self.store).record_events(events, route)
+        if store is None:
+            self.dispatcher.committed(events, recorded)
+        return recorded
+
+    async def warm(self) -> None:
+        """Ingest one event, and wait until the lane is idle and sends from memory (a dispatcher
+        is not handed anything before its process ingests)."""
+        await self.ingest(events_of("T0", "warm"))
+        await eventually(lambda: self.from_memory, within=5)
+        self.sink.received.clear()
+        self.sink.attempts.clear()
+
+    async def states(self) -> list[str]:
+        """Each delivery's state, the warm-up's left out."""
+        page = await self.store.list_deliveries(DeliveryQuery(limit=1000))
+        return [d.state for d in page.items if d.task_id != "T0"]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    store = await SqliteStore.open(tmp_path / "r.db")
+    for task_id in ("T0", "T1", "T2"):
+        await store.register_task(new_task(task_id))
+    sink = ScriptedSink("s", {"a2": [SinkError("once")]})
+    dispatcher = Dispatcher(store, [(sink, POLICY)], poll_interval=0.02)
+    rig = Rig(store, sink, dispatcher)
+    await dispatcher.start()
+    yield rig
+    await dispatcher.stop(drain_seconds=1)
+    await store.aclose()
+
+
+async def test_the_outbox_ids_ingest_is_told_are_the_rows_it_wrote(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "r.db")
+    try:
+        await store.register_task(new_task("T1"))
+        two = ("x", "y")
+        first = await store.record_events(events_of("T1", "1", "2"), lambda e, t: two)
+        again = events_of("T1", "2", "3")  # a repeat gets no rows; the new one follows on
+        second = await store.record_events(again, lambda e, t: two)
+        with sqlite3.connect(tmp_path / "r.db") as con:
+            rows = {
+                (sink, seq): i for i, sink, seq in con.execute("SELECT id, sink, event_seq FROM deliveries")
+            }
+        told = {
+            (sink, r.seq): i for r in [*first, *second] for sink, i in zip(r.sinks, r.outbox, strict=True)
+        }
+        assert told == rows
+        assert len(rows) == 6
+        assert [r.outbox for r in second] == [(), (5, 6)]
+    finally:
+        await store.aclose()
+
+
+async def test_a_lane_that_knows_every_pending_delivery_sends_from_memory_with_no_claim(rig: Rig) -> None:
+    await rig.warm()
+    claims = rig.claims.n
+    await rig.ingest([*events_of("T1", "b1", "b2"), *events_of("T2", "c1")])
+    await rig.ingest([*events_of("T2", "c2"), *events_of("T1", "b3")])
+    await eventually(lambda: len(rig.sink.received) == 5, within=5)
+    assert rig.claims.n == claims  # nothing was claimed: all came from memory
+    assert [s for s in rig.sink.received if s.startswith("b")] == ["b1", "b2", "b3"]
+    assert [s for s in rig.sink.received if s.startswith("c")] == ["c1", "c2"]
+    await eventually(lambda: rig.dispatcher.status()["s"]["in_flight"] == 0, within=5)
+    assert await rig.states() == [DeliveryState.DELIVERED] * 5
+    assert rig.from_memory
+
+
+async def test_a_retry_goes_back_to_claims_and_the_task_keeps_its_order(rig: Rig) -> None:
+    await rig.warm()
+    await rig.ingest(events_of("T1", "a1", "a2", "a3"))  # a2 fails once, and waits 0.3 s
+    await eventually(lambda: rig.sink.attempts == ["a1", "a2"], within=5)
+    await eventually(lambda: rig.dispatcher.status()["s"]["in_flight"] == 0, within=5)
+    await rig.ingest(events_of("T1", "a4"))  # while a2 waits: it must not go first
+    await eventually(lambda: len(rig.sink.received) == 4, within=5)
+    assert rig.sink.attempts == ["a1", "a2", "a2", "a3", "a4"]
+    assert rig.dispatcher.status()["s"]["handoffs_dropped"] >= 1
+    assert await rig.states() == [DeliveryState.DELIVERED] * 4
+    await eventually(lambda: rig.from_memory, within=5)  # idle and nothing pending: memory again
+
+
+async def test_another_writer_sends_the_lane_to_claims_and_nothing_is_lost_or_sent_twice(
+    rig: Rig, tmp_path: Path
+) -> None:
+    other = await SqliteStore.open(tmp_path / "r.db")
+    try:
+        await rig.warm()
+        await rig.ingest(events_of("T1", "b1"))
+        await rig.ingest(events_of("T1", "b2", "b3"), store=other)  # not handed over
+        await rig.ingest(events_of("T1", "b4"))  # our writer sees the other's commit first
+        await eventually(lambda: len(rig.sink.received) == 4, within=5)
+        assert rig.sink.received == ["b1", "b2", "b3", "b4"]
+        assert rig.dispatcher.status()["s"]["handoffs_dropped"] >= 1
+        assert await rig.states() == [DeliveryState.DELIVERED] * 4
+    finally:
+        await other.aclose()
+
+
+async def test_rows_another_writer_adds_while_this_process_writes_nothing_are_found(
+    rig: Rig, tmp_path: Path
+) -> None:
+    other = await SqliteStore.open(tmp_path / "r.db")
+    try:
+        await rig.warm()
+        await rig.ingest(events_of("T2", "c1", "c2"), store=other)
+        await eventually(lambda: rig.sink.received == ["c1", "c2"], within=5)
+    finally:
+        await other.aclose()
+
+
+async def test_whatever_makes_a_delivery_pending_but_ingest_here_moves_the_epoch(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "r.db")
+
+    async def moves(action: Awaitable[object]) -> bool:
+        before = store.handoff_epoch()
+        await action
+        return store.handoff_epoch() != before
+
+    try:
+        await store.register_task(task := new_task("T1"))
+        await store.record_events(events_of("T1", "1"), route)
+        assert not await moves(store.record_events(events_of("T1", "2"), route))  # handed over here
+        assert await moves(store.redrive(DeliveryQuery(sink="s"), now=1.0))
+        assert not await moves(store.redrive(DeliveryQuery(sink="nobody"), now=1.0))  # nothing pending anew
+        assert not await moves(store.record_events(events_of("T9", "orphan"), route))
+        assert await moves(store.register_task(new_task("T9"), route))  # its orphan adopted, routed again
+        digest = OwnEvent(f"receiver:digest:{task.id}", "TaskDigest", "T1", task.id, "T1", 2.0, {"n": 2})
+        assert await moves(store.record_own_event(digest, ["s"]))
+        other = await SqliteStore.open(tmp_path / "r.db")
+        try:
+            await other.record_events(events_of("T1", "3"), route)
+        finally:
+            await other.aclose()
+        assert await moves(store.record_events(events_of("T1", "4"), route))  # the other's commit seen
+    finally:
+        await store.aclose()
+
+
+def test_a_handoff_keeps_each_key_in_order_and_refuses_past_its_limit() -> None:
+    handoff = Handoff(epoch=3, limit=3)
+    made = [
+        Delivery(id=i, sink="s", task_key=k, attempts=0, event=None)
+        for i, k in [(1, "a"), (2, "b"), (3, "a")]
+    ]  # type: ignore[arg-type]
+    assert all(handoff.add(d) for d in made)
+    assert not handoff.add(Delivery(id=4, sink="s", task_key="c", attempts=0, event=None))  # type: ignore[arg-type]
+    assert handoff.ready(busy={"b"}) == ["a"]
+    assert [d.id for d in handoff.take("a", 5)] == [1, 3]
+    assert handoff.ready(busy=()) == ["b"]
+    assert handoff.size == 1
