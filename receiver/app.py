@@ -159,7 +159,10 @@ async def dispatcher_ctx(w: Wiring, app: web.Application) -> AsyncIterator[None]
 
     async def begin() -> Dispatcher:
         sinks: dict[str, Sink] = app[SINKS]
-        dispatcher = build_dispatcher(settings, app[STORE], sinks, w.clock, w.metrics, notices, w.tracing)
+        handed = w.role == "serve"  # ingest here tells it each commit (``ingestor_ctx``)
+        dispatcher = build_dispatcher(
+            settings, app[STORE], sinks, w.clock, w.metrics, notices, w.tracing, handed=handed
+        )
         await dispatcher.start()
         if w.bell is not None:
             w.bell.listen(dispatcher.wake)  # the other workers' commits

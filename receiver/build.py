@@ -139,9 +139,10 @@ def build_dispatcher(
     metrics: Metrics | None = None,
     notices: Notices | None = None,
     tracing: Tracing | None = None,
+    handed: bool = False,
 ) -> Dispatcher:
     """The dispatcher of ``sinks`` (``build_sinks``), each with its configured policy. It does not
-    close them: whoever built them does."""
+    close them: whoever built them does. ``handed``: ingest here tells it each commit."""
     if metrics is not None:
         for s in settings.sinks:
             metrics.set_rate_limit(s.name, s.rate_limit)
@@ -154,6 +155,7 @@ def build_dispatcher(
         observe_held=metrics.observe_held if metrics else None,
         alert=notices.alert if notices else None,
         tracing=tracing,
+        handed=handed,
     )
 
 

@@ -57,8 +57,12 @@ class Dispatcher:
         observe_held: Callable[[str, int], None] | None = None,
         alert: Callable[[str, str, dict[str, object]], None] | None = None,
         tracing: Tracing | None = None,
+        handed: bool = False,
     ) -> None:
+        """``handed``: ingest in this process hands the dispatcher what it commits (``committed``),
+        so a lane may send from memory."""
         self._store = store
+        self._handed = handed
         rng = rng or random.Random()
         self._lanes = {
             sink.name: Lane(
@@ -219,8 +223,8 @@ class Dispatcher:
         handed over, the store's epoch where it was)."""
         epoch = self._store.handoff_epoch()
         handoffs = self._handoffs
-        if epoch is None or not handoffs or lane.busy or not lane.may_hand_off:
-            return  # (no commit handed over yet: this process may not ingest at all)
+        if epoch is None or not self._handed or lane.busy or not lane.may_hand_off:
+            return
         try:
             pending = await self._store.has_pending(lane.sink.name)
         except StoreUnavailableError:

@@ -4,6 +4,7 @@ a second store on the same file stands for another process writing it."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
@@ -64,6 +65,10 @@ class Rig:
         return n
 
     @property
+    def idle(self) -> bool:
+        return self.dispatcher.status()["s"]["in_flight"] == 0
+
+    @property
     def from_memory(self) -> bool:
         return bool(self.dispatcher.status()["s"]["from_memory"])
 
@@ -78,7 +83,7 @@ class Rig:
         """Ingest one event, and wait until the lane is idle and sends from memory (a dispatcher
         is not handed anything before its process ingests)."""
         await self.ingest(events_of("T0", "warm"))
-        await eventually(lambda: self.from_memory, within=5)
+        await eventually(lambda: self.from_memory and self.sink.received == ["warm"] and self.idle, within=5)
         self.sink.received.clear()
         self.sink.attempts.clear()
 
@@ -94,7 +99,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     for task_id in ("T0", "T1", "T2"):
         await store.register_task(new_task(task_id))
     sink = ScriptedSink("s", {"a2": [SinkError("once")]})
-    dispatcher = Dispatcher(store, [(sink, POLICY)], poll_interval=0.02)
+    dispatcher = Dispatcher(store, [(sink, POLICY)], poll_interval=0.5, handed=True)  # idle checks seldom
     rig = Rig(store, sink, dispatcher)
     await dispatcher.start()
     yield rig
@@ -133,7 +138,7 @@ async def test_a_lane_that_knows_every_pending_delivery_sends_from_memory_with_n
     assert rig.claims.n == claims  # nothing was claimed: all came from memory
     assert [s for s in rig.sink.received if s.startswith("b")] == ["b1", "b2", "b3"]
     assert [s for s in rig.sink.received if s.startswith("c")] == ["c1", "c2"]
-    await eventually(lambda: rig.dispatcher.status()["s"]["in_flight"] == 0, within=5)
+    await eventually(lambda: rig.idle, within=5)
     assert await rig.states() == [DeliveryState.DELIVERED] * 5
     assert rig.from_memory
 
@@ -142,7 +147,7 @@ async def test_a_retry_goes_back_to_claims_and_the_task_keeps_its_order(rig: Rig
     await rig.warm()
     await rig.ingest(events_of("T1", "a1", "a2", "a3"))  # a2 fails once, and waits 0.3 s
     await eventually(lambda: rig.sink.attempts == ["a1", "a2"], within=5)
-    await eventually(lambda: rig.dispatcher.status()["s"]["in_flight"] == 0, within=5)
+    await eventually(lambda: rig.idle, within=5)
     await rig.ingest(events_of("T1", "a4"))  # while a2 waits: it must not go first
     await eventually(lambda: len(rig.sink.received) == 4, within=5)
     assert rig.sink.attempts == ["a1", "a2", "a2", "a3", "a4"]
@@ -217,3 +222,19 @@ def test_a_handoff_keeps_each_key_in_order_and_refuses_past_its_limit() -> None:
     assert [d.id for d in handoff.take("a", 5)] == [1, 3]
     assert handoff.ready(busy=()) == ["b"]
     assert handoff.size == 1
+
+
+async def test_a_dispatcher_its_process_does_not_hand_commits_to_always_claims(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "r.db")
+    sink = ScriptedSink("s")
+    dispatcher = Dispatcher(store, [(sink, POLICY)], poll_interval=0.02)  # as in `receiver dispatch`
+    await dispatcher.start()
+    try:
+        await store.register_task(new_task("T1"))
+        await store.record_events(events_of("T1", "1", "2"), route)
+        await eventually(lambda: sink.received == ["1", "2"], within=5)
+        await asyncio.sleep(0.2)  # idle polls, nothing pending
+        assert dispatcher.status()["s"]["from_memory"] is False
+    finally:
+        await dispatcher.stop(drain_seconds=1)
+        await store.aclose()
