@@ -75,8 +75,10 @@ class Handoff:
     short): the dispatcher then drops it and claims from the store, the truth, as before. Within a
     task key the deliveries are kept in the order committed, which is the order of their ids."""
 
-    def __init__(self, epoch: int, limit: int = 4096) -> None:
+    def __init__(self, epoch: int, limit: int = 1024) -> None:
         self.epoch = epoch
+        # A sink this far behind is claimed from the store, in lines (as a backlog is best sent);
+        # held here, each would keep its event's body and findings alive.
         self.limit = limit
         self.size = 0
         self._lines: dict[str, deque[Delivery]] = {}  # task key -> its deliveries not yet sent
