@@ -88,7 +88,8 @@ class Rig:
         self.sink.attempts.clear()
 
     async def states(self) -> list[str]:
-        """Each delivery's state, the warm-up's left out."""
+        """Each delivery's state once nothing is in flight (settled), the warm-up's left out."""
+        await eventually(lambda: self.idle, within=5)
         page = await self.store.list_deliveries(DeliveryQuery(limit=1000))
         return [d.state for d in page.items if d.task_id != "T0"]
 
