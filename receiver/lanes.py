@@ -83,11 +83,11 @@ class Lane:
 
     @property
     def may_hand_off(self) -> bool:
-        """Whether its deliveries may be sent as handed over: no rate limit, switched on, the
-        breaker closed (anything else is the claims' to judge). Batches may: a batch that fails
-        leaves its members pending, and its retry, whole, is claimed."""
+        """Whether its deliveries may be sent as handed over: one at a time per task, no batches,
+        no rate limit, switched on, the breaker closed (anything else is the claims' to judge)."""
         return (
-            self.bucket is None
+            self.batcher is None
+            and self.bucket is None
             and self.disabled is None
             and self.breaker.opened_at is None
             and not self.breaker.trial

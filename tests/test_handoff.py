@@ -18,7 +18,6 @@ from receiver.events import Event
 from receiver.ports import Delivery, DeliveryQuery, DeliveryState, OwnEvent, Recorded
 from receiver.recent import Handoff
 from receiver.retries import SinkPolicy
-from receiver.sinks.memory import MemorySink
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task
 from tests.builders import event, new_task, record
@@ -237,52 +236,6 @@ async def test_a_dispatcher_its_process_does_not_hand_commits_to_always_claims(t
         await eventually(lambda: sink.received == ["1", "2"], within=5)
         await asyncio.sleep(0.2)  # idle polls, nothing pending
         assert dispatcher.status()["s"]["from_memory"] is False
-    finally:
-        await dispatcher.stop(drain_seconds=1)
-        await store.aclose()
-
-
-async def test_a_batched_lane_sends_from_memory_and_a_failed_batch_is_retried_whole_by_claims(
-    tmp_path: Path,
-) -> None:
-    store = await SqliteStore.open(tmp_path / "r.db")
-    for task_id in ("T0", "T1", "T2"):
-        await store.register_task(new_task(task_id))
-    sink = MemorySink("s")
-    policy = SinkPolicy(retry_schedule=(0.3,), jitter=0.0, breaker_threshold=1000, max_batch=8, max_wait=0.01)
-    dispatcher = Dispatcher(store, [(sink, policy)], poll_interval=0.5, handed=True)
-    claims = Claims(store)
-    await dispatcher.start()
-
-    def sessions(task_id: str) -> list[str]:
-        return [d["session_id"] for d in sink.received if d["task_id"] == task_id]
-
-    async def ingest(events: list[Event]) -> None:
-        dispatcher.committed(events, await store.record_events(events, route))
-
-    try:
-        await ingest(events_of("T0", "warm"))
-        await eventually(lambda: bool(dispatcher.status()["s"]["from_memory"]) and len(sink.received) == 1)
-        await eventually(lambda: dispatcher.status()["s"]["in_flight"] == 0, within=5)
-        before = claims.n
-        first = [f"a{i}" for i in range(10)]
-        await ingest([*events_of("T1", *first), *events_of("T2", "c0", "c1")])
-        await eventually(lambda: len(sink.received) == 13, within=5)
-        assert claims.n == before  # from memory
-        assert sessions("T1") == first
-        assert sessions("T2") == ["c0", "c1"]
-        assert max(len(ids) for _, ids in sink.batches) > 1  # in batches, not one by one
-
-        await eventually(lambda: dispatcher.status()["s"]["in_flight"] == 0, within=5)
-        sink.fail_remaining = 1  # the next batch fails once
-        failed = len(sink.tried_batches)
-        await ingest(events_of("T1", "b0", "b1"))
-        await eventually(lambda: len(sink.tried_batches) > failed, within=5)
-        await ingest(events_of("T1", "b2"))  # while the failed batch waits for its retry
-        await eventually(lambda: sessions("T1")[10:] == ["b0", "b1", "b2"], within=5)
-        retried = [ids for _, ids in sink.tried_batches[failed:]]
-        assert retried[0] == retried[1]  # the same members, again
-        assert dispatcher.status()["s"]["handoffs_dropped"] == 1
     finally:
         await dispatcher.stop(drain_seconds=1)
         await store.aclose()
