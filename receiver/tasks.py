@@ -369,13 +369,11 @@ class Plan:
         """The answer for each event, once the store knows the seq of every event id; with
         ``outbox_from``, the id of the batch's first outbox row, when the store wrote them with
         consecutive ids in the plan's order (new steps, each one's sinks in order)."""
-        if outbox_from is None:
-            return [s.recorded(seqs[s.event.event_id]) for s in self.steps]
         answers = []
         next_id = outbox_from
         for s in self.steps:
             ids: tuple[int, ...] = ()
-            if s.sinks and not s.duplicate:
+            if next_id is not None and s.sinks and not s.duplicate:
                 ids = tuple(range(next_id, next_id + len(s.sinks)))
                 next_id += len(s.sinks)
             answers.append(s.recorded(seqs[s.event.event_id], ids))

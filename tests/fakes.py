@@ -127,7 +127,9 @@ class MemoryOutbox:
         self.switches: list[tuple[str, str | None]] = []  # (sink, reason), None: re-enabled
 
     def add(self, sink: str, event: EventRecord, *, due: float = 0.0) -> OutboxRow:
-        row = OutboxRow(len(self.rows) + 1, sink, event.task_id or event.event_id, event, next_attempt_at=due)
+        row = OutboxRow(
+            len(self.rows) + 1, sink, event.task_id, event, next_attempt_at=due
+        )  # tasks.outbox_key
         self.rows.append(row)
         return row
 

@@ -15,14 +15,14 @@ import pytest
 from receiver.dispatch import Dispatcher
 from receiver.errors import SinkError
 from receiver.events import Event
-from receiver.ports import Delivery, DeliveryQuery, DeliveryState, OwnEvent, Recorded
+from receiver.ports import Delivery, DeliveryQuery, DeliveryState, OwnEvent, Recorded, Settlement
 from receiver.recent import Handoff
 from receiver.retries import SinkPolicy
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task
 from tests.builders import event, new_task, record
 from tests.fakes import ScriptedSink
-from tests.payloads import REVIEW
+from tests.payloads import FROZEN_NOW, REVIEW
 from tests.waiting import eventually
 
 # A retry waits long enough for the test to commit more of the task meanwhile.
@@ -239,3 +239,22 @@ async def test_a_dispatcher_its_process_does_not_hand_commits_to_always_claims(t
     finally:
         await dispatcher.stop(drain_seconds=1)
         await store.aclose()
+
+
+async def test_has_pending_sees_pending_deliveries_due_or_not_on_both_stores(store: Any) -> None:
+    await store.register_task(new_task("T1"))
+    assert not await store.has_pending("s")
+    await store.record_events(events_of("T1", "1"), route)
+    assert await store.has_pending("s")
+    assert not await store.has_pending("other")
+    [d] = await store.claim_deliveries("s", now=FROZEN_NOW + 10, limit=10, busy_keys=set())
+    later = Settlement(d.id, DeliveryState.PENDING, 1, FROZEN_NOW + 3600, "retry later", FROZEN_NOW + 10)
+    await store.settle_deliveries([later])
+    assert await store.has_pending("s")  # waiting for its retry is pending still
+    done = Settlement(d.id, DeliveryState.DELIVERED, 2, FROZEN_NOW + 20, None, FROZEN_NOW + 20)
+    await store.settle_deliveries([done])
+    assert not await store.has_pending("s")
+    if isinstance(store, SqliteStore):
+        assert store.handoff_epoch() is not None
+    else:
+        assert store.handoff_epoch() is None  # PostgreSQL cannot tell: every delivery is claimed
