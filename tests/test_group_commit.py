@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from receiver.group_commit import GroupCommit
+from receiver.group_commit import GATHER_PASSES, GroupCommit
 
 
 class Gate:
@@ -87,3 +87,54 @@ async def test_drain_waits_for_every_commit_in_flight() -> None:
 def test_a_concurrency_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         GroupCommit(Gate().commit, max_batch=1, concurrency=0)
+
+
+async def test_callers_reaching_submit_a_few_loop_passes_apart_share_one_commit() -> None:
+    committed: list[list[int]] = []
+
+    async def commit(items: Sequence[int]) -> list[None]:
+        committed.append(list(items))
+        return [None] * len(items)
+
+    group: GroupCommit[int, None] = GroupCommit(commit, max_batch=100)
+
+    async def caller(i: int) -> None:
+        for _ in range(i):  # on its way: i loop passes before it submits (a delivery being read)
+            await asyncio.sleep(0)
+        await group.submit(i)
+
+    await asyncio.gather(*(caller(i) for i in range(4)))
+    assert committed == [[0, 1, 2, 3]]
+
+
+async def test_gathering_stops_after_a_few_passes_when_items_keep_coming() -> None:
+    committed: list[list[int]] = []
+
+    async def commit(items: Sequence[int]) -> list[None]:
+        committed.append(list(items))
+        return [None] * len(items)
+
+    group: GroupCommit[int, None] = GroupCommit(commit, max_batch=1000)
+    n = 40  # well over GATHER_PASSES
+
+    async def caller(i: int) -> None:
+        for _ in range(i):  # one more item reaches submit every loop pass
+            await asyncio.sleep(0)
+        await group.submit(i)
+
+    await asyncio.gather(*(caller(i) for i in range(n)))
+    assert len(committed) > 1
+    assert len(committed[0]) <= GATHER_PASSES + 2
+    assert sorted(i for b in committed for i in b) == list(range(n))
+
+
+async def test_gathering_stops_at_max_batch() -> None:
+    committed: list[list[int]] = []
+
+    async def commit(items: Sequence[int]) -> list[None]:
+        committed.append(list(items))
+        return [None] * len(items)
+
+    group: GroupCommit[int, None] = GroupCommit(commit, max_batch=3)
+    await asyncio.gather(*(group.submit(i) for i in range(7)))
+    assert committed == [[0, 1, 2], [3, 4, 5], [6]]
