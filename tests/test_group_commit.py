@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from receiver.group_commit import GATHER_PASSES, GroupCommit
+from receiver.group_commit import GATHER_PASSES, IDLE_PASSES, GroupCommit
 
 
 class Gate:
@@ -98,13 +98,18 @@ async def test_callers_reaching_submit_a_few_loop_passes_apart_share_one_commit(
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=100)
 
-    async def caller(i: int) -> None:
-        for _ in range(i):  # on its way: i loop passes before it submits (a delivery being read)
+    async def caller(i: int, passes: int) -> None:
+        for _ in range(passes):  # on its way: loop passes before it submits (a delivery being read)
             await asyncio.sleep(0)
         await group.submit(i)
 
-    await asyncio.gather(*(caller(i) for i in range(4)))
+    gap = IDLE_PASSES  # passes apart: IDLE_PASSES - 1 passes bring nothing between two of them
+    await asyncio.gather(*(caller(i, i * gap) for i in range(4)))
     assert committed == [[0, 1, 2, 3]]
+
+    committed.clear()  # further apart than that: the first went alone
+    await asyncio.gather(caller(0, 0), caller(1, 2 * IDLE_PASSES + 1))
+    assert committed == [[0], [1]]
 
 
 async def test_gathering_stops_after_a_few_passes_when_items_keep_coming() -> None:
