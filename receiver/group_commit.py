@@ -4,7 +4,8 @@ No timer: a lone item is committed a few loop passes later (microseconds when th
 under load, a batch is what arrived while the previous commit ran, and what the loop brings to
 ``submit`` while it keeps bringing more (``GATHER_PASSES`` at most, ``max_batch`` items at most).
 Each commit costs its fsync and its pages whatever it holds, and an AMQP consumer's deliveries
-come in a few at a time: gathering took its mean batch from 11 to 48 at prefetch 100. Used by ingest (events) and by the dispatcher (delivery outcomes).
+come in a few at a time: gathering took its mean batch from 11 to 48 at prefetch 100. Used by
+ingest (events) and by the dispatcher (delivery outcomes).
 
 ``concurrency`` above 1 lets that many commits run at once (a database server, where one commit's
 round trips would otherwise leave this process idle): each starts with what is queued when it
