@@ -4,7 +4,7 @@ that many commits at once, and never an item left waiting with nobody to commit 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -29,6 +29,17 @@ class Gate:
         finally:
             self.running -= 1
         return [i * 10 for i in items]
+
+
+def recorder() -> tuple[list[list[int]], Callable[[Sequence[int]], Awaitable[list[None]]]]:
+    """A commit that records each batch, and the batches it recorded."""
+    committed: list[list[int]] = []
+
+    async def commit(items: Sequence[int]) -> list[None]:
+        committed.append(list(items))
+        return [None] * len(items)
+
+    return committed, commit
 
 
 async def settle_loop() -> None:
@@ -56,11 +67,7 @@ async def test_at_most_concurrency_commits_run_at_once_and_every_caller_gets_its
 
 
 async def test_an_item_queued_just_as_the_last_flusher_finishes_is_still_committed() -> None:
-    committed: list[list[int]] = []
-
-    async def commit(items: Sequence[int]) -> list[None]:
-        committed.append(list(items))
-        return [None] * len(items)
+    committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=10, concurrency=1)
     await group.submit(1)  # resumed by its result: its flusher has taken the last item and returned ...
@@ -90,11 +97,7 @@ def test_a_concurrency_below_one_is_refused() -> None:
 
 
 async def test_callers_reaching_submit_a_few_loop_passes_apart_share_one_commit() -> None:
-    committed: list[list[int]] = []
-
-    async def commit(items: Sequence[int]) -> list[None]:
-        committed.append(list(items))
-        return [None] * len(items)
+    committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=100)
 
@@ -113,11 +116,7 @@ async def test_callers_reaching_submit_a_few_loop_passes_apart_share_one_commit(
 
 
 async def test_gathering_stops_after_a_few_passes_when_items_keep_coming() -> None:
-    committed: list[list[int]] = []
-
-    async def commit(items: Sequence[int]) -> list[None]:
-        committed.append(list(items))
-        return [None] * len(items)
+    committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=1000)
     n = 40  # well over GATHER_PASSES
@@ -134,11 +133,7 @@ async def test_gathering_stops_after_a_few_passes_when_items_keep_coming() -> No
 
 
 async def test_gathering_stops_at_max_batch() -> None:
-    committed: list[list[int]] = []
-
-    async def commit(items: Sequence[int]) -> list[None]:
-        committed.append(list(items))
-        return [None] * len(items)
+    committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=3)
     await asyncio.gather(*(group.submit(i) for i in range(7)))
