@@ -42,6 +42,13 @@ def recorder() -> tuple[list[list[int]], Callable[[Sequence[int]], Awaitable[lis
     return committed, commit
 
 
+async def submit_after(group: GroupCommit[int, None], item: int, passes: int) -> None:
+    """Submit ``item`` after ``passes`` loop passes on its way (a delivery being read)."""
+    for _ in range(passes):
+        await asyncio.sleep(0)
+    await group.submit(item)
+
+
 async def settle_loop() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -100,18 +107,12 @@ async def test_callers_reaching_submit_a_few_loop_passes_apart_share_one_commit(
     committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=100)
-
-    async def caller(i: int, passes: int) -> None:
-        for _ in range(passes):  # on its way: loop passes before it submits (a delivery being read)
-            await asyncio.sleep(0)
-        await group.submit(i)
-
     gap = IDLE_PASSES  # passes apart: IDLE_PASSES - 1 passes bring nothing between two of them
-    await asyncio.gather(*(caller(i, i * gap) for i in range(4)))
+    await asyncio.gather(*(submit_after(group, i, i * gap) for i in range(4)))
     assert committed == [[0, 1, 2, 3]]
 
     committed.clear()  # further apart than that: the first went alone
-    await asyncio.gather(caller(0, 0), caller(1, 2 * IDLE_PASSES + 1))
+    await asyncio.gather(submit_after(group, 0, 0), submit_after(group, 1, 2 * IDLE_PASSES + 1))
     assert committed == [[0], [1]]
 
 
@@ -119,20 +120,42 @@ async def test_gathering_stops_after_a_few_passes_when_items_keep_coming() -> No
     committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=1000)
-    n = 40  # well over GATHER_PASSES
-
-    async def caller(i: int) -> None:
-        for _ in range(i):  # one more item reaches submit every loop pass
-            await asyncio.sleep(0)
-        await group.submit(i)
-
-    await asyncio.gather(*(caller(i) for i in range(n)))
+    n = 40  # fixed, not derived from GATHER_PASSES: a cap raised past it must fail here
+    assert n > GATHER_PASSES + 2
+    # One more item reaches submit every loop pass.
+    await asyncio.gather(*(submit_after(group, i, i) for i in range(n)))
     assert len(committed) > 1
     assert len(committed[0]) <= GATHER_PASSES + 2
     assert sorted(i for b in committed for i in b) == list(range(n))
 
 
-async def test_gathering_stops_at_max_batch() -> None:
+async def test_a_full_batch_is_committed_without_gathering() -> None:
+    """``max_batch`` items queued: the commit starts in the flusher's first pass, it does not wait
+    for passes that could bring nothing it may take."""
+    passes = 0
+    started_at: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal passes
+        while True:
+            passes += 1
+            await asyncio.sleep(0)
+
+    async def commit(items: Sequence[int]) -> list[None]:
+        started_at.append(passes)
+        return [None] * len(items)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    group: GroupCommit[int, None] = GroupCommit(commit, max_batch=3)
+    queued = passes
+    await asyncio.gather(*(group.submit(i) for i in range(3)))
+    tick.cancel()
+    assert started_at[0] - queued <= 2  # gathering would have spent IDLE_PASSES more
+    assert IDLE_PASSES > 2
+
+
+async def test_batches_hold_max_batch_at_most() -> None:
     committed, commit = recorder()
 
     group: GroupCommit[int, None] = GroupCommit(commit, max_batch=3)
