@@ -83,11 +83,12 @@ class Lane:
 
     @property
     def may_hand_off(self) -> bool:
-        """Whether its deliveries may be sent as handed over: one at a time per task, no batches,
-        no rate limit, switched on, the breaker closed (anything else is the claims' to judge)."""
+        """Whether its deliveries may be sent as handed over: no rate limit, switched on, the
+        breaker closed (anything else is the claims' to judge). Batches are made of handed-over
+        lines as of claimed ones; a batch that failed is retried by claims (it must be gathered
+        again whole, under its id)."""
         return (
-            self.batcher is None
-            and self.bucket is None
+            self.bucket is None
             and self.disabled is None
             and self.breaker.opened_at is None
             and not self.breaker.trial

@@ -18,6 +18,7 @@ from receiver.events import Event
 from receiver.ports import Delivery, DeliveryQuery, DeliveryState, OwnEvent, Recorded, Settlement
 from receiver.recent import Handoff
 from receiver.retries import SinkPolicy
+from receiver.sinks.memory import MemorySink
 from receiver.stores.sqlite import SqliteStore
 from receiver.tasks import Task
 from tests.builders import event, new_task, record
@@ -211,6 +212,57 @@ async def test_whatever_makes_a_delivery_pending_but_ingest_here_moves_the_epoch
             await other.aclose()
         assert await moves(store.record_events(events_of("T1", "4"), route))  # the other's commit seen
     finally:
+        await store.aclose()
+
+
+async def test_a_batched_lane_sends_from_memory_and_a_failed_batch_is_retried_whole_by_claims(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "r.db")
+    for task_id in ("T0", "T1", "T2"):
+        await store.register_task(new_task(task_id))
+    policy = SinkPolicy(
+        max_batch=4, max_wait=0.05, retry_schedule=(0.2, 0.2), jitter=0.0, breaker_threshold=1000
+    )
+    sink = MemorySink("s")
+    dispatcher = Dispatcher(store, [(sink, policy)], poll_interval=0.5, handed=True)
+    claims = Claims(store)
+    await dispatcher.start()
+
+    async def ingest(events: list[Event]) -> None:
+        dispatcher.committed(events, await store.record_events(events, route))
+
+    def sessions(task_id: str) -> list[str]:
+        return [d["session_id"] for d in sink.received if d["task_id"] == task_id]
+
+    def from_memory() -> bool:
+        return bool(dispatcher.status()["s"]["from_memory"]) and dispatcher.status()["s"]["in_flight"] == 0
+
+    try:
+        await ingest(events_of("T0", "warm"))
+        await eventually(lambda: from_memory() and len(sink.received) == 1, within=5)
+        before = claims.n
+        await ingest([*events_of("T1", "b1", "b2", "b3"), *events_of("T2", "c1", "c2", "c3")])
+        await eventually(lambda: len(sink.received) == 7, within=5)
+        assert claims.n == before  # batches of what was handed over, none claimed
+        assert 1 < max(len(ids) for _, ids in sink.batches[1:]) <= 4
+        assert (sessions("T1"), sessions("T2")) == (["b1", "b2", "b3"], ["c1", "c2", "c3"])
+        await eventually(from_memory, within=5)
+
+        sink.fail_remaining = 1
+        await ingest(events_of("T1", "b4", "b5"))
+        await eventually(lambda: len(sink.received) == 9, within=5)
+        failed, again = sink.tried_batches[-2:]
+        assert failed == again  # the same id and members, gathered again by claims
+        assert claims.n > before
+        assert dispatcher.status()["s"].get("handoffs_dropped", 0) != 0
+        assert sessions("T1") == ["b1", "b2", "b3", "b4", "b5"]
+        await eventually(lambda: dispatcher.status()["s"]["in_flight"] == 0, within=5)
+        page = await store.list_deliveries(DeliveryQuery(limit=100))
+        assert [d.state for d in page.items] == [DeliveryState.DELIVERED] * 9
+        await eventually(from_memory, within=5)  # nothing pending: from memory again
+    finally:
+        await dispatcher.stop(drain_seconds=1)
         await store.aclose()
 
 
