@@ -215,11 +215,15 @@ def main() -> int:
     args = parser.parse_args()
     pin_self()
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-amqp-"))
+
+    def signed() -> list[bytes]:  # signed afresh for each consumer's queue (a signature lasts 10 min)
+        payloads(work / "payloads.jsonl")
+        return (work / "payloads.jsonl").read_bytes().splitlines()
+
     mean_size = payloads(work / "payloads.jsonl")
-    templates = (work / "payloads.jsonl").read_bytes().splitlines()
     try:
-        bare, bare_sent = measure("bare", bare_drain, templates, args, work)
-        full, full_sent = measure("receiver", receiver_drain, templates, args, work)
+        bare, bare_sent = measure("bare", bare_drain, signed(), args, work)
+        full, full_sent = measure("receiver", receiver_drain, signed(), args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -65,9 +65,14 @@ def heading_note() -> str:
 # --- payloads ------------------------------------------------------------------------------------
 
 
+# As MPS signs: a Timestamp (the expiry) 10 minutes ahead. receiver takes a notification until 60 s
+# past it, so a load that could outlast that gets its templates signed again first (``resign``).
+SIGNED_FOR = 600
+
+
 def payloads(path: Path) -> float:
     """Write one template per line (``__SEQ__``/``__TASK__`` filled in by the load); return the mean size."""
-    ts = int(time.time()) + 600  # as MPS signs: valid for 10 minutes
+    ts = int(time.time()) + SIGNED_FOR
     sign = hashlib.md5(f"{ts}{KEY}".encode()).hexdigest()
     lines = []
     for name in MIX:
@@ -80,8 +85,19 @@ def payloads(path: Path) -> float:
         if "AiSmartSubtitleResultInfo" in doc:
             doc["AiSmartSubtitleResultInfo"]["SmartSubtitleResult"] *= 3
         lines.append(orjson.dumps(doc))
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    part = path.with_name(path.name + ".part")  # whole or not at all: loads running beside read it
+    part.write_bytes(b"\n".join(lines) + b"\n")
+    part.replace(path)
     return sum(len(line) for line in lines) / len(lines)
+
+
+def resign(path: Path, seconds: float) -> None:
+    """Sign the templates again if their Timestamp would expire within a load of ``seconds`` (and a
+    margin): an expired notification is answered 401, not measured."""
+    with path.open("rb") as f:
+        expires = int(orjson.loads(f.readline())["Timestamp"])
+    if expires < time.time() + seconds + 30:
+        payloads(path)
 
 
 def fill(template: bytes, seq: str, task: int) -> bytes:
@@ -355,6 +371,9 @@ def wrk(
     ``limit``: wrk's thread stops after that many answers; but wrk itself sleeps out its ``-d``, so
     give ``until`` too: polled every half second, once true wrk gets SIGINT (it stops and reports).
     """
+    if seconds > SIGNED_FOR - 60:
+        raise ValueError(f"a wrk run of {seconds:.0f} s outlasts its payloads' signature: run it in legs")
+    resign(payload_file, seconds)
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
     cmd += ["--latency", "-s", str(ROOT / "bench" / "notify.lua")]
     env = {
