@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import orjson
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
@@ -143,7 +144,7 @@ def templates(count: int = 4000) -> list[tuple[str, str, list[Any], str]]:
             received_at=T0,
             check=events.SKIPPED,
         )
-        out.append((e.notification_type, orjson.dumps(e.findings).decode(), e.findings, body.decode()))
+        out.append((e.notification_type, msgspec.json.encode(e.findings).decode(), e.findings, body.decode()))
     return out
 
 
@@ -531,7 +532,7 @@ async def ingest_cost(open_store: Any, drop: Any, count: int, rounds: int = 3) -
             try:
                 if without:
                     await drop(store)
-                    reads.search_row = lambda *a, **k: None  # type: ignore[assignment]
+                    reads.search_row = lambda *a, **k: None
                 for t in range(64):
                     task = Task(uuid.uuid4().hex, f"T-{t}", "", "", "", {}, TaskState.SUBMITTED, T0, T0)
                     await store.register_task(task)
@@ -588,17 +589,17 @@ async def main() -> None:
             await admin.execute(f'CREATE DATABASE "{name}"')
             url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
             try:
-                s = await PostgresStore.open(url)
-                await s.aclose()
+                first = await PostgresStore.open(url)
+                await first.aclose()
                 started = time.perf_counter()
                 await fill_postgres(url, n)
                 loads["PostgreSQL"] = time.perf_counter() - started
                 print(f"PostgreSQL: {n:,} events loaded in {loads['PostgreSQL']:.0f} s")
-                store = await PostgresStore.open(url)
+                pg = await PostgresStore.open(url)
                 try:
-                    report["PostgreSQL"] = await measure(store, n, args.runs, url)
+                    report["PostgreSQL"] = await measure(pg, n, args.runs, url)
                 finally:
-                    await store.aclose()
+                    await pg.aclose()
             finally:
                 await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 

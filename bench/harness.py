@@ -322,6 +322,7 @@ class Run:
     cpu_s: float = 0.0  # CPU seconds of the server's processes over this run
     cpu_us: float = 0.0  # ... per notification answered 200
     cpu_by_pid: dict[int, float] | None = None
+    refused: int = 0  # answered, but not 2xx (socket errors, such as the requests a stop cuts, excluded)
 
     @property
     def ok(self) -> int:
@@ -351,7 +352,9 @@ def parse_wrk(out: str) -> Run:
     errors = int(non2xx.group(1)) if non2xx else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
-    return Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(requests.group(1)), errors)
+    run = Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(requests.group(1)), errors)
+    run.refused = int(non2xx.group(1)) if non2xx else 0
+    return run
 
 
 def wrk(
