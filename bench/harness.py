@@ -349,12 +349,10 @@ def parse_wrk(out: str) -> Run:
         raise ValueError(f"cannot read wrk's report:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = int(non2xx.group(1)) if non2xx else 0
-    if socket_errors:
-        errors += sum(int(g) for g in socket_errors.groups())
-    run = Run(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(requests.group(1)), errors)
-    run.refused = int(non2xx.group(1)) if non2xx else 0
-    return run
+    refused = int(non2xx.group(1)) if non2xx else 0
+    errors = refused + (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0)
+    p50_ms, p99_ms = _ms(p50.group(1)), _ms(p99.group(1))
+    return Run(float(rps.group(1)), p50_ms, p99_ms, int(requests.group(1)), errors, refused=refused)
 
 
 def wrk(
