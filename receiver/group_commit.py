@@ -18,15 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import structlog
 
 from receiver.errors import StoreUnavailableError, UnstorableError
 
 log = structlog.get_logger("receiver.group_commit")
+
+# RideAlong: how long a settlement may wait for the next ingest commit (the issue: 250 ms), and how
+# recent the last one must be for the next to be worth waiting for.
+RIDE_WAIT = 0.25
+RIDE_FLOWING = 0.05
 
 # Gathering a batch before its commit starts: at most this many event-loop passes, and it stops
 # after this many passes in a row that bring no item.
@@ -145,42 +152,75 @@ def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], error: Exception) -
             future.set_exception(error)
 
 
+class Rider(NamedTuple, Generic[T]):
+    """Items waiting to ride along, the future their submitter awaits, and when they came."""
+
+    items: Sequence[T]
+    done: asyncio.Future[None]
+    queued_at: float
+
+
 class RideAlong(Generic[T]):
     """Items (the dispatcher's settlements) that wait for the next transaction of another kind
     (ingest) rather than pay for a transaction, and its fsync, of their own.
 
     A store calls ``carrying()`` around each transaction that can take them, ``take()`` inside it
-    (from any thread), then ``done(taken)`` or ``undone(taken)``. ``submit`` commits at once, with
-    ``alone``, when no such transaction is running or waiting; else it waits for one to carry it.
+    (from any thread), then ``done(taken)`` or ``undone(taken)``. ``submit`` waits for such a
+    transaction to carry its items: one running or waiting, or, while they come often (one began
+    within ``flowing`` seconds), the next one, for ``wait`` seconds at most. Otherwise (ingest is
+    idle: a replay, a backlog claimed from the store) it commits them at once, with ``alone``.
     Left over when the last carrier ends (it failed, or took its items before these came), they
-    are committed alone.
+    wait for the next one the same way, and are committed alone once their ``wait`` is up.
+
+    A settlement held back is at most a redelivery if the process dies meanwhile, which at least
+    once allows; the line it ends keeps its task's key busy until then, so order holds.
     """
 
-    def __init__(self, alone: Callable[[list[T]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        alone: Callable[[list[T]], Awaitable[None]],
+        *,
+        wait: float = RIDE_WAIT,
+        flowing: float = RIDE_FLOWING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._alone = alone
+        self._wait = wait
+        self._flowing = flowing
+        self._clock = clock
         self._carriers = 0  # transactions running or waiting that will take what is queued
-        self._queue: deque[tuple[Sequence[T], asyncio.Future[None]]] = deque()
+        self._carried_at = -math.inf  # when the last one began
+        # Each with when it was queued (its deadline is ``wait`` after).
+        self._queue: deque[Rider[T]] = deque()
         self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, items: Sequence[T]) -> None:
-        if not self._carriers:
+        now = self._clock()
+        if not self._carriers and (self._wait <= 0 or now - self._carried_at > self._flowing):
             await self._alone(list(items))
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((items, done))
+        self._queue.append(Rider(items, done, now))
+        if not self._carriers:
+            self._flush_soon()
         await done
 
     @contextlib.contextmanager
     def carrying(self) -> Iterator[None]:
         self._carriers += 1
+        self._carried_at = self._clock()
         try:
             yield
         finally:
             self._carriers -= 1
-            if not self._carriers and self._queue and (self._flusher is None or self._flusher.done()):
-                self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            if not self._carriers and self._queue:
+                self._flush_soon()
 
-    def take(self) -> list[tuple[Sequence[T], asyncio.Future[None]]]:
+    def _flush_soon(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def take(self) -> list[Rider[T]]:
         """What is queued now (deque: safe to take from on another thread while the loop appends)."""
         taken = []
         while self._queue:
@@ -188,27 +228,35 @@ class RideAlong(Generic[T]):
         return taken
 
     @staticmethod
-    def items(taken: Sequence[tuple[Sequence[T], asyncio.Future[None]]]) -> list[T]:
-        return [item for batch, _ in taken for item in batch]
+    def items(taken: Sequence[Rider[T]]) -> list[T]:
+        return [item for rider in taken for item in rider.items]
 
     @staticmethod
-    def done(taken: Sequence[tuple[Sequence[T], asyncio.Future[None]]]) -> None:
-        for _, future in taken:
-            if not future.done():
-                future.set_result(None)
+    def done(taken: Sequence[Rider[T]]) -> None:
+        for rider in taken:
+            if not rider.done.done():
+                rider.done.set_result(None)
 
-    def undone(self, taken: Sequence[tuple[Sequence[T], asyncio.Future[None]]]) -> None:
+    def undone(self, taken: Sequence[Rider[T]]) -> None:
         """Not committed: back to the front of the queue, for the next carrier (or alone)."""
         self._queue.extendleft(reversed(taken))
 
     async def _flush(self) -> None:
+        """While no carrier runs: wait out the oldest item's ``wait`` (a carrier that begins
+        meanwhile takes them all), then commit what is queued alone."""
         while self._queue and not self._carriers:
+            left = self._queue[0].queued_at + self._wait - self._clock()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
             taken = self.take()
             try:
                 await self._alone(self.items(taken))
             except BaseException as exc:
                 failure = exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(repr(exc))
-                _fail(taken, failure)
+                for rider in taken:
+                    if not rider.done.done():
+                        rider.done.set_exception(failure)
                 if not isinstance(exc, Exception):
                     raise
                 continue

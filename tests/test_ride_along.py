@@ -36,7 +36,8 @@ async def carry(riders: RideAlong[int], ledger: Ledger, started: asyncio.Event, 
 
 async def test_items_made_while_ingest_waits_ride_with_it() -> None:
     ledger = Ledger()
-    riders: RideAlong[int] = RideAlong(ledger.alone)
+    now = [100.0]
+    riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.25, flowing=0.05, clock=lambda: now[0])
     started, go = asyncio.Event(), asyncio.Event()
     ingest = asyncio.create_task(carry(riders, ledger, started, go))
     await started.wait()
@@ -47,13 +48,55 @@ async def test_items_made_while_ingest_waits_ride_with_it() -> None:
     go.set()
     await asyncio.gather(ingest, first, second)
     assert ledger.commits == [("ingest", [1, 2, 3])]
-    await riders.submit([4])  # no ingest now: at once, alone
+    now[0] += 0.06  # no ingest began for longer than ``flowing``: idle, so at once, alone
+    await asyncio.wait_for(riders.submit([4]), timeout=0.1)
     assert ledger.commits[-1] == ("alone", [4])
+
+
+async def test_while_ingest_flows_an_item_waits_for_the_next_commit_and_rides_with_it() -> None:
+    ledger = Ledger()
+    riders: RideAlong[int] = RideAlong(ledger.alone, wait=5.0, flowing=5.0)
+    first_started, go = asyncio.Event(), asyncio.Event()
+    await asyncio.gather(carry(riders, ledger, first_started, go), _set(go))  # a commit just ended
+    assert ledger.commits == [("ingest", [])]
+    waiting = asyncio.create_task(riders.submit([5]))  # no carrier now, but one began just now
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # not alone: waiting for the next commit
+    started, go = asyncio.Event(), asyncio.Event()
+    go.set()
+    await carry(riders, ledger, started, go)
+    await asyncio.wait_for(waiting, timeout=1)
+    assert ledger.commits == [("ingest", []), ("ingest", [5])]
+
+
+async def test_an_item_no_commit_comes_for_is_committed_alone_once_its_wait_is_up() -> None:
+    ledger = Ledger()
+    riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.1, flowing=5.0)
+    started, go = asyncio.Event(), asyncio.Event()
+    await asyncio.gather(carry(riders, ledger, started, go), _set(go))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(riders.submit([6]), timeout=2)
+    assert loop.time() - began >= 0.09  # it waited for a commit first
+    assert ledger.commits == [("ingest", []), ("alone", [6])]
+
+
+async def test_with_no_wait_an_item_is_committed_alone_at_once() -> None:
+    ledger = Ledger()
+    riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.0)
+    started, go = asyncio.Event(), asyncio.Event()
+    await asyncio.gather(carry(riders, ledger, started, go), _set(go))
+    await asyncio.wait_for(riders.submit([8]), timeout=0.05)
+    assert ledger.commits == [("ingest", []), ("alone", [8])]
+
+
+async def _set(event: asyncio.Event) -> None:
+    event.set()
 
 
 async def test_items_left_when_the_last_carrier_fails_are_committed_alone() -> None:
     ledger = Ledger()
-    riders: RideAlong[int] = RideAlong(ledger.alone)
+    riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.05)
     started = asyncio.Event()
 
     async def failing() -> None:
@@ -73,7 +116,7 @@ async def test_items_left_when_the_last_carrier_fails_are_committed_alone() -> N
 async def test_a_failure_alone_reaches_every_waiter() -> None:
     ledger = Ledger()
     ledger.fail_alone = True
-    riders: RideAlong[int] = RideAlong(ledger.alone)
+    riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.05)
     started, go = asyncio.Event(), asyncio.Event()
 
     async def empty_handed() -> None:

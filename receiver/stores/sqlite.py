@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 from receiver import tasks
 from receiver.errors import StoreUnavailableError
 from receiver.events import Event
-from receiver.group_commit import RideAlong
+from receiver.group_commit import RideAlong, Rider
 from receiver.ports import (
     Delivery,
     DeliveryQuery,
@@ -166,7 +166,7 @@ class SqliteStore(SqliteReadModel):
 
     async def record_events(self, events: Sequence[Event], route: Router | None = None) -> list[Recorded]:
         riders = self._riders
-        taken: list[tuple[Sequence[Settlement], asyncio.Future[None]]] = []
+        taken: list[Rider[Settlement]] = []
 
         def run(w: SqliteWriter) -> list[Recorded]:
             taken.extend(riders.take())

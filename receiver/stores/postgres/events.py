@@ -11,6 +11,7 @@ import asyncpg
 
 from receiver import tasks
 from receiver.errors import StoreUnavailableError
+from receiver.group_commit import Rider
 from receiver.events import Event
 from receiver.ports import Quarantined, Recorded, Router, Settlement
 from receiver.stores import reads, rows
@@ -94,7 +95,7 @@ class PostgresEventLog(PostgresConnection):
         with one statement per kind of row (events, deliveries, repeats, tasks)."""
 
         riders = self._riders
-        taken: list[tuple[Sequence[Settlement], asyncio.Future[None]]] = []
+        taken: list[Rider[Settlement]] = []
 
         async def body(con: asyncpg.Connection) -> list[Recorded]:
             taken.extend(riders.take())
