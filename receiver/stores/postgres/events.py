@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any, Final
@@ -11,8 +10,8 @@ import asyncpg
 
 from receiver import tasks
 from receiver.errors import StoreUnavailableError
-from receiver.group_commit import Rider
 from receiver.events import Event
+from receiver.group_commit import Rider
 from receiver.ports import Quarantined, Recorded, Router, Settlement
 from receiver.stores import reads, rows
 from receiver.stores.postgres.connection import UPDATE_TASKS, PostgresConnection, pg, task_row
