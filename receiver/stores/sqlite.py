@@ -229,7 +229,8 @@ class SqliteStore(SqliteReadModel):
         return await self._read_safely(run)
 
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
-        """Committed with the ingest transaction running or waiting, if there is one; else at once."""
+        """Committed with an ingest transaction: one running or waiting, or while ingest flows the
+        next (``RideAlong``: 250 ms at most); with ingest idle, at once."""
         await self._riders.submit(settlements)
 
     async def _settle_alone(self, settlements: list[Settlement]) -> None:

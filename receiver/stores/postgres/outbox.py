@@ -122,8 +122,9 @@ class PostgresOutbox(PostgresConnection):
         return await self._run(lambda con: con.fetchval(pg(rows.HAS_PENDING), sink), write=False) is not None
 
     async def settle_deliveries(self, settlements: Sequence[Settlement]) -> None:
-        """Committed with an ingest transaction of this process running or waiting, if there is
-        one (one commit instead of two); else at once."""
+        """Committed with an ingest transaction of this process (one commit instead of two): one
+        running or waiting, or while ingest flows the next (``RideAlong``: 250 ms at most); with
+        ingest idle, at once."""
         await self._riders.submit(settlements)
 
     async def _settle_alone(self, settlements: list[Settlement]) -> None:
