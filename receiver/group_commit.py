@@ -31,7 +31,7 @@ from receiver.errors import StoreUnavailableError, UnstorableError
 log = structlog.get_logger("receiver.group_commit")
 
 # RideAlong: how long a settlement may wait for the next ingest commit (the issue: 250 ms), and how
-# recent the last one must be for the next to be worth waiting for.
+# recently the last one must have run for the next to be worth waiting for.
 RIDE_WAIT = 0.25
 RIDE_FLOWING = 0.05
 
@@ -166,8 +166,8 @@ class RideAlong(Generic[T]):
 
     A store calls ``carrying()`` around each transaction that can take them, ``take()`` inside it
     (from any thread), then ``done(taken)`` or ``undone(taken)``. ``submit`` waits for such a
-    transaction to carry its items: one running or waiting, or, while they come often (one began
-    within ``flowing`` seconds), the next one, for ``wait`` seconds at most. Otherwise (ingest is
+    transaction to carry its items: one running or waiting, or, while they come often (one ran
+    within the last ``flowing`` seconds), the next one, for ``wait`` seconds at most. Otherwise (ingest is
     idle: a replay, a backlog claimed from the store) it commits them at once, with ``alone``.
     Left over when the last carrier ends (it failed, or took its items before these came), they
     wait for the next one the same way, and are committed alone once their ``wait`` is up.
@@ -189,7 +189,7 @@ class RideAlong(Generic[T]):
         self._flowing = flowing
         self._clock = clock
         self._carriers = 0  # transactions running or waiting that will take what is queued
-        self._carried_at = -math.inf  # when the last one began
+        self._carried_at = -math.inf  # when the last one began or ended
         # Each with when it was queued (its deadline is ``wait`` after).
         self._queue: deque[Rider[T]] = deque()
         self._flusher: asyncio.Task[None] | None = None
@@ -213,6 +213,7 @@ class RideAlong(Generic[T]):
             yield
         finally:
             self._carriers -= 1
+            self._carried_at = self._clock()
             if not self._carriers and self._queue:
                 self._flush_soon()
 

@@ -266,6 +266,49 @@ async def test_a_batched_lane_sends_from_memory_and_a_failed_batch_is_retried_wh
         await store.aclose()
 
 
+async def test_while_ingest_flows_settlements_ride_its_commits_instead_of_committing_alone(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "r.db")
+    await store.register_task(new_task("T1"))
+    sink = MemorySink("s")
+    dispatcher = Dispatcher(store, [(sink, POLICY)], poll_interval=0.5, handed=True)
+    alone: list[int] = []  # the settlements each transaction of their own committed
+    real = store._settle_alone
+
+    async def settle_alone(settlements: list[Settlement]) -> None:
+        alone.append(len(settlements))
+        await real(settlements)
+
+    store._settle_alone = settle_alone  # type: ignore[method-assign]
+    store._riders._alone = settle_alone
+    await dispatcher.start()
+
+    async def ingest(events: list[Event]) -> None:
+        dispatcher.committed(events, await store.record_events(events, route))
+
+    try:
+        # Warm up: the lane sends from memory once its process has ingested and it is idle.
+        await ingest(events_of("T1", "warm"))
+        await eventually(lambda: bool(dispatcher.status()["s"]["from_memory"]) and len(sink.received) == 1)
+        await asyncio.sleep(0.3)  # the warm-up's settlement is out of the way
+        alone.clear()
+        sessions = [f"n{i}" for i in range(30)]
+        for s in sessions:  # one notification every 10 ms: each delivered before the next commit
+            await ingest(events_of("T1", s))
+            await asyncio.sleep(0.01)
+        await eventually(lambda: dispatcher.status()["s"]["in_flight"] == 0, within=5)
+        assert [d["session_id"] for d in sink.received[1:]] == sessions  # in order, each once
+        # Every settlement but the last few rode an ingest commit (settled alone, each would
+        # have cost a transaction and an fsync of its own: 30 of them).
+        assert sum(alone) <= 2, alone
+        page = await store.list_deliveries(DeliveryQuery(limit=100))
+        assert [d.state for d in page.items] == [DeliveryState.DELIVERED] * 31
+    finally:
+        await dispatcher.stop(drain_seconds=1)
+        await store.aclose()
+
+
 def test_a_handoff_keeps_each_key_in_order_and_refuses_past_its_limit() -> None:
     handoff = Handoff(epoch=3, limit=3)
     made = [Delivery(id=i, sink="s", task_key=k, attempts=0, event=record()) for i, k in enumerate("aba", 1)]
