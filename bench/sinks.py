@@ -154,6 +154,13 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=quick(60, 5))
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out (development)")
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="notifications/s of the latency runs instead of half the no-sink rate (development: the"
+        " same rate for two builds)",
+    )
     args = parser.parse_args()
     pin_self()
     skip = set(filter(None, args.skip.split(",")))
@@ -246,15 +253,12 @@ def main() -> int:
             outcomes[key] = outcome
         stop(throughput_target)
 
-        if "latency" not in skip and "none" in outcomes:
+        rate = args.latency_rate or (outcomes["none"].run.rps / 2 if "none" in outcomes else 0.0)
+        if "latency" not in skip and rate:
             print("sinks: latency ...", file=sys.stderr, flush=True)
-            latency = measure_latency(
-                work, payload_file, outcomes["none"].run.rps / 2, args.latency_seconds, target
-            )
+            latency = measure_latency(work, payload_file, rate, args.latency_seconds, target)
             print("sinks: latency, batched ...", file=sys.stderr, flush=True)
-            batched = measure_latency(
-                work, payload_file, outcomes["none"].run.rps / 2, args.latency_seconds, target, batched=True
-            )
+            batched = measure_latency(work, payload_file, rate, args.latency_seconds, target, batched=True)
     finally:
         for proc in procs:
             stop(proc)
