@@ -274,13 +274,12 @@ async def test_while_ingest_flows_settlements_ride_its_commits_instead_of_commit
     sink = MemorySink("s")
     dispatcher = Dispatcher(store, [(sink, POLICY)], poll_interval=0.5, handed=True)
     alone: list[int] = []  # the settlements each transaction of their own committed
-    real = store._settle_alone
+    real = store._riders._alone
 
     async def settle_alone(settlements: list[Settlement]) -> None:
         alone.append(len(settlements))
         await real(settlements)
 
-    store._settle_alone = settle_alone  # type: ignore[method-assign]
     store._riders._alone = settle_alone
     await dispatcher.start()
 

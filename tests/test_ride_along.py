@@ -34,6 +34,13 @@ async def carry(riders: RideAlong[int], ledger: Ledger, started: asyncio.Event, 
     riders.done(taken)
 
 
+async def commit(riders: RideAlong[int], ledger: Ledger) -> None:
+    """An ingest transaction that runs at once."""
+    go = asyncio.Event()
+    go.set()
+    await carry(riders, ledger, asyncio.Event(), go)
+
+
 async def test_items_made_while_ingest_waits_ride_with_it() -> None:
     ledger = Ledger()
     now = [100.0]
@@ -48,7 +55,7 @@ async def test_items_made_while_ingest_waits_ride_with_it() -> None:
     go.set()
     await asyncio.gather(ingest, first, second)
     assert ledger.commits == [("ingest", [1, 2, 3])]
-    now[0] += 0.06  # no ingest began for longer than ``flowing``: idle, so at once, alone
+    now[0] += 0.06  # no ingest ran for longer than ``flowing``: idle, so at once, alone
     await asyncio.wait_for(riders.submit([4]), timeout=0.1)
     assert ledger.commits[-1] == ("alone", [4])
 
@@ -56,15 +63,12 @@ async def test_items_made_while_ingest_waits_ride_with_it() -> None:
 async def test_while_ingest_flows_an_item_waits_for_the_next_commit_and_rides_with_it() -> None:
     ledger = Ledger()
     riders: RideAlong[int] = RideAlong(ledger.alone, wait=5.0, flowing=5.0)
-    first_started, go = asyncio.Event(), asyncio.Event()
-    await asyncio.gather(carry(riders, ledger, first_started, go), _set(go))  # a commit just ended
+    await commit(riders, ledger)  # a commit just ended
     assert ledger.commits == [("ingest", [])]
-    waiting = asyncio.create_task(riders.submit([5]))  # no carrier now, but one began just now
+    waiting = asyncio.create_task(riders.submit([5]))  # no carrier now, but one ran just now
     await asyncio.sleep(0.05)
     assert not waiting.done()  # not alone: waiting for the next commit
-    started, go = asyncio.Event(), asyncio.Event()
-    go.set()
-    await carry(riders, ledger, started, go)
+    await commit(riders, ledger)
     await asyncio.wait_for(waiting, timeout=1)
     assert ledger.commits == [("ingest", []), ("ingest", [5])]
 
@@ -72,8 +76,7 @@ async def test_while_ingest_flows_an_item_waits_for_the_next_commit_and_rides_wi
 async def test_an_item_no_commit_comes_for_is_committed_alone_once_its_wait_is_up() -> None:
     ledger = Ledger()
     riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.1, flowing=5.0)
-    started, go = asyncio.Event(), asyncio.Event()
-    await asyncio.gather(carry(riders, ledger, started, go), _set(go))
+    await commit(riders, ledger)
     loop = asyncio.get_running_loop()
     began = loop.time()
     await asyncio.wait_for(riders.submit([6]), timeout=2)
@@ -84,14 +87,9 @@ async def test_an_item_no_commit_comes_for_is_committed_alone_once_its_wait_is_u
 async def test_with_no_wait_an_item_is_committed_alone_at_once() -> None:
     ledger = Ledger()
     riders: RideAlong[int] = RideAlong(ledger.alone, wait=0.0)
-    started, go = asyncio.Event(), asyncio.Event()
-    await asyncio.gather(carry(riders, ledger, started, go), _set(go))
+    await commit(riders, ledger)
     await asyncio.wait_for(riders.submit([8]), timeout=0.05)
     assert ledger.commits == [("ingest", []), ("alone", [8])]
-
-
-async def _set(event: asyncio.Event) -> None:
-    event.set()
 
 
 async def test_items_left_when_the_last_carrier_fails_are_committed_alone() -> None:
