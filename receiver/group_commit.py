@@ -21,8 +21,8 @@ import contextvars
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Generic, NamedTuple, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import structlog
 
@@ -123,17 +123,17 @@ class GroupCommit(Generic[T, R]):
         try:
             results = await self._commit([item for item, _ in batch])
         except StoreUnavailableError as exc:
-            _fail(batch, exc)
+            _fail((f for _, f in batch), exc)
         except Exception as exc:
             if len(batch) == 1:
                 log.exception("the store refused an item")
-                _fail(batch, UnstorableError(f"the store refused it: {exc!r}"))
+                _fail((f for _, f in batch), UnstorableError(f"the store refused it: {exc!r}"))
                 return
             # Something in this batch cannot be stored: commit one by one, so that only it fails.
             for one in batch:
                 await self._commit_batch([one])
         except BaseException as exc:  # cancelled: every waiter must still hear about it
-            _fail(batch, StoreUnavailableError(repr(exc)))
+            _fail((f for _, f in batch), StoreUnavailableError(repr(exc)))
             raise
         else:
             for (_, future), result in zip(batch, results, strict=True):
@@ -146,8 +146,9 @@ class GroupCommit(Generic[T, R]):
             await asyncio.shield(asyncio.gather(*self._flushers, return_exceptions=True))
 
 
-def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], error: Exception) -> None:
-    for _, future in batch:
+def _fail(futures: Iterable[asyncio.Future[Any]], error: Exception) -> None:
+    """Every waiter not yet answered hears ``error``."""
+    for future in futures:
         if not future.done():
             future.set_exception(error)
 
@@ -167,8 +168,9 @@ class RideAlong(Generic[T]):
     A store calls ``carrying()`` around each transaction that can take them, ``take()`` inside it
     (from any thread), then ``done(taken)`` or ``undone(taken)``. ``submit`` waits for such a
     transaction to carry its items: one running or waiting, or, while they come often (one ran
-    within the last ``flowing`` seconds), the next one, for ``wait`` seconds at most. Otherwise (ingest is
-    idle: a replay, a backlog claimed from the store) it commits them at once, with ``alone``.
+    within the last ``flowing`` seconds), the next one, for ``wait`` seconds at most. Otherwise
+    (ingest is idle: a replay, a backlog claimed from the store) it commits them at once, with
+    ``alone``.
     Left over when the last carrier ends (it failed, or took its items before these came), they
     wait for the next one the same way, and are committed alone once their ``wait`` is up.
 
@@ -255,9 +257,7 @@ class RideAlong(Generic[T]):
                 await self._alone(self.items(taken))
             except BaseException as exc:
                 failure = exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(repr(exc))
-                for rider in taken:
-                    if not rider.done.done():
-                        rider.done.set_exception(failure)
+                _fail((rider.done for rider in taken), failure)
                 if not isinstance(exc, Exception):
                     raise
                 continue
